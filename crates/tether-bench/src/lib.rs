@@ -1,0 +1,3 @@
+//! `tether bench`: the load generator and the echo backend the benchmarks run against.
+
+pub mod echo;

@@ -1,0 +1,1 @@
+//! `tether hub`: a realtime WebSocket node with channels, history and resume.

@@ -1,0 +1,1 @@
+//! `tether proxy`: a WebSocket-aware load balancer.
