@@ -1,1 +1,67 @@
 //! `tether proxy`: a WebSocket-aware load balancer.
+//!
+//! It reads the HTTP/1.1 upgrade handshake at Layer 7, picks a backend by a sticky key,
+//! forwards the handshake and, after `101 Switching Protocols`, moves bytes at Layer 4 for the
+//! life of the connection. See `DESIGN.md` for the data path.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = tether_proxy::Config::from_toml(r#"
+//!     [balance]
+//!     strategy = "consistent-hash"
+//!     key = "query:sid"
+//!     [[backend]]
+//!     name = "b1"
+//!     addr = "127.0.0.1:9001"
+//! "#)?;
+//! let proxy = tether_proxy::Proxy::bind(config, None).await?.spawn();
+//! println!("listening on {}", proxy.addr());
+//! # Ok(()) }
+//! ```
+
+pub mod admin;
+pub mod backend;
+pub mod balance;
+pub mod client_ip;
+pub mod config;
+mod connection;
+pub mod handshake;
+pub mod health;
+pub mod key;
+pub mod limits;
+mod listener;
+pub mod metrics;
+mod shared;
+pub mod tunnel;
+
+pub use backend::BackendState;
+pub use config::{Config, ConfigError};
+pub use listener::{Proxy, ProxyError, RunningProxy};
+
+use shared::Shared;
+
+/// Re-reads the configuration file and replaces the backend list; live tunnels are untouched.
+/// Only `[[backend]]` changes take effect; other sections need a restart.
+pub(crate) fn reload_from_file(shared: &Shared) -> Result<(), ReloadError> {
+    let path = shared.config_path.as_ref().ok_or(ReloadError::NoFile)?;
+    let config = Config::from_file(path)?;
+    reload(shared, &config);
+    Ok(())
+}
+
+pub(crate) fn reload(shared: &Shared, config: &Config) {
+    let added = shared.registry.reload(&config.backends, &shared.metrics);
+    for backend in added {
+        health::spawn(backend, shared.config.health.clone());
+    }
+    tracing::info!(backends = config.backends.len(), "backend list reloaded");
+}
+
+/// Why a reload did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("the proxy was not started from a file")]
+    NoFile,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}

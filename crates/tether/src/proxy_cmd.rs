@@ -2,6 +2,10 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
+use tether_proxy::{Config, Proxy};
+use tokio::signal::unix::{signal, SignalKind};
+
 #[derive(Debug, clap::Args)]
 pub struct ProxyArgs {
     /// Path to the proxy's TOML configuration.
@@ -16,10 +20,59 @@ pub struct CheckArgs {
     config: PathBuf,
 }
 
+/// Loads the configuration, builds a runtime with `runtime.workers` threads (0 = every core)
+/// and serves until SIGTERM or SIGINT. SIGHUP reloads the backend list.
 pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`tether proxy --config {}` is not wired yet", args.config.display())
+    let config = Config::from_file(&args.config)?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.runtime.workers > 0 {
+        builder.worker_threads(config.runtime.workers);
+    }
+    let runtime = builder
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let proxy = Proxy::bind(config, Some(args.config.clone())).await?;
+        let running = proxy.spawn();
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => {
+                    if let Err(e) = running.reload_from_file() {
+                        tracing::error!(error = %e, "reload failed; keeping the current backends");
+                    }
+                }
+            }
+        }
+        tracing::info!("shutting down");
+        running.shutdown().await;
+        anyhow::Ok(())
+    })?;
+    // Tunnels still open after the grace period end with the runtime.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    Ok(())
 }
 
+/// Validates a configuration: prints `ok` and exits 0, or prints `FILE: KEY: PROBLEM` and exits 1.
 pub fn check(args: CheckArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`tether check --config {}` is not wired yet", args.config.display())
+    match Config::from_file(&args.config) {
+        Ok(config) => {
+            println!(
+                "{}: ok ({} backends, strategy {:?})",
+                args.config.display(),
+                config.backends.len(),
+                config.balance.strategy
+            );
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    }
 }

@@ -1,0 +1,549 @@
+//! The proxy's configuration: TOML in, typed values out, validated once.
+//!
+//! After [`Config::from_file`] or [`Config::from_toml`] returns, no string decides behaviour:
+//! strategies, routing keys and health-check kinds are enums, durations are [`Duration`]s, and
+//! every cross-field rule (unique backend names, a key for consistent hashing, …) has been
+//! checked. Every error names the file, the key and the problem, so `tether check` can print it
+//! as it is.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// A configuration that could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {problem}")]
+pub struct ConfigError {
+    /// The file it came from (`<inline>` for a string).
+    pub file: PathBuf,
+    /// The dotted path of the offending key (`balance.strategy`, `backend[2].addr`).
+    pub key: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+/// The whole proxy configuration. Field names are the TOML keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub listen: ListenConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    #[serde(default)]
+    pub balance: BalanceConfig,
+    #[serde(default)]
+    pub timeouts: TimeoutConfig,
+    #[serde(default)]
+    pub limits: LimitConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(default, rename = "backend")]
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    /// Peers whose `X-Forwarded-For` and PROXY protocol header are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Expect a PROXY protocol (v1 or v2) header from trusted peers, like HAProxy's `accept-proxy`.
+    pub accept_proxy: bool,
+    /// `Origin` values allowed to open a WebSocket; empty allows any.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            trusted_proxies: Vec::new(),
+            accept_proxy: false,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// The admin listener (`/metrics`, `/api/backends`); `enabled = false` turns it off.
+    pub addr: SocketAddr,
+    pub enabled: bool,
+    /// Also serve the admin API and dashboard under this path on the main listener (like
+    /// HAProxy's `stats uri`); empty turns it off.
+    pub stats_uri: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            enabled: true,
+            stats_uri: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Worker threads; 0 uses every core.
+    pub workers: usize,
+    /// How long SIGTERM waits for tunnels to finish before closing them.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            workers: 0,
+            grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How a backend is chosen for a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    RoundRobin,
+    LeastConnections,
+    P2c,
+    Random,
+    ConsistentHash,
+}
+
+/// Where the routing key of a request comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// The client's IP (after `trusted_proxies` are applied).
+    Ip,
+    /// A query-string parameter.
+    Query(String),
+    /// A request header (name lower-cased).
+    Header(String),
+    /// A cookie.
+    Cookie(String),
+    /// The Nth path segment, 1-based (`/room/42` → `path:2` is `42`).
+    Path(usize),
+}
+
+impl FromStr for KeySource {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (kind, arg) = s.split_once(':').unwrap_or((s, ""));
+        let need_name = |what: &str| -> Result<String, String> {
+            if arg.is_empty() {
+                Err(format!("`{what}:` needs a name, as in `{what}:sid`"))
+            } else {
+                Ok(arg.to_owned())
+            }
+        };
+        match kind {
+            "ip" if arg.is_empty() => Ok(KeySource::Ip),
+            "query" => need_name("query").map(KeySource::Query),
+            "header" => need_name("header").map(|h| KeySource::Header(h.to_ascii_lowercase())),
+            "cookie" => need_name("cookie").map(KeySource::Cookie),
+            "path" => match arg.parse::<usize>() {
+                Ok(n) if n >= 1 => Ok(KeySource::Path(n)),
+                _ => Err(format!("`path:N` needs N ≥ 1, got `{arg}`")),
+            },
+            _ => Err(format!(
+                "unknown key `{s}`; expected ip | query:NAME | header:NAME | cookie:NAME | path:N"
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for KeySource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySource::Ip => f.write_str("ip"),
+            KeySource::Query(n) => write!(f, "query:{n}"),
+            KeySource::Header(n) => write!(f, "header:{n}"),
+            KeySource::Cookie(n) => write!(f, "cookie:{n}"),
+            KeySource::Path(n) => write!(f, "path:{n}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BalanceConfig {
+    pub strategy: Strategy,
+    /// Routing key for `consistent-hash`.
+    pub key: Option<KeySource>,
+    /// Bounded loads: no backend above ⌈f × average⌉ live tunnels; 0 turns the bound off.
+    pub balance_factor: f64,
+    /// Strategy used when a request carries no key (never `consistent-hash`).
+    pub fallback: Strategy,
+    /// How many other backends a failed connect is retried on.
+    pub retries: u32,
+    /// Name of the LB-inserted sticky cookie (HAProxy's `cookie NAME insert`); empty = off.
+    pub cookie: String,
+}
+
+impl Default for BalanceConfig {
+    fn default() -> Self {
+        BalanceConfig {
+            strategy: Strategy::RoundRobin,
+            key: None,
+            balance_factor: 1.25,
+            fallback: Strategy::RoundRobin,
+            retries: 2,
+            cookie: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutConfig {
+    /// From accept to the first byte of the request (HAProxy: `timeout client` on a new socket).
+    #[serde(with = "humantime_serde")]
+    pub first_byte: Duration,
+    /// From accept to the end of the request head (HAProxy: `timeout http-request`).
+    #[serde(with = "humantime_serde")]
+    pub head: Duration,
+    /// TCP connect to a backend.
+    #[serde(with = "humantime_serde")]
+    pub connect: Duration,
+    /// From forwarding the head to the backend's complete response head.
+    #[serde(with = "humantime_serde")]
+    pub response: Duration,
+    /// A tunnel with no bytes either way for this long is closed; 0 = never (HAProxy: `timeout tunnel`).
+    #[serde(with = "humantime_serde")]
+    pub tunnel_idle: Duration,
+}
+
+impl Default for TimeoutConfig {
+    fn default() -> Self {
+        TimeoutConfig {
+            first_byte: Duration::from_secs(5),
+            head: Duration::from_secs(10),
+            connect: Duration::from_secs(3),
+            response: Duration::from_secs(15),
+            tunnel_idle: Duration::ZERO,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitConfig {
+    /// Largest request head accepted (431 above it).
+    pub max_head_bytes: usize,
+    /// Most header lines accepted (431 above it).
+    pub max_headers: usize,
+    /// Open client connections in total (503 with `Retry-After` above it); 0 = no limit.
+    pub maxconn: usize,
+    /// Handshakes per second per client IP (429 above it); 0 = no limit.
+    pub rate_per_ip: u32,
+    /// Burst allowed above `rate_per_ip`; 0 means the same as the rate.
+    pub rate_burst: u32,
+    /// Seconds announced in `Retry-After` on 503 and 429.
+    pub retry_after_secs: u32,
+}
+
+impl Default for LimitConfig {
+    fn default() -> Self {
+        LimitConfig {
+            max_head_bytes: 16 * 1024,
+            max_headers: 64,
+            maxconn: 0,
+            rate_per_ip: 0,
+            rate_burst: 0,
+            retry_after_secs: 2,
+        }
+    }
+}
+
+/// What an active health check does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckKind {
+    /// No active checks: a backend taken out by passive failures returns after `interval × rise`.
+    None,
+    /// A TCP connect.
+    Tcp,
+    /// `GET path`, expecting 2xx.
+    Http,
+    /// A WebSocket upgrade to `path`, expecting 101, then a close.
+    Websocket,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    pub kind: CheckKind,
+    pub path: String,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive successes that bring a backend up.
+    pub rise: u32,
+    /// Consecutive failures (active or passive) that take it down.
+    pub fall: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            kind: CheckKind::Tcp,
+            path: "/".to_owned(),
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub name: String,
+    pub addr: SocketAddr,
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Live tunnels this backend takes at most; 0 = no limit.
+    #[serde(default)]
+    pub maxconn: usize,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Config {
+    /// Reads, parses and validates a file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            key: "-".to_owned(),
+            problem: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates TOML text (reported as `<inline>`).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Self::parse(text, Path::new("<inline>"))
+    }
+
+    fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError {
+            file: file.to_owned(),
+            key: "-".to_owned(),
+            problem: e.message().to_owned(),
+        })?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| ConfigError {
+            file: file.to_owned(),
+            key: display_path(e.path()),
+            problem: e.inner().message().to_owned(),
+        })?;
+        config.validate().map_err(|(key, problem)| ConfigError {
+            file: file.to_owned(),
+            key,
+            problem,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let err = |k: &str, p: String| Err((k.to_owned(), p));
+        if self.backends.is_empty() {
+            return err("backend", "at least one [[backend]] is needed".into());
+        }
+        let mut names = HashSet::new();
+        for (i, b) in self.backends.iter().enumerate() {
+            if b.name.is_empty() || b.name.len() > 64 || !b.name.chars().all(is_name_char) {
+                return err(
+                    &format!("backend[{i}].name"),
+                    format!("`{}` must be 1-64 of [A-Za-z0-9_.-]", b.name),
+                );
+            }
+            if !names.insert(b.name.as_str()) {
+                return err(
+                    &format!("backend[{i}].name"),
+                    format!("`{}` is used twice", b.name),
+                );
+            }
+            if b.weight == 0 || b.weight > 256 {
+                return err(&format!("backend[{i}].weight"), "must be 1..=256".into());
+            }
+        }
+        let balance = &self.balance;
+        if balance.strategy == Strategy::ConsistentHash && balance.key.is_none() {
+            return err("balance.key", "`consistent-hash` needs a key".into());
+        }
+        if balance.fallback == Strategy::ConsistentHash {
+            return err(
+                "balance.fallback",
+                "the fallback cannot itself need a key".into(),
+            );
+        }
+        if !(balance.balance_factor == 0.0 || balance.balance_factor >= 1.0)
+            || !balance.balance_factor.is_finite()
+        {
+            return err("balance.balance_factor", "must be 0 (off) or ≥ 1.0".into());
+        }
+        if !balance.cookie.is_empty() && !balance.cookie.bytes().all(is_cookie_name_byte) {
+            return err("balance.cookie", "not a valid cookie name".into());
+        }
+        let s = &self.admin.stats_uri;
+        if !s.is_empty() && !(s.starts_with('/') && s.ends_with('/')) {
+            return err("admin.stats_uri", "must start and end with `/`".into());
+        }
+        let h = &self.health;
+        if h.rise == 0 || h.fall == 0 {
+            return err("health", "`rise` and `fall` must be ≥ 1".into());
+        }
+        if h.interval.is_zero() || h.timeout.is_zero() {
+            return err("health", "`interval` and `timeout` must be > 0".into());
+        }
+        if !h.path.starts_with('/') {
+            return err("health.path", "must start with `/`".into());
+        }
+        let l = &self.limits;
+        if l.max_head_bytes < 256 || l.max_headers == 0 {
+            return err(
+                "limits",
+                "`max_head_bytes` ≥ 256 and `max_headers` ≥ 1".into(),
+            );
+        }
+        for (name, d) in [
+            ("timeouts.first_byte", self.timeouts.first_byte),
+            ("timeouts.head", self.timeouts.head),
+            ("timeouts.connect", self.timeouts.connect),
+            ("timeouts.response", self.timeouts.response),
+        ] {
+            if d.is_zero() {
+                return err(name, "must be > 0".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
+}
+
+fn is_cookie_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// `backend.2.addr` → `backend[2].addr`: the way a TOML user reads an array of tables.
+fn display_path(path: &serde_path_to_error::Path) -> String {
+    let mut out = String::new();
+    for seg in path.iter() {
+        match seg {
+            serde_path_to_error::Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            serde_path_to_error::Segment::Map { key }
+            | serde_path_to_error::Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            serde_path_to_error::Segment::Unknown => out.push('?'),
+        }
+    }
+    if out.is_empty() {
+        out.push('-');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[[backend]]\nname = \"b1\"\naddr = \"127.0.0.1:9001\"\n";
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(c.listen.addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.balance.strategy, Strategy::RoundRobin);
+        assert_eq!(c.balance.balance_factor, 1.25);
+        assert_eq!(c.timeouts.tunnel_idle, Duration::ZERO);
+        assert_eq!(c.backends[0].weight, 1);
+    }
+
+    #[test]
+    fn unknown_key_names_its_path() {
+        let e =
+            Config::from_toml(&format!("[balance]\nstrategi = \"p2c\"\n{MINIMAL}")).unwrap_err();
+        assert_eq!(e.key, "balance.strategi", "{e}");
+        assert!(e.problem.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn bad_strategy_lists_the_valid_ones() {
+        let e =
+            Config::from_toml(&format!("[balance]\nstrategy = \"sticky\"\n{MINIMAL}")).unwrap_err();
+        assert_eq!(e.key, "balance.strategy");
+        assert!(e.problem.contains("consistent-hash"), "{e}");
+    }
+
+    #[test]
+    fn bad_backend_address_names_the_backend_index() {
+        let text = format!("{MINIMAL}[[backend]]\nname = \"b2\"\naddr = \"nowhere\"\n");
+        let e = Config::from_toml(&text).unwrap_err();
+        assert_eq!(e.key, "backend[1].addr", "{e}");
+    }
+
+    #[test]
+    fn every_key_kind_parses() {
+        for (text, want) in [
+            ("ip", KeySource::Ip),
+            ("query:sid", KeySource::Query("sid".into())),
+            ("header:X-User", KeySource::Header("x-user".into())),
+            ("cookie:session", KeySource::Cookie("session".into())),
+            ("path:2", KeySource::Path(2)),
+        ] {
+            assert_eq!(text.parse::<KeySource>().unwrap(), want);
+        }
+        assert!("path:0".parse::<KeySource>().is_err());
+        assert!("query:".parse::<KeySource>().is_err());
+        assert!("host".parse::<KeySource>().is_err());
+    }
+
+    #[test]
+    fn consistent_hash_without_key_is_rejected() {
+        let e = Config::from_toml(&format!(
+            "[balance]\nstrategy = \"consistent-hash\"\n{MINIMAL}"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "balance.key");
+    }
+
+    #[test]
+    fn duplicate_backend_names_are_rejected() {
+        let e = Config::from_toml(&format!("{MINIMAL}{MINIMAL}")).unwrap_err();
+        assert_eq!(e.key, "backend[1].name");
+    }
+}

@@ -1,0 +1,382 @@
+//! One client connection, from accept to the end of its tunnel.
+//!
+//! The handshake future is boxed and dropped before the tunnel starts, so nothing it needed
+//! (the head buffer, the parsed header table) stays alive for the life of the WebSocket.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::{debug, info, info_span, Instrument};
+
+use crate::backend::{Backend, BackendId, Lease};
+use crate::balance::PickError;
+use crate::client_ip::{parse_proxy_header, ProxyHeader};
+use crate::config::Strategy;
+use crate::handshake::{self, ReadError, Reject, RequestHead};
+use crate::key::routing_key;
+use crate::metrics::HandshakeLabels;
+use crate::shared::{ClientGauge, Shared};
+use crate::tunnel::{self, Counters};
+
+/// The identifier of a client connection in logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnId(pub u64);
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// What the handshake produced.
+enum Handshake {
+    /// The backend answered and the response went to the client; bytes flow from now on.
+    Forwarded(Upstream),
+    /// The request was for the admin pages under `stats_uri`; the head is handed over.
+    Admin(Vec<u8>),
+    /// Nothing more to do (the client left, or was answered by the proxy).
+    Done,
+}
+
+struct Upstream {
+    stream: TcpStream,
+    lease: Lease,
+    client_ip: IpAddr,
+    status: u16,
+}
+
+pub async fn handle(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr, id: ConnId) {
+    let started = Instant::now();
+    let _gauge = ClientGauge::new(&shared);
+    let Some(_admitted) = shared.gate.admit() else {
+        refuse(&shared, &mut client, Reject::MaxConn).await;
+        return;
+    };
+    let span = info_span!("conn", %id, %peer);
+    let outcome = Box::pin(handshake(&shared, &mut client, peer, started))
+        .instrument(span)
+        .await;
+    match outcome {
+        Handshake::Forwarded(upstream) => relay(&shared, client, upstream, id, started).await,
+        Handshake::Admin(head) => crate::admin::serve_on_main(shared, client, head).await,
+        Handshake::Done => {}
+    }
+}
+
+async fn refuse(shared: &Shared, client: &mut TcpStream, reject: Reject) {
+    debug!(status = reject.status(), %reject, "answered by the proxy");
+    shared.metrics.reject(reject.metric());
+    let _ = client
+        .write_all(&reject.response(shared.config.limits.retry_after_secs))
+        .await;
+    let _ = client.shutdown().await;
+}
+
+async fn handshake(
+    shared: &Shared,
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    started: Instant,
+) -> Handshake {
+    let mut buf = Vec::with_capacity(1024);
+    let mut peer_ip = peer.ip();
+    if shared.config.listen.accept_proxy && shared.trusted.contains(peer_ip) {
+        match read_proxy_header(shared, client, &mut buf, started).await {
+            Ok(Some(source)) => peer_ip = source,
+            Ok(None) => {}
+            Err(reject) => {
+                refuse(shared, client, reject).await;
+                return Handshake::Done;
+            }
+        }
+    }
+    let head_len = match handshake::read_head(client, &mut buf, &shared.head_limits, started).await
+    {
+        Ok(n) => n,
+        Err(ReadError::Closed | ReadError::Io(_)) => return Handshake::Done,
+        Err(ReadError::Reject(r)) => {
+            refuse(shared, client, r).await;
+            return Handshake::Done;
+        }
+    };
+    match route(shared, client, &buf, head_len, peer_ip).await {
+        Ok(Some(upstream)) => Handshake::Forwarded(upstream),
+        Ok(None) => Handshake::Admin(buf),
+        Err(Some(reject)) => {
+            refuse(shared, client, reject).await;
+            Handshake::Done
+        }
+        Err(None) => Handshake::Done,
+    }
+}
+
+/// Reads a PROXY protocol header if the peer sent one; returns the original client address.
+async fn read_proxy_header(
+    shared: &Shared,
+    client: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    started: Instant,
+) -> Result<Option<IpAddr>, Reject> {
+    use tokio::io::AsyncReadExt;
+    let deadline = started + shared.head_limits.complete;
+    loop {
+        match parse_proxy_header(buf) {
+            ProxyHeader::Complete { len, source } => {
+                buf.drain(..len);
+                return Ok(source.map(|s| s.ip()));
+            }
+            ProxyHeader::Invalid => {
+                return Err(Reject::BadRequest("invalid PROXY protocol header"))
+            }
+            ProxyHeader::Incomplete if buf.len() > 536 => {
+                return Err(Reject::BadRequest("PROXY protocol header too long"))
+            }
+            ProxyHeader::Incomplete => {}
+        }
+        match tokio::time::timeout_at(deadline, client.read_buf(buf)).await {
+            Err(_) => return Err(Reject::Timeout),
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return Err(Reject::BadRequest("connection closed in PROXY header"))
+            }
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Checks the request, chooses a backend, forwards the head and relays the response head.
+/// `Ok(None)`: an admin request. `Err(None)`: the client is gone, nothing to answer.
+async fn route(
+    shared: &Shared,
+    client: &mut TcpStream,
+    buf: &[u8],
+    head_len: usize,
+    peer_ip: IpAddr,
+) -> Result<Option<Upstream>, Option<Reject>> {
+    let head =
+        RequestHead::parse(&buf[..head_len], shared.config.limits.max_headers).map_err(Some)?;
+    if let Some(prefix) = shared.stats_prefix() {
+        if head.path(buf).starts_with(prefix) {
+            return Ok(None);
+        }
+    }
+    let peer_trusted = shared.trusted.contains(peer_ip);
+    let client_ip = shared.trusted.client_ip(peer_ip, &head.forwarded_for(buf));
+    if let Some(rate) = &shared.rate {
+        if !rate.allow(client_ip, std::time::Instant::now()) {
+            return Err(Some(Reject::RateLimited));
+        }
+    }
+    if head.websocket && !shared.origin_allowed(head.header(buf, "origin")) {
+        return Err(Some(Reject::Origin));
+    }
+    let sticky = sticky_backend(shared, &head, buf);
+    let key = shared
+        .config
+        .balance
+        .key
+        .as_ref()
+        .filter(|_| shared.config.balance.strategy == Strategy::ConsistentHash)
+        .and_then(|source| routing_key(source, &head, buf, client_ip));
+    let (mut backend_stream, lease) =
+        connect(shared, sticky.clone(), key.as_ref().map(|k| k.as_bytes())).await?;
+    let mut out = Vec::with_capacity(head_len + 128 + buf.len() - head_len);
+    head.forward(buf, client_ip, peer_trusted, !head.websocket, &mut out);
+    out.extend_from_slice(&buf[head_len..]);
+    let backend = lease.backend().clone();
+    let sent_at = Instant::now();
+    let response = forward_and_read_response(shared, &mut backend_stream, &out).await;
+    let Some((mut response, head)) = response else {
+        note_failure(shared, &backend, "no valid response head");
+        return Err(Some(Reject::BackendFailed));
+    };
+    shared
+        .metrics
+        .handshake_seconds
+        .observe(sent_at.elapsed().as_secs_f64());
+    shared
+        .metrics
+        .handshakes
+        .get_or_create(&HandshakeLabels {
+            backend: backend.name.to_string(),
+            status: head.status,
+        })
+        .inc();
+    if head.status >= 500 {
+        note_failure(shared, &backend, "5xx response to a handshake");
+    } else {
+        backend.record_success(shared.config.health.rise);
+    }
+    let cookie = &shared.config.balance.cookie;
+    let cookie_ok = head.status < 400 && !cookie.is_empty();
+    if cookie_ok && sticky.as_ref().is_none_or(|b| !Arc::ptr_eq(b, &backend)) {
+        let line = format!(
+            "Set-Cookie: {cookie}={}; Path=/; HttpOnly; SameSite=Lax",
+            backend.cookie
+        );
+        handshake::insert_header(&mut response, head.len, &line);
+    }
+    client.write_all(&response).await.map_err(|_| None)?;
+    Ok(Some(Upstream {
+        stream: backend_stream,
+        lease,
+        client_ip,
+        status: head.status,
+    }))
+}
+
+/// The backend named by the LB-inserted cookie, if it still takes connections.
+fn sticky_backend(shared: &Shared, head: &RequestHead, buf: &[u8]) -> Option<Arc<Backend>> {
+    let name = &shared.config.balance.cookie;
+    if name.is_empty() {
+        return None;
+    }
+    let value = std::str::from_utf8(head.cookie(buf, name)?).ok()?;
+    let set = shared.registry.snapshot();
+    set.by_cookie(value).filter(|b| b.accepts_new()).cloned()
+}
+
+/// Connects to a chosen backend, trying others on failure (the client never sees a failed
+/// connect while another backend is left).
+async fn connect(
+    shared: &Shared,
+    sticky: Option<Arc<Backend>>,
+    key: Option<&[u8]>,
+) -> Result<(TcpStream, Lease), Option<Reject>> {
+    let set = shared.registry.snapshot();
+    let mut tried: Vec<BackendId> = Vec::new();
+    let attempts = shared.config.balance.retries + 1;
+    let mut sticky = sticky;
+    for attempt in 0..attempts {
+        let lease = match sticky.take() {
+            Some(b) => b.lease(),
+            None => match shared.balancer.pick(&set, key, &tried) {
+                Ok((id, lease)) => {
+                    tried.push(id);
+                    lease
+                }
+                Err(PickError::NoneUp | PickError::AllFull) => return Err(Some(Reject::NoBackend)),
+            },
+        };
+        if attempt > 0 {
+            shared.metrics.retries.inc();
+        }
+        let backend = lease.backend().clone();
+        if let Some(id) = set.ids().find(|id| Arc::ptr_eq(set.get(*id), &backend)) {
+            if !tried.contains(&id) {
+                tried.push(id);
+            }
+        }
+        match tokio::time::timeout(
+            shared.config.timeouts.connect,
+            TcpStream::connect(backend.addr),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                return Ok((stream, lease));
+            }
+            Ok(Err(e)) => note_failure(shared, &backend, &e.to_string()),
+            Err(_) => note_failure(shared, &backend, "connect timed out"),
+        }
+    }
+    Err(Some(Reject::NoBackend))
+}
+
+fn note_failure(shared: &Shared, backend: &Backend, cause: &str) {
+    debug!(backend = %backend.name, cause, "backend failure");
+    backend.metrics.failures.inc();
+    let transition = backend.record_failure(shared.config.health.fall);
+    crate::health::log_transition(
+        backend,
+        transition,
+        Some(std::io::Error::other(cause.to_owned())),
+    );
+}
+
+/// Sends the rewritten head and reads the backend's response head. Returns the bytes read
+/// (head plus whatever followed it) and the parsed head.
+async fn forward_and_read_response(
+    shared: &Shared,
+    backend: &mut TcpStream,
+    out: &[u8],
+) -> Option<(Vec<u8>, handshake::ResponseHead)> {
+    use tokio::io::AsyncReadExt;
+    let deadline = Instant::now() + shared.config.timeouts.response;
+    tokio::time::timeout_at(deadline, backend.write_all(out))
+        .await
+        .ok()?
+        .ok()?;
+    let mut buf = Vec::with_capacity(512);
+    loop {
+        if let Some(head) = handshake::parse_response(&buf) {
+            return Some((buf, head));
+        }
+        if buf.len() > shared.config.limits.max_head_bytes {
+            return None;
+        }
+        let n = tokio::time::timeout_at(deadline, backend.read_buf(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+    }
+}
+
+/// After the response head: the tunnel for a WebSocket, or the rest of one plain HTTP exchange.
+async fn relay(
+    shared: &Shared,
+    client: TcpStream,
+    upstream: Upstream,
+    id: ConnId,
+    started: Instant,
+) {
+    let Upstream {
+        stream,
+        lease,
+        client_ip,
+        status,
+    } = upstream;
+    let backend = lease.backend().clone();
+    // A plain request does not occupy a tunnel slot: least-connections counts WebSockets.
+    let lease = (status == 101).then_some(lease);
+    let counters = Counters {
+        to_backend: backend.metrics.bytes_to_backend.clone(),
+        to_client: backend.metrics.bytes_to_client.clone(),
+    };
+    let idle = Some(shared.config.timeouts.tunnel_idle).filter(|d| !d.is_zero());
+    let outcome = tunnel::run(&client, &stream, idle, &counters).await;
+    drop(lease);
+    if status == 101 {
+        shared
+            .metrics
+            .tunnels_ended
+            .get_or_create(&crate::metrics::EndLabels {
+                reason: outcome.reason,
+            })
+            .inc();
+        info!(
+            conn = %id,
+            client = %client_ip,
+            backend = %backend.name,
+            duration = ?round(started.elapsed()),
+            bytes_to_backend = outcome.to_backend,
+            bytes_to_client = outcome.to_client,
+            reason = ?outcome.reason,
+            error = ?outcome.error,
+            "tunnel ended"
+        );
+    } else {
+        debug!(conn = %id, client = %client_ip, backend = %backend.name, status, "request done");
+    }
+}
+
+fn round(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
+}

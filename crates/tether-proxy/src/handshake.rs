@@ -1,0 +1,542 @@
+//! The L7 part of a connection: reading, checking and rewriting HTTP/1.1 heads.
+//!
+//! Only the head is parsed; the body (and, after `101`, the WebSocket) is never looked at.
+//! Header positions are kept as ranges into the read buffer, so a handshake allocates the
+//! buffer and the rewritten head and nothing per header.
+
+use std::io;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::metrics::RejectReason;
+
+/// Why a request is answered by the proxy itself, with the status it gets.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Reject {
+    #[error("malformed request: {0}")]
+    BadRequest(&'static str),
+    #[error("request head larger than {0} bytes")]
+    HeadTooLarge(usize),
+    #[error("more than {0} header lines")]
+    TooManyHeaders(usize),
+    #[error("request head not received in time")]
+    Timeout,
+    #[error("unsupported WebSocket version")]
+    WebSocketVersion,
+    #[error("origin not allowed")]
+    Origin,
+    #[error("too many handshakes from this address")]
+    RateLimited,
+    #[error("connection limit reached")]
+    MaxConn,
+    #[error("no backend available")]
+    NoBackend,
+    #[error("backend failed to answer")]
+    BackendFailed,
+}
+
+impl Reject {
+    pub fn status(&self) -> u16 {
+        match self {
+            Reject::BadRequest(_) => 400,
+            Reject::Origin => 403,
+            Reject::Timeout => 408,
+            Reject::HeadTooLarge(_) | Reject::TooManyHeaders(_) => 431,
+            Reject::WebSocketVersion => 426,
+            Reject::RateLimited => 429,
+            Reject::BackendFailed => 502,
+            Reject::MaxConn | Reject::NoBackend => 503,
+        }
+    }
+
+    pub fn metric(&self) -> RejectReason {
+        match self {
+            Reject::BadRequest(_) | Reject::WebSocketVersion => RejectReason::BadRequest,
+            Reject::HeadTooLarge(_) | Reject::TooManyHeaders(_) => RejectReason::HeadTooLarge,
+            Reject::Timeout => RejectReason::HeadTimeout,
+            Reject::Origin => RejectReason::Origin,
+            Reject::RateLimited => RejectReason::RateLimited,
+            Reject::MaxConn => RejectReason::MaxConn,
+            Reject::NoBackend => RejectReason::NoBackend,
+            Reject::BackendFailed => RejectReason::BackendFailed,
+        }
+    }
+
+    /// The complete response the client gets.
+    pub fn response(&self, retry_after_secs: u32) -> Vec<u8> {
+        let status = self.status();
+        let body = format!("{self}\n");
+        let mut extra = String::new();
+        if matches!(status, 429 | 503) {
+            extra.push_str(&format!("retry-after: {retry_after_secs}\r\n"));
+        }
+        if status == 426 {
+            extra.push_str("sec-websocket-version: 13\r\n");
+        }
+        format!(
+            "HTTP/1.1 {status} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n{extra}\r\n{body}",
+            reason_phrase(status),
+            body.len()
+        )
+        .into_bytes()
+    }
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        403 => "Forbidden",
+        408 => "Request Timeout",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+/// Limits on reading a head.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    pub max_bytes: usize,
+    pub max_headers: usize,
+    pub first_byte: Duration,
+    pub complete: Duration,
+}
+
+/// How reading a head ended badly.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The peer closed before sending a complete head (nothing to answer).
+    Closed,
+    Io(io::Error),
+    Reject(Reject),
+}
+
+/// Reads until `buf` holds a complete head (`\r\n\r\n`); returns the head's length. Bytes
+/// after it (a body, or early WebSocket frames) stay in `buf`. `started` is when the
+/// connection was accepted: the deadlines count from there, so a slowloris client is cut.
+pub async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    limits: &HeadLimits,
+    started: Instant,
+) -> Result<usize, ReadError> {
+    let mut scanned = 0;
+    loop {
+        if let Some(end) = find_head_end(buf, scanned) {
+            return Ok(end);
+        }
+        scanned = buf.len().saturating_sub(3);
+        if buf.len() >= limits.max_bytes {
+            return Err(ReadError::Reject(Reject::HeadTooLarge(limits.max_bytes)));
+        }
+        let deadline = started
+            + if buf.is_empty() {
+                limits.first_byte
+            } else {
+                limits.complete
+            };
+        buf.reserve(1024.min(limits.max_bytes - buf.len()).max(256));
+        let read = tokio::time::timeout_at(deadline, stream.read_buf(buf)).await;
+        match read {
+            Err(_) => return Err(ReadError::Reject(Reject::Timeout)),
+            Ok(Ok(0)) => return Err(ReadError::Closed),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(ReadError::Io(e)),
+        }
+    }
+}
+
+fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
+    buf.get(from..)?
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| from + p + 4)
+}
+
+/// Header positions inside the head buffer.
+#[derive(Debug, Clone)]
+struct HeaderPos {
+    name: Range<usize>,
+    value: Range<usize>,
+}
+
+/// A parsed request head: ranges into the buffer it was read into.
+#[derive(Debug)]
+pub struct RequestHead {
+    method: Range<usize>,
+    path: Range<usize>,
+    /// `1` for HTTP/1.1, `0` for HTTP/1.0.
+    minor_version: u8,
+    headers: Vec<HeaderPos>,
+    /// True when this is a valid WebSocket upgrade.
+    pub websocket: bool,
+}
+
+fn range_in(buf: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    start..start + part.len()
+}
+
+impl RequestHead {
+    /// Parses and checks a request head (`buf[..len]` must be the complete head).
+    pub fn parse(buf: &[u8], max_headers: usize) -> Result<RequestHead, Reject> {
+        let mut storage = vec![httparse::EMPTY_HEADER; max_headers];
+        let mut req = httparse::Request::new(&mut storage);
+        match req.parse(buf) {
+            Ok(httparse::Status::Complete(_)) => {}
+            Ok(httparse::Status::Partial) => return Err(Reject::BadRequest("incomplete head")),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(Reject::TooManyHeaders(max_headers))
+            }
+            Err(_) => return Err(Reject::BadRequest("not an HTTP/1.x request head")),
+        }
+        let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
+            return Err(Reject::BadRequest("incomplete request line"));
+        };
+        if !path.starts_with('/') {
+            return Err(Reject::BadRequest(
+                "request target must be an absolute path",
+            ));
+        }
+        let headers: Vec<HeaderPos> = req
+            .headers
+            .iter()
+            .map(|h| HeaderPos {
+                name: range_in(buf, h.name.as_bytes()),
+                value: range_in(buf, h.value),
+            })
+            .collect();
+        let mut head = RequestHead {
+            method: range_in(buf, method.as_bytes()),
+            path: range_in(buf, path.as_bytes()),
+            minor_version: version,
+            headers,
+            websocket: false,
+        };
+        head.check(buf)?;
+        Ok(head)
+    }
+
+    /// Request-smuggling and WebSocket rules (RFC 9112 §6.3, RFC 6455 §4.2.1).
+    fn check(&mut self, buf: &[u8]) -> Result<(), Reject> {
+        if self.minor_version == 1 && self.header(buf, "host").is_none() {
+            return Err(Reject::BadRequest("HTTP/1.1 request without Host"));
+        }
+        if self.header(buf, "transfer-encoding").is_some()
+            && self.header(buf, "content-length").is_some()
+        {
+            return Err(Reject::BadRequest(
+                "both Transfer-Encoding and Content-Length",
+            ));
+        }
+        if !self.content_length_is_valid(buf) {
+            return Err(Reject::BadRequest("invalid Content-Length"));
+        }
+        let upgrade = self.header(buf, "upgrade").is_some_and(|v| {
+            v.split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"websocket"))
+        });
+        if !upgrade {
+            return Ok(());
+        }
+        if &buf[self.method.clone()] != b"GET" || self.minor_version != 1 {
+            return Err(Reject::BadRequest(
+                "a WebSocket upgrade must be GET over HTTP/1.1",
+            ));
+        }
+        let connection_upgrade = self.headers_named(buf, "connection").any(|v| {
+            v.split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+        });
+        if !connection_upgrade {
+            return Err(Reject::BadRequest(
+                "WebSocket upgrade without `Connection: upgrade`",
+            ));
+        }
+        match self.header(buf, "sec-websocket-key") {
+            Some(k) if k.trim_ascii().len() == 24 => {}
+            _ => return Err(Reject::BadRequest("missing or malformed Sec-WebSocket-Key")),
+        }
+        if self
+            .header(buf, "sec-websocket-version")
+            .map(|v| v.trim_ascii())
+            != Some(b"13")
+        {
+            return Err(Reject::WebSocketVersion);
+        }
+        self.websocket = true;
+        Ok(())
+    }
+
+    /// All `Content-Length` headers agree and are numbers (or there are none).
+    fn content_length_is_valid(&self, buf: &[u8]) -> bool {
+        let mut lengths = self.headers_named(buf, "content-length");
+        let Some(first) = lengths.next() else {
+            return true;
+        };
+        let numeric = std::str::from_utf8(first)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .is_some();
+        numeric && lengths.all(|v| v == first)
+    }
+
+    /// The first value of a header (case-insensitive name).
+    pub fn header<'b>(&self, buf: &'b [u8], name: &str) -> Option<&'b [u8]> {
+        self.headers_named(buf, name).next()
+    }
+
+    fn headers_named<'s, 'b, 'n>(
+        &'s self,
+        buf: &'b [u8],
+        name: &'n str,
+    ) -> impl Iterator<Item = &'b [u8]> + use<'s, 'b, 'n> {
+        self.headers
+            .iter()
+            .filter(move |h| buf[h.name.clone()].eq_ignore_ascii_case(name.as_bytes()))
+            .map(move |h| &buf[h.value.clone()])
+    }
+
+    pub fn path<'b>(&self, buf: &'b [u8]) -> &'b str {
+        // httparse only accepts visible ASCII in the request target.
+        std::str::from_utf8(&buf[self.path.clone()]).unwrap_or("/")
+    }
+
+    /// All `X-Forwarded-For` entries in order, comma lists flattened.
+    pub fn forwarded_for<'b>(&self, buf: &'b [u8]) -> Vec<&'b str> {
+        self.headers_named(buf, "x-forwarded-for")
+            .filter_map(|v| std::str::from_utf8(v).ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+
+    /// The value of one cookie from any `Cookie` header.
+    pub fn cookie<'b>(&self, buf: &'b [u8], name: &str) -> Option<&'b [u8]> {
+        self.headers_named(buf, "cookie")
+            .flat_map(|v| v.split(|&b| b == b';'))
+            .find_map(|pair| {
+                let pair = pair.trim_ascii();
+                let eq = pair.iter().position(|&b| b == b'=')?;
+                (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
+            })
+    }
+
+    /// The head to send upstream: the original request line and headers, minus forwarding
+    /// headers the proxy sets itself (unless they came from a trusted proxy, then appended to),
+    /// plus `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded`. With `close`, the
+    /// connection is marked `Connection: close` so the backend ends it after one response
+    /// (plain requests are proxied one per connection, never smuggled past the proxy's checks).
+    pub fn forward(
+        &self,
+        buf: &[u8],
+        client: IpAddr,
+        peer_trusted: bool,
+        close: bool,
+        out: &mut Vec<u8>,
+    ) {
+        out.extend_from_slice(&buf[self.method.clone()]);
+        out.push(b' ');
+        out.extend_from_slice(&buf[self.path.clone()]);
+        out.extend_from_slice(if self.minor_version == 1 {
+            b" HTTP/1.1\r\n"
+        } else {
+            b" HTTP/1.0\r\n"
+        });
+        let mut prior_xff: Vec<&[u8]> = Vec::new();
+        let mut prior_fwd: Vec<&[u8]> = Vec::new();
+        for h in &self.headers {
+            let name = &buf[h.name.clone()];
+            let value = &buf[h.value.clone()];
+            if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+                prior_xff.push(value);
+            } else if name.eq_ignore_ascii_case(b"forwarded") {
+                prior_fwd.push(value);
+            } else if close && is_hop_by_hop(name) {
+                continue;
+            } else if name.eq_ignore_ascii_case(b"x-forwarded-proto") {
+                if peer_trusted {
+                    push_header(out, name, value);
+                }
+            } else {
+                push_header(out, name, value);
+            }
+        }
+        let client_text = client.to_string();
+        out.extend_from_slice(b"X-Forwarded-For: ");
+        if peer_trusted {
+            for v in &prior_xff {
+                out.extend_from_slice(v);
+                out.extend_from_slice(b", ");
+            }
+        }
+        out.extend_from_slice(client_text.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        if !(peer_trusted && self.header(buf, "x-forwarded-proto").is_some()) {
+            out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
+        }
+        out.extend_from_slice(b"Forwarded: ");
+        if peer_trusted {
+            for v in &prior_fwd {
+                out.extend_from_slice(v);
+                out.extend_from_slice(b", ");
+            }
+        }
+        match client {
+            IpAddr::V4(_) => {
+                out.extend_from_slice(format!("for={client_text};proto=http").as_bytes())
+            }
+            IpAddr::V6(_) => {
+                out.extend_from_slice(format!("for=\"[{client_text}]\";proto=http").as_bytes())
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+        if close {
+            out.extend_from_slice(b"Connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    [
+        &b"connection"[..],
+        b"keep-alive",
+        b"upgrade",
+        b"proxy-connection",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The parts of a backend's response head the proxy acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    /// Length of the head in the buffer, including the blank line.
+    pub len: usize,
+}
+
+/// Parses a complete response head.
+pub fn parse_response(buf: &[u8]) -> Option<ResponseHead> {
+    let mut storage = [httparse::EMPTY_HEADER; 96];
+    let mut res = httparse::Response::new(&mut storage);
+    match res.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => Some(ResponseHead {
+            status: res.code?,
+            len,
+        }),
+        _ => None,
+    }
+}
+
+/// Inserts a header line just before the blank line that ends a head of `head_len` bytes.
+pub fn insert_header(buf: &mut Vec<u8>, head_len: usize, line: &str) {
+    let at = head_len - 2;
+    buf.splice(at..at, line.bytes().chain(*b"\r\n"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WS: &str = "GET /ws?sid=7 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nCookie: a=1; srv=abc\r\nX-Forwarded-For: 1.2.3.4, 10.0.0.1\r\n\r\n";
+
+    #[test]
+    fn websocket_upgrade_is_recognised() {
+        let h = RequestHead::parse(WS.as_bytes(), 64).unwrap();
+        assert!(h.websocket);
+        assert_eq!(h.path(WS.as_bytes()), "/ws?sid=7");
+        assert_eq!(h.cookie(WS.as_bytes(), "srv"), Some(&b"abc"[..]));
+        assert_eq!(h.forwarded_for(WS.as_bytes()), vec!["1.2.3.4", "10.0.0.1"]);
+    }
+
+    #[test]
+    fn malformed_heads_are_rejected_with_4xx() {
+        let cases: &[(&str, u16)] = &[
+            ("GARBAGE\r\n\r\n", 400),
+            ("GET /x HTTP/1.1\r\n\r\n", 400),
+            ("GET x HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n", 426),
+        ];
+        for (head, status) in cases {
+            let err = RequestHead::parse(head.as_bytes(), 64).unwrap_err();
+            assert_eq!(err.status(), *status, "{head:?}: {err}");
+        }
+        let many = format!("GET / HTTP/1.1\r\nHost: a\r\n{}\r\n", "X: y\r\n".repeat(10));
+        assert_eq!(
+            RequestHead::parse(many.as_bytes(), 5).unwrap_err().status(),
+            431
+        );
+    }
+
+    #[test]
+    fn untrusted_forwarding_headers_are_replaced() {
+        let h = RequestHead::parse(WS.as_bytes(), 64).unwrap();
+        let mut out = Vec::new();
+        h.forward(
+            WS.as_bytes(),
+            "127.0.0.9".parse().unwrap(),
+            false,
+            false,
+            &mut out,
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("X-Forwarded-For: 127.0.0.9\r\n"), "{text}");
+        assert!(!text.contains("1.2.3.4"), "{text}");
+        assert!(
+            text.contains("Forwarded: for=127.0.0.9;proto=http\r\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn trusted_forwarding_headers_are_appended_to() {
+        let h = RequestHead::parse(WS.as_bytes(), 64).unwrap();
+        let mut out = Vec::new();
+        h.forward(
+            WS.as_bytes(),
+            "10.0.0.2".parse().unwrap(),
+            true,
+            false,
+            &mut out,
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("X-Forwarded-For: 1.2.3.4, 10.0.0.1, 10.0.0.2\r\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn header_is_inserted_before_the_blank_line() {
+        let mut buf =
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\nFRAME".to_vec();
+        let head = parse_response(&buf).unwrap();
+        assert_eq!(head.status, 101);
+        insert_header(&mut buf, head.len, "Set-Cookie: s=1");
+        assert_eq!(
+            buf,
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSet-Cookie: s=1\r\n\r\nFRAME"
+        );
+    }
+}

@@ -1,0 +1,206 @@
+//! Accepting connections, and the lifetime of a proxy: bind, run, reload, shut down.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use crate::admin::BackendView;
+use crate::connection::{self, ConnId};
+use crate::shared::Shared;
+use crate::{health, Config, ReloadError};
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A bound proxy, not yet serving.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+}
+
+fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
+    let err = |source| ProxyError::Bind { addr, source };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(4096).map_err(err)
+}
+
+impl Proxy {
+    /// Binds the listener and the admin listener. `config_path` enables reloads from file.
+    pub async fn bind(config: Config, config_path: Option<PathBuf>) -> Result<Proxy, ProxyError> {
+        let listener = bind(config.listen.addr)?;
+        let admin = if config.admin.enabled {
+            Some(bind(config.admin.addr)?)
+        } else {
+            None
+        };
+        Ok(Proxy {
+            shared: Arc::new(Shared::new(config, config_path)),
+            listener,
+            admin,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and waits up to
+    /// `runtime.grace` for open connections to finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let addr = self.local_addr();
+        let shared = self.shared.clone();
+        for backend in shared.registry.snapshot().backends.iter() {
+            health::spawn(backend.clone(), shared.config.health.clone());
+        }
+        if let Some(admin) = self.admin {
+            let router = crate::admin::router(shared.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(admin, router).await {
+                    error!(error = %e, "admin listener failed");
+                }
+            });
+        }
+        info!(%addr, backends = shared.registry.snapshot().backends.len(), "proxy listening");
+        tokio::select! {
+            () = accept_loop(self.listener, shared.clone()) => {}
+            () = shutdown => {}
+        }
+        let open = shared.gate.open();
+        info!(open, grace = ?shared.config.runtime.grace, "no longer accepting; waiting for connections to finish");
+        let deadline = tokio::time::Instant::now() + shared.config.runtime.grace;
+        while shared.gate.open() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let left = shared.gate.open();
+        if left > 0 {
+            warn!(left, "grace period over; closing the remaining connections");
+        }
+    }
+
+    /// Runs on the current runtime; the returned handle reports addresses and stops it.
+    pub fn spawn(self) -> RunningProxy {
+        let addr = self.local_addr();
+        let admin_addr = self.admin_addr();
+        let shared = self.shared.clone();
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(self.run(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }));
+        RunningProxy {
+            addr,
+            admin_addr,
+            shared,
+            stop,
+            task,
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let ids = AtomicU64::new(1);
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let id = ConnId(ids.fetch_add(1, Ordering::Relaxed));
+                tokio::spawn(connection::handle(shared.clone(), stream, peer, id));
+            }
+            Err(e) => {
+                // Out of file descriptors or similar: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// A proxy serving in the background.
+pub struct RunningProxy {
+    addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl RunningProxy {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The backends as the admin API reports them.
+    pub fn backends(&self) -> Vec<BackendView> {
+        self.shared
+            .registry
+            .snapshot()
+            .backends
+            .iter()
+            .map(|b| BackendView::of(b))
+            .collect()
+    }
+
+    /// Replaces the backend list without touching live tunnels.
+    pub fn reload(&self, config: &Config) {
+        crate::reload(&self.shared, config);
+    }
+
+    /// Re-reads the file the proxy was started from.
+    pub fn reload_from_file(&self) -> Result<(), ReloadError> {
+        crate::reload_from_file(&self.shared)
+    }
+
+    /// Marks a backend draining (no new tunnels) or enabled again. False if unknown.
+    pub fn set_draining(&self, name: &str, draining: bool) -> bool {
+        match self.shared.registry.snapshot().by_name(name) {
+            Some(b) => {
+                b.set_draining(draining);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.encode()
+    }
+
+    /// Stops accepting and waits for the grace period as SIGTERM would.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}

@@ -1,0 +1,169 @@
+//! Prometheus metrics of the proxy.
+//!
+//! Per-backend handles are created once when a backend joins and kept in the [`Backend`], so
+//! the hot path touches a shared atomic and never a label map.
+//!
+//! [`Backend`]: crate::backend::Backend
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabel {
+    pub backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    pub backend: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Direction {
+    ClientToBackend,
+    BackendToClient,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BytesLabels {
+    pub backend: String,
+    pub direction: Direction,
+}
+
+/// Why a request was answered by the proxy itself instead of a backend.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum RejectReason {
+    BadRequest,
+    HeadTooLarge,
+    HeadTimeout,
+    Origin,
+    RateLimited,
+    MaxConn,
+    NoBackend,
+    BackendFailed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    pub reason: RejectReason,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndLabels {
+    pub reason: crate::tunnel::EndReason,
+}
+
+/// Every metric the proxy exports.
+pub struct Metrics {
+    registry: Registry,
+    pub connections_active: Family<BackendLabel, Gauge>,
+    pub backend_up: Family<BackendLabel, Gauge>,
+    pub handshakes: Family<HandshakeLabels, Counter>,
+    pub bytes: Family<BytesLabels, Counter>,
+    pub backend_failures: Family<BackendLabel, Counter>,
+    pub rejected: Family<RejectLabels, Counter>,
+    pub tunnels_ended: Family<EndLabels, Counter>,
+    pub handshake_seconds: Histogram,
+    pub client_connections: Gauge,
+    pub retries: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("tether");
+        let m = Metrics {
+            connections_active: Family::default(),
+            backend_up: Family::default(),
+            handshakes: Family::default(),
+            bytes: Family::default(),
+            backend_failures: Family::default(),
+            rejected: Family::default(),
+            tunnels_ended: Family::default(),
+            handshake_seconds: Histogram::new(
+                [
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ]
+                .into_iter(),
+            ),
+            client_connections: Gauge::default(),
+            retries: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections_active",
+            "Live tunnels per backend",
+            m.connections_active.clone(),
+        );
+        registry.register(
+            "backend_up",
+            "1 if the backend takes new connections",
+            m.backend_up.clone(),
+        );
+        registry.register(
+            "handshakes",
+            "Forwarded handshakes by backend and response status",
+            m.handshakes.clone(),
+        );
+        registry.register("bytes", "Bytes moved through tunnels", m.bytes.clone());
+        registry.register(
+            "backend_failures",
+            "Failed connects and 5xx handshakes",
+            m.backend_failures.clone(),
+        );
+        registry.register(
+            "rejected",
+            "Requests answered by the proxy itself",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "tunnels_ended",
+            "Tunnels closed, by reason",
+            m.tunnels_ended.clone(),
+        );
+        registry.register(
+            "handshake_duration_seconds",
+            "From the end of the request head to the backend's response head",
+            m.handshake_seconds.clone(),
+        );
+        registry.register(
+            "client_connections",
+            "Open client connections",
+            m.client_connections.clone(),
+        );
+        registry.register(
+            "retries",
+            "Connects retried on another backend",
+            m.retries.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn reject(&self, reason: RejectReason) {
+        self.rejected.get_or_create(&RejectLabels { reason }).inc();
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}

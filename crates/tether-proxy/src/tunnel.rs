@@ -1,0 +1,385 @@
+//! The byte tunnel that carries a WebSocket after `101 Switching Protocols`.
+//!
+//! Most WebSockets are idle most of the time, so an idle tunnel holds **no user-space buffer**:
+//! each direction waits for readiness, then reads into a per-thread scratch buffer and writes
+//! straight to the other socket. Only when the destination cannot take everything at once is the
+//! remainder copied into a buffer owned by that direction, freed as soon as it drains. While a
+//! direction has bytes pending it stops reading, so back-pressure reaches the sender through TCP.
+//!
+//! A half-close is forwarded (`shutdown(SHUT_WR)` on the other socket) and the other direction
+//! keeps flowing until it ends too; an error on either socket ends the whole tunnel.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io;
+use std::net::Shutdown;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelValue;
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+/// Scratch space per worker thread. 64 KiB lets a large message cross in few syscalls.
+const SCRATCH: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH].into_boxed_slice());
+}
+
+/// Why a tunnel ended, as logged and counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+pub enum EndReason {
+    /// Both sides closed in an orderly way.
+    Closed,
+    /// The client's socket failed (reset, or a write to it failed).
+    ClientError,
+    /// The backend's socket failed.
+    BackendError,
+    /// No byte moved for `timeouts.tunnel_idle`.
+    IdleTimeout,
+    /// The proxy shut down past its grace period.
+    Shutdown,
+}
+
+/// Bytes each way and why the tunnel ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    pub to_backend: u64,
+    pub to_client: u64,
+    pub reason: EndReason,
+    /// The socket error behind `ClientError` / `BackendError`.
+    pub error: Option<io::ErrorKind>,
+}
+
+/// Where each direction's bytes are counted for metrics.
+#[derive(Debug, Clone)]
+pub struct Counters {
+    pub to_backend: Counter,
+    pub to_client: Counter,
+}
+
+/// The state of one direction of the tunnel.
+#[derive(Debug)]
+enum Flow {
+    /// Waiting for the source to become readable. Holds nothing.
+    Idle,
+    /// The destination did not take everything; these bytes go first, reading is paused.
+    Pending { buf: Box<[u8]>, sent: usize },
+    /// The source reached EOF; the destination's write side is shut down.
+    Finished,
+}
+
+/// One direction: reads from `src`, writes to `dst`.
+struct Direction<'a> {
+    src: &'a TcpStream,
+    dst: &'a TcpStream,
+    flow: Flow,
+    moved: u64,
+    counter: &'a Counter,
+}
+
+/// A failure on one of the two sockets, so the end reason can blame the right side.
+enum Side {
+    Src(io::Error),
+    Dst(io::Error),
+}
+
+impl Direction<'_> {
+    /// Moves bytes until the source would block, or finishes. `Ready(Ok)` means EOF was
+    /// forwarded; an error names the side that failed.
+    fn poll_pump(&mut self, cx: &mut Context<'_>, activity: &mut bool) -> Poll<Result<(), Side>> {
+        loop {
+            match &mut self.flow {
+                Flow::Finished => return Poll::Ready(Ok(())),
+                Flow::Pending { buf, sent } => {
+                    ready!(self.dst.poll_write_ready(cx)).map_err(Side::Dst)?;
+                    match self.dst.try_write(&buf[*sent..]) {
+                        Ok(n) => {
+                            *activity = true;
+                            *sent += n;
+                            if *sent == buf.len() {
+                                // Drained: give the buffer back and resume reading.
+                                self.flow = Flow::Idle;
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Poll::Ready(Err(Side::Dst(e))),
+                    }
+                }
+                Flow::Idle => {
+                    ready!(self.src.poll_read_ready(cx)).map_err(Side::Src)?;
+                    let result: io::Result<Option<io::Result<()>>> = SCRATCH_BUF.with(|scratch| {
+                        let mut scratch = scratch.borrow_mut();
+                        let n = read_draining(self.src, &mut scratch)?;
+                        if n == 0 {
+                            return Ok(None);
+                        }
+                        Ok(Some(self.forward(&scratch[..n])))
+                    });
+                    match result {
+                        Ok(None) => {
+                            // EOF: pass the half-close on; the other direction may still flow.
+                            *activity = true;
+                            let _ = socket2::SockRef::from(self.dst).shutdown(Shutdown::Write);
+                            self.flow = Flow::Finished;
+                        }
+                        Ok(Some(Ok(()))) => *activity = true,
+                        Ok(Some(Err(e))) => return Poll::Ready(Err(Side::Dst(e))),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Poll::Ready(Err(Side::Src(e))),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes freshly read bytes; keeps whatever the destination refused.
+    fn forward(&mut self, data: &[u8]) -> io::Result<()> {
+        self.moved += data.len() as u64;
+        self.counter.inc_by(data.len() as u64);
+        let sent = match self.dst.try_write(data) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        if sent < data.len() {
+            self.flow = Flow::Pending {
+                buf: data[sent..].into(),
+                sent: 0,
+            };
+        }
+        Ok(())
+    }
+}
+
+/// Reads once into `buf`. A short read means the socket's receive queue is empty, so the
+/// readiness is cleared right here instead of paying one more `recv` that would return
+/// `EWOULDBLOCK`. Tokio only clears the readiness it observed, so an edge that arrived after
+/// the read is not lost.
+fn read_draining(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = None;
+    let result = src.try_io(Interest::READABLE, || {
+        // SAFETY: `buf` is a valid, exclusively borrowed slice of `buf.len()` bytes and the
+        // file descriptor stays open for the call (borrowed from `src`).
+        let n = unsafe { libc::recv(src.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        got = Some(n);
+        if n > 0 && n < buf.len() {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(n)
+        }
+    });
+    match (result, got) {
+        (Ok(n), _) => Ok(n),
+        (Err(e), Some(n)) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
+        (Err(e), _) => Err(e),
+    }
+}
+
+/// Carries bytes both ways until both sides have closed, a socket fails or the idle timeout
+/// fires.
+pub async fn run(
+    client: &TcpStream,
+    backend: &TcpStream,
+    idle: Option<Duration>,
+    counters: &Counters,
+) -> Outcome {
+    let mut up = Direction {
+        src: client,
+        dst: backend,
+        flow: Flow::Idle,
+        moved: 0,
+        counter: &counters.to_backend,
+    };
+    let mut down = Direction {
+        src: backend,
+        dst: client,
+        flow: Flow::Idle,
+        moved: 0,
+        counter: &counters.to_client,
+    };
+    // The timer exists only when an idle timeout is configured, and is re-armed lazily:
+    // activity just stamps `last`, the timer checks it when it fires.
+    let mut idle_timer: Option<(Duration, Pin<Box<Sleep>>)> =
+        idle.map(|d| (d, Box::pin(tokio::time::sleep(d))));
+    let mut last = Instant::now();
+    let mut error = None;
+    let reason = poll_fn(|cx| {
+        let mut activity = false;
+        let up_done = match up.poll_pump(cx, &mut activity) {
+            Poll::Ready(Ok(())) => true,
+            Poll::Ready(Err(side)) => {
+                return Poll::Ready(blame(
+                    side,
+                    EndReason::ClientError,
+                    EndReason::BackendError,
+                    &mut error,
+                ))
+            }
+            Poll::Pending => false,
+        };
+        let down_done = match down.poll_pump(cx, &mut activity) {
+            Poll::Ready(Ok(())) => true,
+            Poll::Ready(Err(side)) => {
+                return Poll::Ready(blame(
+                    side,
+                    EndReason::BackendError,
+                    EndReason::ClientError,
+                    &mut error,
+                ))
+            }
+            Poll::Pending => false,
+        };
+        if up_done && down_done {
+            return Poll::Ready(EndReason::Closed);
+        }
+        if let Some((limit, timer)) = idle_timer.as_mut() {
+            if activity {
+                last = Instant::now();
+            }
+            while timer.as_mut().poll(cx).is_ready() {
+                let deadline = last + *limit;
+                if Instant::now() >= deadline {
+                    return Poll::Ready(EndReason::IdleTimeout);
+                }
+                timer.as_mut().reset(deadline);
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+    Outcome {
+        to_backend: up.moved,
+        to_client: down.moved,
+        reason,
+        error,
+    }
+}
+
+fn blame(
+    side: Side,
+    src_reason: EndReason,
+    dst_reason: EndReason,
+    error: &mut Option<io::ErrorKind>,
+) -> EndReason {
+    let (reason, e) = match side {
+        Side::Src(e) => (src_reason, e),
+        Side::Dst(e) => (dst_reason, e),
+    };
+    *error = Some(e.kind());
+    reason
+}
+
+use std::future::Future as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    fn counters() -> Counters {
+        Counters {
+            to_backend: Counter::default(),
+            to_client: Counter::default(),
+        }
+    }
+
+    /// client ⇄ [proxy_client | proxy_backend] ⇄ backend
+    async fn tunnel(
+        idle: Option<Duration>,
+    ) -> (TcpStream, TcpStream, tokio::task::JoinHandle<Outcome>) {
+        let (client, proxy_client) = pair().await;
+        let (proxy_backend, backend) = pair().await;
+        let task = tokio::spawn(async move {
+            let c = counters();
+            run(&proxy_client, &proxy_backend, idle, &c).await
+        });
+        (client, backend, task)
+    }
+
+    #[tokio::test]
+    async fn large_payload_crosses_byte_exact_both_ways() {
+        let (mut client, mut backend, task) = tunnel(None).await;
+        let payload: Vec<u8> = (0..8 * 1024 * 1024u32)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let expected = payload.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&payload).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            client.read_to_end(&mut back).await.unwrap();
+            back
+        });
+        let mut got = Vec::new();
+        backend.read_to_end(&mut got).await.unwrap();
+        assert!(got == expected, "payload differs");
+        backend.write_all(b"bye").await.unwrap();
+        backend.shutdown().await.unwrap();
+        assert_eq!(writer.await.unwrap(), b"bye");
+        let outcome = task.await.unwrap();
+        assert_eq!(outcome.reason, EndReason::Closed);
+        assert_eq!(outcome.to_backend, expected.len() as u64);
+        assert_eq!(outcome.to_client, 3);
+    }
+
+    #[tokio::test]
+    async fn half_close_keeps_the_other_direction_open() {
+        let (mut client, mut backend, _task) = tunnel(None).await;
+        client.shutdown().await.unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(backend.read(&mut buf).await.unwrap(), 0, "backend sees EOF");
+        backend.write_all(b"late").await.unwrap();
+        let mut got = [0u8; 4];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"late");
+    }
+
+    #[tokio::test]
+    async fn idle_timeout_ends_a_silent_tunnel_but_not_a_busy_one() {
+        let (mut client, mut backend, task) = tunnel(Some(Duration::from_millis(300))).await;
+        for _ in 0..5 {
+            client.write_all(b"x").await.unwrap();
+            let mut b = [0u8; 1];
+            backend.read_exact(&mut b).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(!task.is_finished(), "a busy tunnel was cut");
+        let outcome = tokio::time::timeout(Duration::from_secs(3), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(outcome.reason, EndReason::IdleTimeout);
+    }
+
+    #[tokio::test]
+    async fn backend_reset_ends_the_tunnel() {
+        let (_client, backend, task) = tunnel(None).await;
+        socket2::SockRef::from(&backend)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(backend);
+        let outcome = tokio::time::timeout(Duration::from_secs(3), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(outcome.reason, EndReason::IdleTimeout);
+    }
+}
