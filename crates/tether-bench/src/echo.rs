@@ -35,6 +35,8 @@ pub struct EchoStats {
     pub accepted: AtomicU64,
     /// Plain HTTP requests answered.
     pub http_requests: AtomicU64,
+    /// Data frames echoed back (lets the load generator's counts be checked against ours).
+    pub echoed: AtomicU64,
 }
 
 /// A running echo backend. Dropping it does not stop it; call [`EchoServer::stop`].
@@ -123,7 +125,7 @@ async fn serve_connection(mut stream: TcpStream, name: Arc<str>, stats: Arc<Echo
                 .await;
             return;
         };
-        let ws_key = header(req.headers, "sec-websocket-key").map(|k| derive_accept_key(k));
+        let ws_key = header(req.headers, "sec-websocket-key").map(derive_accept_key);
         let is_upgrade =
             header(req.headers, "upgrade").is_some_and(|u| u.eq_ignore_ascii_case(b"websocket"));
         match (is_upgrade, ws_key) {
@@ -197,6 +199,7 @@ async fn echo_session(stream: TcpStream, leftover: Vec<u8>, name: &str, stats: &
         if ws.send(reply).await.is_err() {
             break;
         }
+        stats.echoed.fetch_add(1, Ordering::Relaxed);
     }
     let _ = ws.close(None).await;
     stats.open.fetch_sub(1, Ordering::Relaxed);

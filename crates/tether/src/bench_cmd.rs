@@ -1,8 +1,114 @@
-//! `tether bench`: command-line wiring.
+//! `tether bench`: command-line wiring for the load generator and the echo backend.
+//!
+//! Each mode prints progress on stderr and, when done, exactly one JSON line on stdout.
+//! `echo` prints its JSON line once all listeners are bound, then serves until interrupted.
 
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use tether_bench::{LoadMode, Report};
+
+/// Load generator and echo backend for benchmarks (results as one JSON line on stdout).
 #[derive(Debug, clap::Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Runtime worker threads for the generator (1 runs everything on the calling thread).
+    /// Default: one per CPU the process may use.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    mode: Mode,
+}
 
-pub fn run(_args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`tether bench` is not wired yet")
+#[derive(Debug, clap::Subcommand)]
+enum Mode {
+    /// Echo backend that says who it is (header X-Tether-Backend, `whoami` text frame).
+    /// Serves until interrupted; prints {"mode":"echo","listening":[…]} once bound.
+    Echo(EchoArgs),
+    /// Closed-loop ping-pong: N connections, one message in flight each; messages/s, latency
+    /// p50/p99/p99.9, and server CPU per round trip with --watch-pid.
+    Pingpong(tether_bench::pingpong::PingpongArgs),
+    /// Hold N idle connections from several 127.x sources, then check a sample still answers;
+    /// server memory per connection with --watch-pid.
+    Idle(tether_bench::idle::IdleArgs),
+    /// Connect/upgrade/close cycles; handshakes/s, handshake latency, and server CPU per
+    /// handshake with --watch-pid.
+    Handshake(tether_bench::handshake::HandshakeArgs),
+    /// Hub fan-out: subscribers across nodes, publish rate stepped up; deliveries/s, end-to-end
+    /// latency and lost messages per step, best passing step.
+    Fanout(tether_bench::fanout::FanoutArgs),
+}
+
+/// `tether bench echo`: one or more named echo listeners in this process.
+#[derive(Debug, clap::Args)]
+struct EchoArgs {
+    /// Address to listen on. Repeat for several listeners in one process.
+    #[arg(long, required = true)]
+    listen: Vec<SocketAddr>,
+    /// Name each listener reports, paired with --listen in order. Default: echo-PORT.
+    #[arg(long)]
+    name: Vec<String>,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let runtime = build_runtime(args.threads)?;
+    match args.mode {
+        Mode::Echo(echo) => runtime.block_on(serve_echo(echo)),
+        Mode::Pingpong(a) => report(runtime.block_on(tether_bench::run(LoadMode::Pingpong(a)))),
+        Mode::Idle(a) => report(runtime.block_on(tether_bench::run(LoadMode::Idle(a)))),
+        Mode::Handshake(a) => report(runtime.block_on(tether_bench::run(LoadMode::Handshake(a)))),
+        Mode::Fanout(a) => report(runtime.block_on(tether_bench::run(LoadMode::Fanout(a)))),
+    }
+}
+
+fn build_runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = match threads {
+        Some(0) => anyhow::bail!("--threads must be at least 1"),
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder
+        .enable_all()
+        .build()
+        .context("building the bench runtime")
+}
+
+fn report(result: Result<Report, tether_bench::BenchError>) -> anyhow::Result<()> {
+    println!("{}", result?);
+    Ok(())
+}
+
+async fn serve_echo(args: EchoArgs) -> anyhow::Result<()> {
+    if !args.name.is_empty() && args.name.len() != args.listen.len() {
+        anyhow::bail!(
+            "give one --name per --listen ({} names for {} listeners), or none",
+            args.name.len(),
+            args.listen.len()
+        );
+    }
+    let listeners: Vec<(String, SocketAddr)> = args
+        .listen
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| {
+            let name = args.name.get(i).cloned();
+            (
+                name.unwrap_or_else(|| format!("echo-{}", addr.port())),
+                *addr,
+            )
+        })
+        .collect();
+    let (servers, ready) = tether_bench::start_echoes(&listeners).await?;
+    println!("{ready}");
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for the interrupt signal")?;
+    for server in &servers {
+        server.stop();
+    }
+    Ok(())
 }

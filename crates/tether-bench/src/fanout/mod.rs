@@ -1,0 +1,440 @@
+//! Hub fan-out: many subscribers on one channel spread over several hub nodes, one publisher
+//! at a rising rate, every delivery accounted for.
+//!
+//! Each step publishes at a fixed rate for a fixed time, then waits for the deliveries to
+//! drain. A step passes when nothing was lost and the p99 end-to-end latency (scheduled publish
+//! time to receipt, so a publisher held back by the server is not excused) is within the bound.
+//! The run reports the best deliveries/s among passing steps.
+
+mod flavour;
+mod ledger;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+pub use flavour::{Flavour, Incoming};
+pub use ledger::{Ledger, StepLedger, StepTally};
+
+use crate::client::{self, Buffers, Ws};
+use crate::error::BenchError;
+use crate::latency::LatencySummary;
+use crate::source::SourcePool;
+use crate::target::TargetUrl;
+
+/// `tether bench fanout`: subscribers across hub nodes, publish rate stepped up until it fails.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FanoutArgs {
+    /// A hub node (`ws://host:port`, path defaulted per flavour). Repeat for every node;
+    /// subscribers are spread round-robin, the publisher uses the first.
+    #[arg(long = "hub", required = true)]
+    pub hubs: Vec<TargetUrl>,
+    /// Server protocol: tether hub or Socket.IO.
+    #[arg(long, value_enum, default_value_t = Flavour::Tether)]
+    pub flavour: Flavour,
+    /// Subscribers, all on one channel.
+    #[arg(long, default_value_t = 1000)]
+    pub subscribers: usize,
+    /// Channel name (default: a fresh `bench-PID-TIME`, so runs never see each other).
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// Publish rate of the first step, messages/s.
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// Each further step multiplies the rate by this.
+    #[arg(long, default_value_t = 2.0)]
+    pub factor: f64,
+    /// No step goes above this rate (set it equal to --rate for a single step).
+    #[arg(long, default_value_t = 10_000.0)]
+    pub max_rate: f64,
+    /// How long each step publishes.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub step: Duration,
+    /// How long to wait after a step for its last deliveries; later ones count as lost.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub drain: Duration,
+    /// A step passes only with p99 latency at or under this bound.
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub p99_bound: Duration,
+    /// Keep stepping after a failed step (default: stop at the first failure).
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Subscriptions being set up at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Distinct 127.x source addresses for the subscribers.
+    #[arg(long, default_value_t = 4)]
+    pub sources: u8,
+}
+
+/// One rate step in the JSON result.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub rate: f64,
+    pub published: u64,
+    /// Achieved publish rate (lower than `rate` when the server pushed back).
+    pub publish_rate: f64,
+    pub expected: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub deliveries_per_sec: f64,
+    pub latency: LatencySummary,
+    pub pass: bool,
+}
+
+/// The JSON result of a fan-out run.
+#[derive(Debug, Clone, Serialize)]
+pub struct FanoutReport {
+    pub mode: &'static str,
+    pub flavour: Flavour,
+    pub hubs: Vec<String>,
+    pub subscribers: usize,
+    pub channel: String,
+    pub step_s: f64,
+    pub p99_bound_ms: f64,
+    pub steps: Vec<StepReport>,
+    /// Highest deliveries/s of a passing step (0 when none passed).
+    pub best_deliveries_per_sec: f64,
+    /// Publish rate of that step.
+    pub best_rate: f64,
+    /// Subscriber sessions the server closed during the run.
+    pub dropped_subscribers: u64,
+    /// Deliveries whose sequence number belonged to no step.
+    pub stray: u64,
+    /// Error frames the server sent.
+    pub server_errors: u64,
+}
+
+/// Shared between the run and its subscriber tasks.
+struct Shared {
+    ledger: Ledger,
+    clock: Instant,
+    dropped: AtomicU64,
+    server_errors: AtomicU64,
+}
+
+impl Shared {
+    fn us_since_start(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.clock).as_micros()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Sets up subscribers and the publisher, runs the steps and reports.
+pub async fn run(args: FanoutArgs) -> Result<FanoutReport, BenchError> {
+    validate(&args)?;
+    let hubs: Vec<TargetUrl> = args.hubs.iter().map(|h| args.flavour.endpoint(h)).collect();
+    let channel = args.channel.clone().unwrap_or_else(default_channel);
+    let shared = Arc::new(Shared {
+        ledger: Ledger::default(),
+        clock: Instant::now(),
+        dropped: AtomicU64::new(0),
+        server_errors: AtomicU64::new(0),
+    });
+    let sources = SourcePool::loopback(args.sources)?;
+    let mut subscribers = subscribe_all(&args, &hubs, &channel, &sources, &shared).await?;
+    crate::progress!(
+        "fanout: {} subscribers on {channel:?} across {} hubs",
+        args.subscribers,
+        hubs.len()
+    );
+    let mut publisher = Publisher::connect(args.flavour, &hubs[0], &channel, &shared).await?;
+    let mut steps = Vec::new();
+    let mut seq = 0u64;
+    let mut rate = args.rate;
+    while rate <= args.max_rate * (1.0 + 1e-9) {
+        let capacity = (rate * args.step.as_secs_f64()).ceil().max(1.0) as u64;
+        let step = Arc::new(StepLedger::new(rate, seq, capacity, args.subscribers));
+        shared.ledger.open_step(step.clone());
+        seq += capacity;
+        let elapsed = publisher.run_step(&step, args.step).await?;
+        drain(&step, args.drain).await;
+        let report = step_report(&step, elapsed, args.step, args.p99_bound);
+        crate::progress!(
+            "fanout: rate {:.0}/s → {:.0} deliveries/s, p99 {} µs, lost {} {}",
+            report.rate,
+            report.deliveries_per_sec,
+            report.latency.p99_us,
+            report.lost,
+            if report.pass { "PASS" } else { "FAIL" }
+        );
+        let pass = report.pass;
+        steps.push(report);
+        if !pass && !args.keep_going {
+            break;
+        }
+        rate *= args.factor;
+    }
+    subscribers.abort_all();
+    let best = steps
+        .iter()
+        .filter(|s| s.pass)
+        .max_by(|a, b| a.deliveries_per_sec.total_cmp(&b.deliveries_per_sec));
+    Ok(FanoutReport {
+        mode: "fanout",
+        flavour: args.flavour,
+        hubs: hubs.iter().map(|h| h.to_string()).collect(),
+        subscribers: args.subscribers,
+        channel,
+        step_s: args.step.as_secs_f64(),
+        p99_bound_ms: args.p99_bound.as_secs_f64() * 1e3,
+        best_deliveries_per_sec: best.map_or(0.0, |b| b.deliveries_per_sec),
+        best_rate: best.map_or(0.0, |b| b.rate),
+        steps,
+        dropped_subscribers: shared.dropped.load(Ordering::Relaxed),
+        stray: shared.ledger.stray.load(Ordering::Relaxed),
+        server_errors: shared.server_errors.load(Ordering::Relaxed),
+    })
+}
+
+fn validate(args: &FanoutArgs) -> Result<(), BenchError> {
+    let bad = |m: &str| Err(BenchError::InvalidArgument(m.into()));
+    if args.subscribers == 0 || args.concurrency == 0 {
+        return bad("--subscribers and --concurrency must be at least 1");
+    }
+    if !(args.rate > 0.0 && args.rate.is_finite()) || args.max_rate < args.rate {
+        return bad("--rate must be positive and no larger than --max-rate");
+    }
+    if args.factor <= 1.0 && args.max_rate > args.rate {
+        return bad("--factor must be above 1 when --max-rate exceeds --rate");
+    }
+    if args.step.is_zero() {
+        return bad("--step must be longer than zero");
+    }
+    Ok(())
+}
+
+fn default_channel() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("bench-{}-{nanos}", std::process::id())
+}
+
+/// Waits until every published message reached every subscriber, or the drain time is up.
+async fn drain(step: &StepLedger, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while step.outstanding() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn step_report(
+    step: &StepLedger,
+    elapsed: Duration,
+    planned: Duration,
+    bound: Duration,
+) -> StepReport {
+    let t: StepTally = step.tally();
+    let secs = planned.as_secs_f64();
+    let bound_us = u64::try_from(bound.as_micros()).unwrap_or(u64::MAX);
+    StepReport {
+        rate: step.rate,
+        published: t.published,
+        publish_rate: (t.published as f64 / elapsed.as_secs_f64().max(secs)).round(),
+        expected: t.expected,
+        delivered: t.delivered,
+        lost: t.lost,
+        duplicates: t.duplicates,
+        deliveries_per_sec: (t.delivered as f64 / elapsed.as_secs_f64().max(secs)).round(),
+        latency: t.latency,
+        pass: t.lost == 0 && t.published > 0 && t.latency.p99_us <= bound_us,
+    }
+}
+
+/// Opens and subscribes every subscriber, then leaves each reading in its own task.
+async fn subscribe_all(
+    args: &FanoutArgs,
+    hubs: &[TargetUrl],
+    channel: &str,
+    sources: &SourcePool,
+    shared: &Arc<Shared>,
+) -> Result<JoinSet<()>, BenchError> {
+    let mut opening = JoinSet::new();
+    let mut running = JoinSet::new();
+    let mut next = 0;
+    while next < args.subscribers || !opening.is_empty() {
+        while next < args.subscribers && opening.len() < args.concurrency {
+            let hub = hubs[next % hubs.len()].clone();
+            let (flavour, channel, source) = (
+                args.flavour,
+                channel.to_owned(),
+                sources.for_connection(next),
+            );
+            let index = next;
+            opening.spawn(async move {
+                let url = hub.url();
+                let mut ws = client::open(&hub, &url, source, Buffers::ForMessages(256)).await?;
+                flavour.join(&mut ws, &hub).await?;
+                flavour.subscribe(&mut ws, &hub, &channel).await?;
+                Ok::<_, BenchError>((index, ws))
+            });
+            next += 1;
+        }
+        match opening.join_next().await {
+            Some(Ok(Ok((index, ws)))) => {
+                running.spawn(subscriber(ws, index, args.flavour, shared.clone()));
+            }
+            Some(Ok(Err(e))) => return Err(e),
+            Some(Err(join)) => {
+                return Err(BenchError::InvalidArgument(format!(
+                    "subscriber task failed: {join}"
+                )))
+            }
+            None => break,
+        }
+    }
+    Ok(running)
+}
+
+async fn subscriber(mut ws: Ws, index: usize, flavour: Flavour, shared: Arc<Shared>) {
+    let mut step: Option<Arc<StepLedger>> = None;
+    while let Some(frame) = ws.next().await {
+        let text = match frame {
+            Ok(Message::Text(t)) => t,
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => continue,
+        };
+        match flavour.classify(text.as_str()) {
+            Incoming::Delivery { seq, sent_us } => {
+                let latency = shared
+                    .us_since_start(Instant::now())
+                    .saturating_sub(sent_us);
+                if !step.as_ref().is_some_and(|s| s.covers(seq)) {
+                    step = shared.ledger.step_for(seq);
+                }
+                match &step {
+                    Some(s) => s.record(index, seq, latency),
+                    None => {
+                        shared.ledger.stray.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Incoming::Ping => {
+                if ws.send(Message::text(flavour.pong())).await.is_err() {
+                    break;
+                }
+            }
+            Incoming::Error => {
+                shared.server_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            Incoming::Other => {}
+        }
+    }
+    shared.dropped.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The one publishing session. A reader task drains what the server sends back (publish
+/// acknowledgements, Engine.IO pings) so the server never blocks on it; pongs come back
+/// through a channel because the writer half lives here.
+struct Publisher {
+    flavour: Flavour,
+    hub: TargetUrl,
+    channel_json: String,
+    sink: SplitSink<Ws, Message>,
+    pongs: mpsc::UnboundedReceiver<()>,
+    shared: Arc<Shared>,
+    _reader: tokio::task::JoinHandle<()>,
+}
+
+impl Publisher {
+    async fn connect(
+        flavour: Flavour,
+        hub: &TargetUrl,
+        channel: &str,
+        shared: &Arc<Shared>,
+    ) -> Result<Publisher, BenchError> {
+        let url = hub.url();
+        let mut ws = client::open(
+            hub,
+            &url,
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            Buffers::ForMessages(256),
+        )
+        .await?;
+        flavour.join(&mut ws, hub).await?;
+        let (sink, stream) = ws.split();
+        let (ping_tx, pongs) = mpsc::unbounded_channel();
+        let reader = tokio::spawn(read_publisher_replies(
+            stream,
+            flavour,
+            ping_tx,
+            shared.clone(),
+        ));
+        Ok(Publisher {
+            flavour,
+            hub: hub.clone(),
+            channel_json: serde_json::to_string(channel).expect("a string serialises"),
+            sink,
+            pongs,
+            shared: shared.clone(),
+            _reader: reader,
+        })
+    }
+
+    /// Publishes the step's budget on schedule; returns how long it took. Messages due at the
+    /// same moment are written together and flushed once.
+    async fn run_step(
+        &mut self,
+        step: &StepLedger,
+        length: Duration,
+    ) -> Result<Duration, BenchError> {
+        let start = Instant::now();
+        let interval = Duration::from_secs_f64(1.0 / step.rate);
+        let count = step
+            .capacity
+            .min((step.rate * length.as_secs_f64()).ceil() as u64);
+        let err = |e| BenchError::ws(self.hub.addr(), e);
+        for i in 0..count {
+            let due = start + interval.mul_f64(i as f64);
+            if due > Instant::now() {
+                self.sink.flush().await.map_err(err)?;
+                while self.pongs.try_recv().is_ok() {
+                    self.sink
+                        .send(Message::text(self.flavour.pong()))
+                        .await
+                        .map_err(err)?;
+                }
+                tokio::time::sleep_until(due).await;
+            }
+            let frame = self.flavour.publish(
+                &self.channel_json,
+                step.first_seq + i,
+                self.shared.us_since_start(due),
+            );
+            self.sink.feed(Message::text(frame)).await.map_err(err)?;
+            step.published.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sink.flush().await.map_err(err)?;
+        Ok(start.elapsed())
+    }
+}
+
+async fn read_publisher_replies(
+    mut stream: SplitStream<Ws>,
+    flavour: Flavour,
+    pings: mpsc::UnboundedSender<()>,
+    shared: Arc<Shared>,
+) {
+    while let Some(Ok(frame)) = stream.next().await {
+        if let Message::Text(t) = frame {
+            match flavour.classify(t.as_str()) {
+                Incoming::Ping => {
+                    let _ = pings.send(());
+                }
+                Incoming::Error => {
+                    shared.server_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! The measured window of a timed run: warm-up first, then the span whose numbers count.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::error::BenchError;
+use crate::procstat::{ProcSample, Usage, WatchArgs};
+
+/// When measuring starts and stops. Work finished outside it is done but not counted.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub start: Instant,
+    pub end: Instant,
+}
+
+impl Window {
+    /// A window that opens after `warmup` from now and lasts `duration`.
+    pub fn after(warmup: Duration, duration: Duration) -> Window {
+        let start = Instant::now() + warmup;
+        Window {
+            start,
+            end: start + duration,
+        }
+    }
+
+    /// True when `t` falls inside the window.
+    pub fn contains(&self, t: Instant) -> bool {
+        t >= self.start && t < self.end
+    }
+
+    pub fn duration(&self) -> Duration {
+        self.end - self.start
+    }
+
+    /// Samples the watched processes at both edges of the window. Spawned next to the load so
+    /// the samples are taken on time, not after the load's tasks finish.
+    pub fn watch(
+        self,
+        watch: WatchArgs,
+    ) -> tokio::task::JoinHandle<Result<Option<Usage>, BenchError>> {
+        tokio::spawn(async move {
+            tokio::time::sleep_until(self.start).await;
+            let first: Option<ProcSample> = watch.sample()?;
+            tokio::time::sleep_until(self.end).await;
+            let last = watch.sample()?;
+            Ok(Usage::between(&watch, first, last))
+        })
+    }
+}
