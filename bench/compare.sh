@@ -1,0 +1,296 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: tether proxy vs HAProxy vs nginx (and direct), and tether hub vs
+# Socket.IO with its Redis adapter. Prints one table and writes it to bench/results/latest.md.
+#
+# Usage: bench/compare.sh [--quick] [--skip-proxies] [--skip-hub] [--no-build]
+#   --quick         short runs (smoke test of the script, numbers not meaningful)
+#   --skip-proxies  only the hub fan-out comparison
+#   --skip-hub      only the proxy comparison
+#   --no-build      use the existing release binary
+# Environment: CARGO_TARGET_DIR (where the release binary is built), TETHER_BIN (use this
+# binary instead), SERVER_CPU (0) and CLIENT_CPU (1): servers under test are pinned to one CPU,
+# the load generator and echo backends to the other. REDIS_URL (redis://127.0.0.1:6379).
+#
+# Runs unattended in under 10 minutes on a 2-core machine. Needs root only to install
+# haproxy/nginx when they are missing.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
+QUICK=0 SKIP_PROXIES=0 SKIP_HUB=0 BUILD=1
+for arg in "$@"; do
+  case "$arg" in
+    --quick) QUICK=1 ;;
+    --skip-proxies) SKIP_PROXIES=1 ;;
+    --skip-hub) SKIP_HUB=1 ;;
+    --no-build) BUILD=0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) echo "compare.sh: unknown argument $arg (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+if [ "$QUICK" = 1 ]; then
+  DUR=2s WARM=500ms IDLE_N=1000 HS_DUR=2s STEP=2s MAX_RATE=80 SUBS=200
+else
+  DUR=8s WARM=2s IDLE_N=8000 HS_DUR=5s STEP=5s MAX_RATE=20000 SUBS=1000
+fi
+
+# Ports: echo backends, the three proxies, tether's admin, hub nodes.
+ECHO_PORTS=(19001 19002 19003)
+PORT_TETHER=18080 PORT_HAPROXY=18081 PORT_NGINX=18082 PORT_ADMIN=19090
+SIO_PORTS=(7101 7102) HUB_PORTS=(7201 7202)
+
+WORK=$(mktemp -d /tmp/tether-compare.XXXXXX)
+RESULTS=$WORK/results.jsonl
+: > "$RESULTS"
+STARTED=()   # PIDs this script started; stopped on exit, one by one.
+
+log() { printf '[compare %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+cleanup() {
+  local pid
+  for pid in "${STARTED[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${STARTED[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+}
+trap cleanup EXIT
+
+# Stops one process we started and waits until it is gone.
+stop_pid() {
+  local pid=$1 i
+  kill "$pid" 2>/dev/null || true
+  for i in $(seq 50); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -9 "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+wait_port() {
+  local port=$1 i
+  for i in $(seq 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  log "nothing listens on 127.0.0.1:$port after 10 s"
+  return 1
+}
+
+# Every process of the server gets 20000 fds: 8000 idle tunnels are 16000 sockets in a proxy.
+ulimit -n "$(ulimit -Hn)"
+FD_LIMIT=$(ulimit -n)
+
+install_peers() {
+  if command -v haproxy >/dev/null && command -v nginx >/dev/null; then return; fi
+  log "installing haproxy and nginx from Debian's packages"
+  # Keep the packages' service units from starting system daemons: we run our own by hand.
+  local policy=/usr/sbin/policy-rc.d created=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; created=1
+  fi
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q haproxy nginx
+  if [ "$created" = 1 ]; then rm -f "$policy"; fi
+}
+
+build_tether() {
+  if [ -n "${TETHER_BIN:-}" ]; then TETHER=$TETHER_BIN; return; fi
+  local target_dir=${CARGO_TARGET_DIR:-$ROOT/target}
+  TETHER=$target_dir/release/tether
+  if [ "$BUILD" = 1 ]; then
+    log "building tether --release"
+    (cd "$ROOT" && cargo build --release -p tether)
+  fi
+  [ -x "$TETHER" ] || { log "no tether binary at $TETHER"; exit 1; }
+}
+
+# run_bench TARGET RUN MODE ARGS... — one generator run on the client CPU; its JSON line is
+# stored with the target and run names (null when the run failed, so the table shows n/a).
+run_bench() {
+  local target=$1 run=$2 line
+  shift 2
+  log "$target: $run"
+  if line=$(taskset -c "$CLIENT_CPU" "$TETHER" bench --threads 1 "$@" 2>>"$WORK/bench.log"); then
+    printf '{"target":"%s","run":"%s","result":%s}\n' "$target" "$run" "$line" >> "$RESULTS"
+  else
+    log "$target: $run failed (see $WORK/bench.log):"
+    tail -n 3 "$WORK/bench.log" >&2
+    printf '{"target":"%s","run":"%s","result":null}\n' "$target" "$run" >> "$RESULTS"
+  fi
+}
+
+start_echo_backends() {
+  local args=() i=1 port
+  for port in "${ECHO_PORTS[@]}"; do
+    args+=(--listen "127.0.0.1:$port" --name "b$i"); i=$((i + 1))
+  done
+  taskset -c "$CLIENT_CPU" "$TETHER" bench --threads 1 echo "${args[@]}" \
+    > "$WORK/echo.out" 2> "$WORK/echo.log" &
+  STARTED+=($!)
+  for port in "${ECHO_PORTS[@]}"; do wait_port "$port"; done
+}
+
+write_configs() {
+  local port
+  {
+    printf 'global\n  nbthread 1\n  maxconn 9500\n  ulimit-n %s\n  log stderr format raw local0 err\n\n' "$FD_LIMIT"
+    printf 'defaults\n  mode http\n  maxconn 9500\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n  timeout tunnel 1h\n\n'
+    printf 'frontend fe\n  bind 127.0.0.1:%s\n  default_backend echo\n\n' "$PORT_HAPROXY"
+    printf 'backend echo\n  balance url_param sid\n  hash-type consistent\n'
+    local i=1
+    for port in "${ECHO_PORTS[@]}"; do printf '  server b%s 127.0.0.1:%s\n' "$i" "$port"; i=$((i + 1)); done
+  } > "$WORK/haproxy.cfg"
+
+  mkdir -p "$WORK/nginx/logs" "$WORK/nginx/tmp"
+  {
+    printf 'worker_processes 1;\nworker_rlimit_nofile %s;\ndaemon off;\npid %s/nginx/nginx.pid;\n' "$FD_LIMIT" "$WORK"
+    printf 'error_log %s/nginx/logs/error.log warn;\n' "$WORK"
+    printf 'events { worker_connections 19000; }\n'
+    printf 'http {\n  access_log off;\n'
+    printf '  client_body_temp_path %s/nginx/tmp/body;\n  proxy_temp_path %s/nginx/tmp/proxy;\n' "$WORK" "$WORK"
+    printf '  fastcgi_temp_path %s/nginx/tmp/fcgi;\n  uwsgi_temp_path %s/nginx/tmp/uwsgi;\n  scgi_temp_path %s/nginx/tmp/scgi;\n' "$WORK" "$WORK" "$WORK"
+    printf '  map $http_upgrade $connection_upgrade { default upgrade; "" close; }\n'
+    printf '  upstream echo {\n    hash $arg_sid consistent;\n'
+    for port in "${ECHO_PORTS[@]}"; do printf '    server 127.0.0.1:%s;\n' "$port"; done
+    printf '  }\n  server {\n    listen 127.0.0.1:%s;\n    location / {\n' "$PORT_NGINX"
+    printf '      proxy_pass http://echo;\n      proxy_http_version 1.1;\n'
+    printf '      proxy_set_header Upgrade $http_upgrade;\n      proxy_set_header Connection $connection_upgrade;\n'
+    printf '      proxy_read_timeout 1h;\n      proxy_send_timeout 1h;\n    }\n  }\n}\n'
+  } > "$WORK/nginx.conf"
+
+  {
+    printf '[listen]\naddr = "127.0.0.1:%s"\n\n[admin]\naddr = "127.0.0.1:%s"\n\n' "$PORT_TETHER" "$PORT_ADMIN"
+    printf '[runtime]\nworkers = 1\n\n[balance]\nstrategy = "consistent-hash"\nkey = "query:sid"\n'
+    printf 'balance_factor = 0      # off, to match the peers'"'"' plain consistent hash\n\n'
+    printf '[timeouts]\ntunnel_idle = "0s"     # no idle timeout, like the peers'"'"' 1h\n\n'
+    printf '[health]\nkind = "tcp"\n'
+    local i=1
+    for port in "${ECHO_PORTS[@]}"; do
+      printf '\n[[backend]]\nname = "b%s"\naddr = "127.0.0.1:%s"\n' "$i" "$port"; i=$((i + 1))
+    done
+  } > "$WORK/tether.toml"
+}
+
+# start_server NAME PORT COMMAND... — starts a server pinned to the server CPU; sets SERVER_PIDS
+# to every process of it (nginx: master and worker).
+start_server() {
+  local name=$1 port=$2 pid child
+  shift 2
+  taskset -c "$SERVER_CPU" "$@" > "$WORK/$name.out" 2> "$WORK/$name.log" &
+  pid=$!
+  STARTED+=("$pid")
+  wait_port "$port" || { tail -n 5 "$WORK/$name.log" >&2; return 1; }
+  sleep 0.5
+  SERVER_PIDS=("$pid")
+  for child in $(pgrep -P "$pid" || true); do SERVER_PIDS+=("$child"); done
+  SERVER_MAIN=$pid
+}
+
+# measure TARGET URL — the full proxy suite against one target (watching SERVER_PIDS).
+measure() {
+  local target=$1 url=$2 watch=() pid
+  for pid in "${SERVER_PIDS[@]}"; do watch+=(--watch-pid "$pid"); done
+  run_bench "$target" lat1 pingpong --url "$url" --connections 1 --size 64 \
+    --duration "$DUR" --warmup "$WARM" "${watch[@]}"
+  run_bench "$target" lat64 pingpong --url "$url" --connections 64 --size 64 \
+    --duration "$DUR" --warmup "$WARM" --sources 4 "${watch[@]}"
+  run_bench "$target" tput pingpong --url "$url" --connections 64 --size 4096 \
+    --duration "$DUR" --warmup "$WARM" --sources 4 "${watch[@]}"
+  if [ "${#watch[@]}" -gt 0 ]; then
+    run_bench "$target" handshake handshake --url "$url" --concurrency 16 \
+      --duration "$HS_DUR" --warmup 1s --sources 16 "${watch[@]}"
+    run_bench "$target" idle idle --url "$url" --connections "$IDLE_N" --sources 8 \
+      --hold 2s --settle 1s --sample 100 "${watch[@]}"
+  fi
+}
+
+proxy_suite() {
+  install_peers
+  write_configs
+  start_echo_backends
+  SERVER_PIDS=()
+  measure direct "ws://127.0.0.1:${ECHO_PORTS[0]}/ws"
+
+  start_server haproxy "$PORT_HAPROXY" haproxy -db -f "$WORK/haproxy.cfg"
+  measure haproxy "ws://127.0.0.1:$PORT_HAPROXY/ws"
+  stop_pid "$SERVER_MAIN"
+
+  start_server nginx "$PORT_NGINX" nginx -p "$WORK/nginx" -c "$WORK/nginx.conf"
+  measure nginx "ws://127.0.0.1:$PORT_NGINX/ws"
+  stop_pid "$SERVER_MAIN"
+
+  "$TETHER" check --config "$WORK/tether.toml" >&2
+  start_server tether "$PORT_TETHER" "$TETHER" proxy --config "$WORK/tether.toml"
+  measure tether "ws://127.0.0.1:$PORT_TETHER/ws"
+  stop_pid "$SERVER_MAIN"
+}
+
+# fanout TARGET FLAVOUR PORTS... — the rising-rate fan-out run against two hub nodes.
+fanout() {
+  local target=$1 flavour=$2 hubs=() port
+  shift 2
+  for port in "$@"; do hubs+=(--hub "ws://127.0.0.1:$port"); done
+  run_bench "$target" fanout fanout --flavour "$flavour" "${hubs[@]}" --subscribers "$SUBS" \
+    --rate 20 --factor 1.5 --max-rate "$MAX_RATE" --step "$STEP" --drain 2s --p99-bound 50ms
+}
+
+hub_suite() {
+  local prefix="tether-bench-$$" port i mains=()
+  if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
+    log "no Redis on 127.0.0.1:6379; skipping the hub comparison"; return
+  fi
+  if [ ! -d "$ROOT/bench/socketio/node_modules" ]; then
+    log "installing the Socket.IO server's packages"
+    (cd "$ROOT/bench/socketio" && npm ci --no-audit --no-fund --silent)
+  fi
+  i=1
+  for port in "${SIO_PORTS[@]}"; do
+    start_server "sio$i" "$port" env PORT="$port" NAME="sio$i" REDIS_URL="$REDIS_URL" \
+      KEY_PREFIX="$prefix-sio" node "$ROOT/bench/socketio/server.js"
+    mains+=("$SERVER_MAIN"); i=$((i + 1))
+  done
+  fanout socketio socketio "${SIO_PORTS[@]}"
+  for pid in "${mains[@]}"; do stop_pid "$pid"; done
+
+  mains=(); i=1
+  for port in "${HUB_PORTS[@]}"; do
+    start_server "hub$i" "$port" "$TETHER" hub --listen "127.0.0.1:$port" --name "hub$i" \
+      --broker "${HUB_BROKER_URL:-$REDIS_URL/?prefix=$prefix-hub}"
+    mains+=("$SERVER_MAIN"); i=$((i + 1))
+  done
+  fanout tether-hub tether "${HUB_PORTS[@]}"
+  for pid in "${mains[@]}"; do stop_pid "$pid"; done
+}
+
+machine() {
+  local cpu
+  cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+  printf '%s cores (%s), %s GiB RAM, Linux %s' "$(nproc)" "${cpu:-unknown CPU}" \
+    "$(awk '/MemTotal/ {printf "%d", $2 / 1048576}' /proc/meminfo)" "$(uname -r)"
+}
+
+main() {
+  local began=$SECONDS
+  build_tether
+  log "results in $WORK; servers on CPU $SERVER_CPU, generator and echo backends on CPU $CLIENT_CPU"
+  [ "$SKIP_PROXIES" = 1 ] || proxy_suite
+  [ "$SKIP_HUB" = 1 ] || hub_suite
+  mkdir -p "$ROOT/bench/results"
+  local out=$ROOT/bench/results/latest.md
+  [ "$QUICK" = 0 ] || out=$WORK/latest.md
+  BENCH_DATE=$(date -u '+%Y-%m-%d %H:%M UTC') BENCH_MACHINE=$(machine) \
+    BENCH_IDLE_N=$IDLE_N BENCH_COMMAND="bench/compare.sh $*" \
+    node "$ROOT/bench/table.js" "$RESULTS" > "$WORK/latest.md"
+  cp "$RESULTS" "${out%.md}.jsonl"
+  [ "$out" = "$WORK/latest.md" ] || cp "$WORK/latest.md" "$out"
+  cat "$WORK/latest.md"
+  log "done in $((SECONDS - began)) s; table written to $out"
+}
+
+main "$@"
