@@ -150,11 +150,10 @@ pub async fn serve_on_main(shared: Arc<Shared>, stream: TcpStream, head: Vec<u8>
     let Some(prefix) = shared.stats_prefix().map(str::to_owned) else {
         return;
     };
-    let to = format!("{prefix}/");
-    let app = Router::new().nest(&prefix, router(shared.clone())).route(
-        &prefix,
-        get(move || async move { axum::response::Redirect::permanent(&to) }),
-    );
+    // Nesting serves `/_tether`; `/_tether/` is routed to the page explicitly.
+    let app = Router::new()
+        .nest(&prefix, router(shared.clone()))
+        .route(&format!("{prefix}/"), get(|| async { Html(DASHBOARD) }));
     let io = hyper_util::rt::TokioIo::new(Prefixed {
         prefix: head,
         pos: 0,

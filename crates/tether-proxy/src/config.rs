@@ -355,7 +355,10 @@ impl Config {
     fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         let de = toml::Deserializer::parse(text).map_err(|e| ConfigError {
             file: file.to_owned(),
-            key: "-".to_owned(),
+            key: e
+                .span()
+                .map(|s| format!("line {}", line_of(text, s.start)))
+                .unwrap_or_else(|| "-".to_owned()),
             problem: e.message().to_owned(),
         })?;
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| ConfigError {
@@ -413,7 +416,7 @@ impl Config {
             return err("balance.cookie", "not a valid cookie name".into());
         }
         let s = &self.admin.stats_uri;
-        if !s.is_empty() && !(s.starts_with('/') && s.ends_with('/')) {
+        if !(s.is_empty() || (s.starts_with('/') && s.ends_with('/'))) {
             return err("admin.stats_uri", "must start and end with `/`".into());
         }
         let h = &self.health;
@@ -445,6 +448,10 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
 fn is_name_char(c: char) -> bool {

@@ -84,12 +84,9 @@ impl Metrics {
             backend_failures: Family::default(),
             rejected: Family::default(),
             tunnels_ended: Family::default(),
-            handshake_seconds: Histogram::new(
-                [
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                ]
-                .into_iter(),
-            ),
+            handshake_seconds: Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
             client_connections: Gauge::default(),
             retries: Counter::default(),
             registry: Registry::default(),

@@ -1,0 +1,95 @@
+//! Active checks take a backend out and bring it back; passive failures count too.
+
+mod common;
+use std::time::Duration;
+
+use common::*;
+use tokio::net::TcpListener;
+
+async fn out_and_back(kind: &str) {
+    let backends = echo_backends(2).await;
+    let addr = backends[1].addr();
+    let proxy = proxy(&format!("[health]\nkind = \"{kind}\"\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"200ms\"\nrise = 2\nfall = 2"), &backends).await;
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            state_of(&proxy, "b2") == "up"
+        })
+        .await
+    );
+    backends[1].stop();
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            state_of(&proxy, "b2") == "down"
+        })
+        .await,
+        "{kind}: not taken out"
+    );
+    assert!(proxy
+        .metrics_text()
+        .contains("tether_backend_up{backend=\"b2\"} 0"));
+    // While it is down every client goes to b1.
+    for _ in 0..4 {
+        assert_eq!(open(&proxy, "/ws").await.1, "b1");
+    }
+    let _again = EchoServer::serve("b2", TcpListener::bind(addr).await.unwrap());
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            state_of(&proxy, "b2") == "up"
+        })
+        .await,
+        "{kind}: not brought back"
+    );
+    let mut names = Vec::new();
+    for _ in 0..4 {
+        names.push(open(&proxy, "/ws").await.1);
+    }
+    assert!(
+        names.iter().any(|n| n == "b2"),
+        "{kind}: b2 back but unused: {names:?}"
+    );
+}
+
+#[tokio::test]
+async fn tcp_check_takes_a_backend_out_and_brings_it_back() {
+    out_and_back("tcp").await;
+}
+
+#[tokio::test]
+async fn http_check_takes_a_backend_out_and_brings_it_back() {
+    out_and_back("http").await;
+}
+
+#[tokio::test]
+async fn websocket_check_takes_a_backend_out_and_brings_it_back() {
+    out_and_back("websocket").await;
+}
+
+#[tokio::test]
+async fn http_check_fails_on_a_server_that_is_not_http() {
+    // A port that accepts TCP but never answers HTTP: tcp would pass, http must not.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let backends = echo_backends(1).await;
+    let text = format!(
+        "[listen]\naddr = \"127.0.0.1:0\"\n[admin]\nenabled = false\n[health]\nkind = \"http\"\ninterval = \"100ms\"\ntimeout = \"150ms\"\nfall = 2\n[[backend]]\nname = \"silent\"\naddr = \"{silent_addr}\"\n[[backend]]\nname = \"b1\"\naddr = \"{}\"\n",
+        backends[0].addr()
+    );
+    let proxy = tether_proxy::Proxy::bind(tether_proxy::Config::from_toml(&text).unwrap(), None)
+        .await
+        .unwrap()
+        .spawn();
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            state_of(&proxy, "silent") == "down"
+        })
+        .await
+    );
+    assert_eq!(state_of(&proxy, "b1"), "up");
+    hold.abort();
+}
