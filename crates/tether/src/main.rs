@@ -11,7 +11,11 @@ mod hub_cmd;
 mod proxy_cmd;
 
 #[derive(Debug, Parser)]
-#[command(name = "tether", version, about = "WebSocket load balancer and realtime hub")]
+#[command(
+    name = "tether",
+    version,
+    about = "WebSocket load balancer and realtime hub"
+)]
 struct Cli {
     /// Log format: human-readable text or one JSON object per line.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "TETHER_LOG_FORMAT")]

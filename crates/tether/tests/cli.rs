@@ -1,0 +1,145 @@
+//! The `tether` binary as an operator meets it: `check`, `proxy`, signals and logs.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tether_testkit::{echo_backends, whoami, ws_connect};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tether");
+
+fn write_config(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tether-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn check_accepts_a_valid_config() {
+    let path = write_config(
+        "ok.toml",
+        "[balance]\nstrategy = \"p2c\"\n[[backend]]\nname = \"b1\"\naddr = \"127.0.0.1:9001\"\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+}
+
+#[test]
+fn check_names_the_file_the_key_and_the_problem() {
+    let cases = [
+        ("unknown.toml", "[balance]\nstrategy = \"p2c\"\nbalance_factr = 2\n", "balance.balance_factr", "unknown field"),
+        ("addr.toml", "[listen]\naddr = \"localhost:80:1\"\n[[backend]]\nname = \"b\"\naddr = \"127.0.0.1:1\"\n", "listen.addr", "address"),
+        ("strategy.toml", "[balance]\nstrategy = \"ip_hash\"\n", "balance.strategy", "unknown variant"),
+        ("nobackend.toml", "[balance]\nstrategy = \"p2c\"\n", "backend", "at least one"),
+    ];
+    for (file, text, key, problem) in cases {
+        let path = write_config(file, text);
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{file}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(path.to_str().unwrap()), "{file}: {err}");
+        assert!(err.contains(key), "{file}: want key {key}: {err}");
+        assert!(err.contains(problem), "{file}: want {problem}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn sigterm_lets_tunnels_finish_and_logs_one_json_line_per_tunnel() {
+    let backends = echo_backends(1).await;
+    let port = free_port();
+    let path = write_config(
+        "run.toml",
+        &format!(
+            "[listen]\naddr = \"127.0.0.1:{port}\"\n[admin]\nenabled = false\n[runtime]\nworkers = 1\ngrace = \"10s\"\n[[backend]]\nname = \"b1\"\naddr = \"{}\"\n",
+            backends[0].addr()
+        ),
+    );
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "proxy", "--config"])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut ws, _) = loop {
+        match ws_connect(addr, "/ws").await {
+            Ok(c) => break c,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("proxy did not start: {e}"),
+        }
+    };
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "exited with a tunnel still open"
+    );
+    assert_eq!(
+        whoami(&mut ws).await.unwrap(),
+        "b1",
+        "tunnel cut by SIGTERM"
+    );
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "did not exit after its last tunnel ended"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success());
+    let lines = lines.join().unwrap();
+    let ended: Vec<serde_json::Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "tunnel ended")
+        .collect();
+    assert_eq!(ended.len(), 1, "{lines:#?}");
+    let line = &ended[0];
+    assert_eq!(line["backend"], "b1");
+    assert_eq!(line["client"], "127.0.0.1");
+    assert!(line["bytes_to_backend"].as_u64().unwrap() > 0);
+    assert!(line["duration"].is_string() && line["reason"].is_string());
+}
