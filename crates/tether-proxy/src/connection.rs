@@ -74,6 +74,19 @@ async fn refuse(shared: &Shared, client: &mut TcpStream, reject: Reject) {
         .write_all(&reject.response(shared.config.limits.retry_after_secs))
         .await;
     let _ = client.shutdown().await;
+    linger(client).await;
+}
+
+/// Closing a socket that still has unread request bytes sends a reset, which can destroy the
+/// response before the client reads it. So after answering, read and discard what the client
+/// still sends until it closes, for a short while.
+async fn linger(client: &mut TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut sink = [0u8; 512];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 async fn handshake(

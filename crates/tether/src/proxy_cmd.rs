@@ -24,10 +24,18 @@ pub struct CheckArgs {
 /// and serves until SIGTERM or SIGINT. SIGHUP reloads the backend list.
 pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let config = Config::from_file(&args.config)?;
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if config.runtime.workers > 0 {
-        builder.worker_threads(config.runtime.workers);
-    }
+    // One worker needs no work-stealing: a current-thread runtime saves the cross-thread
+    // bookkeeping on every wake-up, which is much of a small message's cost.
+    let mut builder = match config.runtime.workers {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 0 {
+                b.worker_threads(n);
+            }
+            b
+        }
+    };
     let runtime = builder
         .enable_all()
         .build()
