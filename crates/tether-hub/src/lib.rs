@@ -1,1 +1,28 @@
 //! `tether hub`: a realtime WebSocket node with channels, history and resume.
+//!
+//! Several nodes sharing one [`Broker`] act as one: a message published on any node reaches
+//! every subscriber on every node, and a client that reconnects — to the same node or
+//! another — resumes from its last offset with nothing missing and nothing repeated.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let broker = tether_hub::broker_from_url("memory")?;
+//! let hub = tether_hub::serve(tether_hub::HubConfig::default(), broker, None).await?;
+//! println!("hub {} on {}", hub.name(), hub.local_addr());
+//! hub.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod api;
+pub mod broker;
+mod channel;
+pub mod config;
+pub mod metrics;
+mod node;
+pub mod protocol;
+mod server;
+mod session;
+
+pub use broker::{broker_from_url, broker_with, Broker, BrokerError, BrokerOptions, HistoryPolicy};
+pub use config::{ConfigError, HubConfig};
+pub use server::{serve, HubError, HubHandle};

@@ -1,0 +1,218 @@
+//! The in-process broker: one mutex orders every channel's offsets, history and fan-out.
+//!
+//! Several hubs inside one process (the demo runs three) share one `MemoryBroker` and act
+//! as one, exactly as separate processes do through Redis.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use futures_util::future::{self, BoxFuture, FutureExt};
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use super::{Broker, BrokerError, BrokerEvent, History, HistoryPolicy, Link};
+use crate::protocol::{ChannelName, Offset, Publication};
+
+type LinkId = u64;
+
+/// History and live fan-out inside one process.
+pub struct MemoryBroker {
+    state: Arc<Mutex<State>>,
+    policy: HistoryPolicy,
+}
+
+#[derive(Default)]
+struct State {
+    channels: HashMap<ChannelName, ChannelLog>,
+    next_link: LinkId,
+}
+
+#[derive(Default)]
+struct ChannelLog {
+    top: Option<Offset>,
+    retained: VecDeque<(Instant, Arc<Publication>)>,
+    /// Links subscribed to this channel, with how many times each subscribed.
+    links: HashMap<LinkId, (usize, mpsc::UnboundedSender<BrokerEvent>)>,
+}
+
+impl ChannelLog {
+    fn trim(&mut self, policy: HistoryPolicy, now: Instant) {
+        while self.retained.len() > policy.size {
+            self.retained.pop_front();
+        }
+        while self
+            .retained
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > policy.ttl)
+        {
+            self.retained.pop_front();
+        }
+    }
+}
+
+impl MemoryBroker {
+    pub fn new(policy: HistoryPolicy) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(State::default())),
+            policy,
+        }
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // A panic while holding this lock cannot leave the maps half-updated in a way later
+    // calls would misread, so a poisoned lock is still usable.
+    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Broker for MemoryBroker {
+    fn publish<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        data: Box<RawValue>,
+    ) -> BoxFuture<'a, Result<Offset, BrokerError>> {
+        let now = Instant::now();
+        let mut state = lock(&self.state);
+        let log = state.channels.entry(channel.clone()).or_default();
+        let offset = log.top.unwrap_or_else(Offset::fresh_base).next();
+        log.top = Some(offset);
+        let publication = Publication::new(channel.clone(), offset, data);
+        log.retained.push_back((now, publication.clone()));
+        log.trim(self.policy, now);
+        // Sending under the lock is what keeps every link's feed in offset order.
+        log.links.retain(|_, (_, tx)| {
+            tx.send(BrokerEvent::Publication(publication.clone()))
+                .is_ok()
+        });
+        future::ready(Ok(offset)).boxed()
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        since: Option<Offset>,
+    ) -> BoxFuture<'a, Result<History, BrokerError>> {
+        let now = Instant::now();
+        let mut state = lock(&self.state);
+        let answer = match state.channels.get_mut(channel) {
+            None => History::from_retained(Offset(0), since, Vec::new()),
+            Some(log) => {
+                log.trim(self.policy, now);
+                let top = log.top.unwrap_or(Offset(0));
+                let messages = match since {
+                    None => Vec::new(),
+                    Some(since) => log
+                        .retained
+                        .iter()
+                        .filter(|(_, p)| p.offset > since)
+                        .map(|(_, p)| p.clone())
+                        .collect(),
+                };
+                History::from_retained(top, since, messages)
+            }
+        };
+        future::ready(Ok(answer)).boxed()
+    }
+
+    fn attach(&self) -> (Arc<dyn Link>, mpsc::UnboundedReceiver<BrokerEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let id = {
+            let mut state = lock(&self.state);
+            state.next_link += 1;
+            state.next_link
+        };
+        let link = MemoryLink {
+            id,
+            tx,
+            state: self.state.clone(),
+        };
+        (Arc::new(link), rx)
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+}
+
+struct MemoryLink {
+    id: LinkId,
+    tx: mpsc::UnboundedSender<BrokerEvent>,
+    state: Arc<Mutex<State>>,
+}
+
+impl Link for MemoryLink {
+    fn subscribe<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        let mut state = lock(&self.state);
+        let log = state.channels.entry(channel.clone()).or_default();
+        log.links
+            .entry(self.id)
+            .or_insert_with(|| (0, self.tx.clone()))
+            .0 += 1;
+        future::ready(Ok(())).boxed()
+    }
+
+    fn unsubscribe(&self, channel: &ChannelName) {
+        let mut state = lock(&self.state);
+        let Some(log) = state.channels.get_mut(channel) else {
+            return;
+        };
+        if let Some((count, _)) = log.links.get_mut(&self.id) {
+            *count -= 1;
+            if *count == 0 {
+                log.links.remove(&self.id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn data(n: u32) -> Box<RawValue> {
+        RawValue::from_string(n.to_string()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn offsets_are_contiguous_and_history_is_bounded_by_size() {
+        let broker = MemoryBroker::new(HistoryPolicy {
+            size: 3,
+            ttl: Duration::from_secs(60),
+        });
+        let c = ChannelName::parse("c").unwrap();
+        let first = broker.publish(&c, data(1)).await.unwrap();
+        for n in 2..=5 {
+            broker.publish(&c, data(n)).await.unwrap();
+        }
+        let h = broker.history(&c, Some(first)).await.unwrap();
+        assert_eq!(h.top, Offset(first.0 + 4));
+        assert!(!h.recovered, "two messages after `first` were trimmed");
+        let h = broker.history(&c, Some(Offset(first.0 + 1))).await.unwrap();
+        assert!(h.recovered);
+        let offsets: Vec<u64> = h.messages.iter().map(|p| p.offset.0).collect();
+        assert_eq!(offsets, vec![first.0 + 2, first.0 + 3, first.0 + 4]);
+    }
+
+    #[tokio::test]
+    async fn links_receive_only_channels_they_subscribed() {
+        let broker = MemoryBroker::new(HistoryPolicy::default());
+        let (link, mut feed) = broker.attach();
+        let a = ChannelName::parse("a").unwrap();
+        let b = ChannelName::parse("b").unwrap();
+        link.subscribe(&a).await.unwrap();
+        broker.publish(&b, data(1)).await.unwrap();
+        broker.publish(&a, data(2)).await.unwrap();
+        match feed.recv().await {
+            Some(BrokerEvent::Publication(p)) => assert_eq!(p.channel, a),
+            other => panic!("unexpected {other:?}"),
+        }
+        link.unsubscribe(&a);
+        broker.publish(&a, data(3)).await.unwrap();
+        assert!(feed.try_recv().is_err());
+    }
+}

@@ -1,0 +1,195 @@
+//! Brokers: where offsets are assigned, history is kept and messages cross between nodes.
+//!
+//! A [`Broker`] is shared by every hub node that should act as one. Each node calls
+//! [`Broker::attach`] once and gets a [`Link`]: its own live feed of publications for the
+//! channels it subscribed through the link, plus [`BrokerEvent::Resync`] whenever the feed may
+//! have lost messages (a reconnect), so the node refills from history.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use crate::protocol::{ChannelName, Offset, Publication};
+
+pub mod memory;
+pub mod redis;
+
+/// How much history each channel keeps: at most `size` messages, none older than `ttl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryPolicy {
+    pub size: usize,
+    pub ttl: Duration,
+}
+
+impl Default for HistoryPolicy {
+    fn default() -> Self {
+        Self {
+            size: 1000,
+            ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Options for [`broker_with`].
+#[derive(Debug, Clone)]
+pub struct BrokerOptions {
+    pub history: HistoryPolicy,
+    /// Prefix of every Redis key and pub/sub channel, so deployments and tests can share a
+    /// Redis without seeing each other.
+    pub redis_prefix: String,
+}
+
+impl Default for BrokerOptions {
+    fn default() -> Self {
+        Self {
+            history: HistoryPolicy::default(),
+            redis_prefix: "tether".into(),
+        }
+    }
+}
+
+/// The answer to a history query.
+#[derive(Debug)]
+pub struct History {
+    /// The newest offset the channel has handed out (0 if it never had a message).
+    pub top: Offset,
+    /// Whether `messages` holds every message after `since`; `false` when the history was
+    /// trimmed (size or age) past `since` or restarted after data loss.
+    pub recovered: bool,
+    /// Retained messages after `since`, oldest first (empty when `since` was not given).
+    pub messages: Vec<Arc<Publication>>,
+}
+
+impl History {
+    /// Builds the answer from the retained messages after `since`, which must be contiguous
+    /// and ascending (both brokers trim only from the head).
+    pub fn from_retained(
+        top: Offset,
+        since: Option<Offset>,
+        messages: Vec<Arc<Publication>>,
+    ) -> Self {
+        let recovered = match since {
+            None => true,
+            Some(since) if since == top => true,
+            Some(since) if since > top => false,
+            Some(since) => messages.first().is_some_and(|m| m.offset == since.next()),
+        };
+        Self {
+            top,
+            recovered,
+            messages,
+        }
+    }
+}
+
+/// What a node's live feed carries.
+#[derive(Debug)]
+pub enum BrokerEvent {
+    Publication(Arc<Publication>),
+    /// The feed was interrupted and is back: messages may have been missed; refill from
+    /// history for every channel.
+    Resync,
+    /// The feed is down (the reason is for logs and metrics); a `Resync` follows when it is
+    /// back.
+    Lost(String),
+}
+
+/// Why a broker operation failed. Every variant is transient from the hub's point of view:
+/// the operation is answered with an error and retried by whoever asked.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("unsupported broker URL {0:?}: expected \"memory\" or \"redis://…\"")]
+    UnsupportedUrl(String),
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error("broker reply was malformed: {0}")]
+    BadReply(String),
+    #[error("broker is not connected")]
+    Disconnected,
+    #[error("broker did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// A message bus with per-channel offsets and history. Object-safe so hubs hold
+/// `Arc<dyn Broker>` and the CLI picks the implementation from a URL.
+pub trait Broker: Send + Sync + 'static {
+    /// Assigns the next offset of `channel`, stores the message in history and fans it out
+    /// to every link subscribed to the channel, in offset order.
+    fn publish<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        data: Box<RawValue>,
+    ) -> BoxFuture<'a, Result<Offset, BrokerError>>;
+
+    /// The channel's top offset and, with `since`, the retained messages after it.
+    fn history<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        since: Option<Offset>,
+    ) -> BoxFuture<'a, Result<History, BrokerError>>;
+
+    /// Opens one node's live feed.
+    fn attach(&self) -> (Arc<dyn Link>, mpsc::UnboundedReceiver<BrokerEvent>);
+
+    /// Short name for logs and metrics ("memory", "redis").
+    fn kind(&self) -> &'static str;
+}
+
+/// One node's subscriptions. Reference-counted per channel: the feed carries a channel
+/// while at least one `subscribe` has not been matched by an `unsubscribe`, so the callers
+/// need not order their calls.
+pub trait Link: Send + Sync + 'static {
+    /// Returns once publications of `channel` are guaranteed to reach this link's feed.
+    fn subscribe<'a>(&'a self, channel: &'a ChannelName)
+        -> BoxFuture<'a, Result<(), BrokerError>>;
+    fn unsubscribe(&self, channel: &ChannelName);
+}
+
+/// Builds a broker from its URL with default options: `memory` or `redis://host:port/db`.
+pub fn broker_from_url(url: &str) -> Result<Arc<dyn Broker>, BrokerError> {
+    broker_with(url, BrokerOptions::default())
+}
+
+/// Builds a broker from its URL with explicit history limits and Redis key prefix.
+pub fn broker_with(url: &str, options: BrokerOptions) -> Result<Arc<dyn Broker>, BrokerError> {
+    if url == "memory" || url == "memory://" {
+        return Ok(Arc::new(memory::MemoryBroker::new(options.history)));
+    }
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
+        return Ok(Arc::new(redis::RedisBroker::new(url, options)?));
+    }
+    Err(BrokerError::UnsupportedUrl(url.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publication(offset: u64) -> Arc<Publication> {
+        let data = RawValue::from_string("1".into()).unwrap();
+        Publication::new(ChannelName::parse("c").unwrap(), Offset(offset), data)
+    }
+
+    #[test]
+    fn recovered_only_when_history_reaches_since() {
+        let reaches = History::from_retained(Offset(5), Some(Offset(3)), vec![publication(4), publication(5)]);
+        assert!(reaches.recovered);
+        let trimmed = History::from_retained(Offset(5), Some(Offset(2)), vec![publication(4), publication(5)]);
+        assert!(!trimmed.recovered);
+        let up_to_date = History::from_retained(Offset(5), Some(Offset(5)), vec![]);
+        assert!(up_to_date.recovered);
+        let from_lost_history = History::from_retained(Offset(5), Some(Offset(9)), vec![]);
+        assert!(!from_lost_history.recovered);
+    }
+
+    #[test]
+    fn unknown_broker_url_is_an_error() {
+        assert!(matches!(
+            broker_from_url("kafka://x"),
+            Err(BrokerError::UnsupportedUrl(_))
+        ));
+    }
+}

@@ -1,0 +1,272 @@
+//! One node's live feed from Redis pub/sub, kept alive across Redis restarts and cuts.
+//!
+//! A single task owns the pub/sub connection and the node's subscription counts. When the
+//! connection dies (or stops answering pings) it reconnects with backoff, subscribes again
+//! to every channel the node still wants, and emits [`BrokerEvent::Resync`] so the node
+//! refills whatever was published while it was away from history.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ::redis::aio::{PubSubSink, PubSubStream};
+use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::StreamExt;
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Keys, COMMAND_TIMEOUT};
+use crate::broker::{BrokerError, BrokerEvent, Link};
+use crate::protocol::{ChannelName, Offset, Publication};
+
+/// How often an idle pub/sub connection is pinged to notice a silent cut.
+const PING_EVERY: Duration = Duration::from_secs(2);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+enum Command {
+    Subscribe(ChannelName, oneshot::Sender<Result<(), BrokerError>>),
+    Unsubscribe(ChannelName),
+}
+
+/// The handle a node holds; the task behind it ends when the handle is dropped.
+pub(super) struct RedisLink {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl Link for RedisLink {
+    fn subscribe<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        async move {
+            let (ack, acked) = oneshot::channel();
+            self.commands
+                .send(Command::Subscribe(channel.clone(), ack))
+                .map_err(|_| BrokerError::Disconnected)?;
+            acked.await.unwrap_or(Err(BrokerError::Disconnected))
+        }
+        .boxed()
+    }
+
+    fn unsubscribe(&self, channel: &ChannelName) {
+        let _ = self.commands.send(Command::Unsubscribe(channel.clone()));
+    }
+}
+
+pub(super) fn spawn(
+    client: ::redis::Client,
+    keys: Keys,
+) -> (RedisLink, mpsc::UnboundedReceiver<BrokerEvent>) {
+    let (commands, command_rx) = mpsc::unbounded_channel();
+    let (events, event_rx) = mpsc::unbounded_channel();
+    let feed = Feed {
+        client,
+        keys,
+        counts: HashMap::new(),
+        commands: command_rx,
+        events,
+    };
+    tokio::spawn(feed.run());
+    (RedisLink { commands }, event_rx)
+}
+
+struct Feed {
+    client: ::redis::Client,
+    keys: Keys,
+    /// How many times the node subscribed each channel; Redis is subscribed while > 0.
+    counts: HashMap<ChannelName, usize>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    events: mpsc::UnboundedSender<BrokerEvent>,
+}
+
+/// Why a connected session of the feed ended.
+enum Ended {
+    /// The node dropped its link: stop for good.
+    NodeGone,
+    /// Redis went away or stopped answering: reconnect.
+    Lost(BrokerError),
+}
+
+impl Feed {
+    async fn run(mut self) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            match self.connect().await {
+                Ok((sink, stream)) => {
+                    backoff = BACKOFF_MIN;
+                    match self.serve(sink, stream).await {
+                        Ended::NodeGone => return,
+                        Ended::Lost(error) => self.report_lost(error),
+                    }
+                }
+                Err(error) => self.report_lost(error),
+            }
+            if !self.wait_out(backoff).await {
+                return;
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    fn report_lost(&self, error: BrokerError) {
+        tracing::warn!(%error, "redis pub/sub connection lost; reconnecting");
+        let _ = self.events.send(BrokerEvent::Lost(error.to_string()));
+    }
+
+    /// Connects and subscribes to everything the node wants, then announces the resync.
+    async fn connect(&mut self) -> Result<(PubSubSink, PubSubStream), BrokerError> {
+        let pubsub = tokio::time::timeout(COMMAND_TIMEOUT, self.client.get_async_pubsub())
+            .await
+            .map_err(|_| BrokerError::Timeout(COMMAND_TIMEOUT))??;
+        let (mut sink, stream) = pubsub.split();
+        if !self.counts.is_empty() {
+            let live: Vec<String> = self.counts.keys().map(|c| self.keys.live(c)).collect();
+            tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(live))
+                .await
+                .map_err(|_| BrokerError::Timeout(COMMAND_TIMEOUT))??;
+            tracing::info!(channels = self.counts.len(), "redis pub/sub resubscribed");
+            let _ = self.events.send(BrokerEvent::Resync);
+        }
+        Ok((sink, stream))
+    }
+
+    /// Sleeps through a backoff while still answering the node: subscribes fail fast
+    /// (the caller reports `broker_unavailable`), unsubscribes are recorded.
+    async fn wait_out(&mut self, backoff: Duration) -> bool {
+        let jittered = backoff.mul_f64(rand::random_range(0.5..1.0));
+        let deadline = tokio::time::sleep(jittered);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return true,
+                command = self.commands.recv() => match command {
+                    None => return false,
+                    Some(Command::Subscribe(_, ack)) => {
+                        let _ = ack.send(Err(BrokerError::Disconnected));
+                    }
+                    Some(Command::Unsubscribe(channel)) => {
+                        self.forget(&channel);
+                    }
+                },
+            }
+        }
+    }
+
+    /// Decrements a channel's count; true when nobody on this node wants it any more.
+    fn forget(&mut self, channel: &ChannelName) -> bool {
+        match self.counts.get_mut(channel) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                false
+            }
+            Some(_) => {
+                self.counts.remove(channel);
+                true
+            }
+            None => false,
+        }
+    }
+
+    async fn serve(&mut self, mut sink: PubSubSink, mut stream: PubSubStream) -> Ended {
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                message = stream.next() => match message {
+                    None => return Ended::Lost(BrokerError::Disconnected),
+                    Some(message) => self.forward(&message),
+                },
+                command = self.commands.recv() => match command {
+                    None => return Ended::NodeGone,
+                    Some(command) => if let Err(error) = self.apply(&mut sink, command).await {
+                        return Ended::Lost(error);
+                    },
+                },
+                _ = ping.tick() => {
+                    let answer = tokio::time::timeout(COMMAND_TIMEOUT, sink.ping::<::redis::Value>()).await;
+                    match answer {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(error)) => return Ended::Lost(error.into()),
+                        Err(_) => return Ended::Lost(BrokerError::Timeout(COMMAND_TIMEOUT)),
+                    }
+                }
+            }
+            if self.events.is_closed() {
+                return Ended::NodeGone;
+            }
+        }
+    }
+
+    async fn apply(&mut self, sink: &mut PubSubSink, command: Command) -> Result<(), BrokerError> {
+        match command {
+            Command::Subscribe(channel, ack) => {
+                if let Some(count) = self.counts.get_mut(&channel) {
+                    *count += 1;
+                    let _ = ack.send(Ok(()));
+                    return Ok(());
+                }
+                let live = self.keys.live(&channel);
+                let result = tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(live))
+                    .await
+                    .map_err(|_| BrokerError::Timeout(COMMAND_TIMEOUT))
+                    .and_then(|r| r.map_err(BrokerError::from));
+                match result {
+                    Ok(()) => {
+                        self.counts.insert(channel, 1);
+                        let _ = ack.send(Ok(()));
+                        Ok(())
+                    }
+                    Err(error) => {
+                        let _ = ack.send(Err(BrokerError::Disconnected));
+                        Err(error)
+                    }
+                }
+            }
+            Command::Unsubscribe(channel) => {
+                if self.forget(&channel) {
+                    let live = self.keys.live(&channel);
+                    tokio::time::timeout(COMMAND_TIMEOUT, sink.unsubscribe(live))
+                        .await
+                        .map_err(|_| BrokerError::Timeout(COMMAND_TIMEOUT))??;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Turns a pub/sub message `"<offset> <json>"` into a publication for the node.
+    fn forward(&self, message: &::redis::Msg) {
+        let Some(channel) = self.keys.channel_of_live(message.get_channel_name()) else {
+            return;
+        };
+        match parse_live(message.get_payload_bytes()) {
+            Some((offset, data)) => {
+                let publication = Publication::new(channel, offset, data);
+                let _ = self.events.send(BrokerEvent::Publication(publication));
+            }
+            None => tracing::warn!(%channel, "malformed pub/sub payload ignored"),
+        }
+    }
+}
+
+fn parse_live(payload: &[u8]) -> Option<(Offset, Box<RawValue>)> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let (offset, data) = text.split_once(' ')?;
+    let offset = Offset(offset.parse().ok()?);
+    let data = RawValue::from_string(data.to_owned()).ok()?;
+    Some((offset, data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_payload_is_offset_space_json() {
+        let (offset, data) = parse_live(br#"42 {"a":1}"#).unwrap();
+        assert_eq!(offset, Offset(42));
+        assert_eq!(data.get(), r#"{"a":1}"#);
+        assert!(parse_live(b"x {}").is_none());
+        assert!(parse_live(b"42 {nope").is_none());
+    }
+}

@@ -1,0 +1,233 @@
+//! The Redis broker: offsets by `INCR`, history in a Stream, live fan-out by pub/sub.
+//!
+//! One Lua script assigns the offset, appends to the channel's stream (entry id = offset, so
+//! "everything after N" is a range query), trims it and publishes, all atomically: every
+//! node sees the same offset for the same message, and pub/sub carries each channel's
+//! messages in offset order. Keys, for a prefix `P` and a channel `C`:
+//!
+//! | key           | type   | holds                                               |
+//! |---------------|--------|-----------------------------------------------------|
+//! | `P:seq:C`     | string | the channel's top offset (no expiry)                |
+//! | `P:hist:C`    | stream | retained messages, `MAXLEN` size, expires after ttl |
+//! | `P:live:C`    | pubsub | `"<offset> <json>"` per message                     |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::Script;
+use futures_util::future::{BoxFuture, FutureExt};
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, OnceCell};
+
+use super::{Broker, BrokerError, BrokerEvent, BrokerOptions, History, HistoryPolicy, Link};
+use crate::protocol::{ChannelName, Offset, Publication};
+
+mod feed;
+
+/// How long one Redis command may take before the caller is told the broker is down.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Assigns the offset, appends, trims, expires and publishes in one atomic step.
+/// A missing sequence starts at the server's clock in microseconds (see `Offset`);
+/// `%.0f` prints such numbers exactly, where Lua's default would use an exponent.
+const PUBLISH_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('SET', KEYS[1], string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2])))
+end
+local offset = string.format('%.0f', redis.call('INCR', KEYS[1]))
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-0', 't', now_ms, 'd', ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PUBLISH', ARGV[4], offset .. ' ' .. ARGV[1])
+return offset
+"#;
+
+/// Returns `{top}` or, with a `since`, `{top, offset1, data1, offset2, data2, …}` for the
+/// entries after `since` that are younger than the ttl.
+const HISTORY_SCRIPT: &str = r#"
+local top = redis.call('GET', KEYS[1]) or '0'
+if ARGV[1] == '' then return {top} end
+local t = redis.call('TIME')
+local cutoff = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[2])
+local out = {top}
+for _, entry in ipairs(redis.call('XRANGE', KEYS[2], '(' .. ARGV[1] .. '-0', '+')) do
+  local fields = entry[2]
+  local at, data
+  for i = 1, #fields, 2 do
+    if fields[i] == 't' then at = tonumber(fields[i + 1]) end
+    if fields[i] == 'd' then data = fields[i + 1] end
+  end
+  if at and data and at >= cutoff then
+    table.insert(out, string.match(entry[1], '^(%d+)'))
+    table.insert(out, data)
+  end
+end
+return out
+"#;
+
+/// Key names for one prefix.
+#[derive(Debug, Clone)]
+struct Keys {
+    prefix: Arc<str>,
+}
+
+impl Keys {
+    fn seq(&self, channel: &ChannelName) -> String {
+        format!("{}:seq:{channel}", self.prefix)
+    }
+    fn hist(&self, channel: &ChannelName) -> String {
+        format!("{}:hist:{channel}", self.prefix)
+    }
+    fn live(&self, channel: &ChannelName) -> String {
+        format!("{}:live:{channel}", self.prefix)
+    }
+    /// The tether channel a pub/sub channel name stands for, if it is one of ours.
+    fn channel_of_live(&self, live: &str) -> Option<ChannelName> {
+        let rest = live.strip_prefix(&*self.prefix)?.strip_prefix(":live:")?;
+        ChannelName::parse(rest).ok()
+    }
+}
+
+/// A broker backed by one Redis server (or anything speaking its protocol).
+pub struct RedisBroker {
+    client: ::redis::Client,
+    /// Connected on first use, so building the broker needs neither a runtime nor a live
+    /// Redis; the manager reconnects by itself afterwards.
+    commands: OnceCell<ConnectionManager>,
+    keys: Keys,
+    policy: HistoryPolicy,
+    publish_script: Script,
+    history_script: Script,
+}
+
+impl RedisBroker {
+    pub fn new(url: &str, options: BrokerOptions) -> Result<Self, BrokerError> {
+        Ok(Self {
+            client: ::redis::Client::open(url)?,
+            commands: OnceCell::new(),
+            keys: Keys {
+                prefix: options.redis_prefix.into(),
+            },
+            policy: options.history,
+            publish_script: Script::new(PUBLISH_SCRIPT),
+            history_script: Script::new(HISTORY_SCRIPT),
+        })
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, BrokerError> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let manager = self
+            .commands
+            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config))
+            .await?;
+        Ok(manager.clone())
+    }
+
+    async fn publish_inner(
+        &self,
+        channel: &ChannelName,
+        data: Box<RawValue>,
+    ) -> Result<Offset, BrokerError> {
+        let mut conn = self.connection().await?;
+        let offset: String = self
+            .publish_script
+            .key(self.keys.seq(channel))
+            .key(self.keys.hist(channel))
+            .arg(data.get())
+            .arg(self.policy.size)
+            .arg(self.policy.ttl.as_millis() as u64)
+            .arg(self.keys.live(channel))
+            .invoke_async(&mut conn)
+            .await?;
+        parse_offset(&offset)
+    }
+
+    async fn history_inner(
+        &self,
+        channel: &ChannelName,
+        since: Option<Offset>,
+    ) -> Result<History, BrokerError> {
+        let mut conn = self.connection().await?;
+        let since_arg = since.map(|s| s.0.to_string()).unwrap_or_default();
+        let reply: Vec<String> = self
+            .history_script
+            .key(self.keys.seq(channel))
+            .key(self.keys.hist(channel))
+            .arg(since_arg)
+            .arg(self.policy.ttl.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        let mut items = reply.into_iter();
+        let top = parse_offset(&items.next().unwrap_or_else(|| "0".into()))?;
+        let mut messages = Vec::new();
+        while let (Some(offset), Some(data)) = (items.next(), items.next()) {
+            let data = RawValue::from_string(data)
+                .map_err(|e| BrokerError::BadReply(format!("history entry is not JSON: {e}")))?;
+            messages.push(Publication::new(channel.clone(), parse_offset(&offset)?, data));
+        }
+        Ok(History::from_retained(top, since, messages))
+    }
+}
+
+fn parse_offset(text: &str) -> Result<Offset, BrokerError> {
+    text.parse()
+        .map(Offset)
+        .map_err(|_| BrokerError::BadReply(format!("offset {text:?} is not a number")))
+}
+
+/// Bounds a Redis round trip so a silent network cut becomes an error, not a hang.
+async fn bounded<T>(
+    work: impl std::future::Future<Output = Result<T, BrokerError>>,
+) -> Result<T, BrokerError> {
+    tokio::time::timeout(COMMAND_TIMEOUT, work)
+        .await
+        .unwrap_or(Err(BrokerError::Timeout(COMMAND_TIMEOUT)))
+}
+
+impl Broker for RedisBroker {
+    fn publish<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        data: Box<RawValue>,
+    ) -> BoxFuture<'a, Result<Offset, BrokerError>> {
+        bounded(self.publish_inner(channel, data)).boxed()
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        since: Option<Offset>,
+    ) -> BoxFuture<'a, Result<History, BrokerError>> {
+        bounded(self.history_inner(channel, since)).boxed()
+    }
+
+    fn attach(&self) -> (Arc<dyn Link>, mpsc::UnboundedReceiver<BrokerEvent>) {
+        let (link, events) = feed::spawn(self.client.clone(), self.keys.clone());
+        (Arc::new(link), events)
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_channel_names_map_back_to_channels_of_this_prefix_only() {
+        let keys = Keys {
+            prefix: "t1".into(),
+        };
+        let c = ChannelName::parse("chat:room").unwrap();
+        assert_eq!(keys.channel_of_live(&keys.live(&c)), Some(c));
+        assert_eq!(keys.channel_of_live("t2:live:chat"), None);
+    }
+}

@@ -1,0 +1,315 @@
+//! A node's channels: who on this node listens to what, and the per-channel task that hands
+//! each publication to them exactly once, in offset order, with no gap.
+//!
+//! One dispatcher task per channel with local subscribers. It subscribes the node's broker
+//! link to the channel (so the node only hears channels someone here wants), remembers the
+//! last offset it delivered, drops repeats, and when an offset skips ahead (a pub/sub
+//! message lost in a reconnect) or the feed announces a resync, it refills the hole from the
+//! broker's history before going on.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::broker::{Broker, BrokerError, BrokerEvent, Link};
+use crate::metrics::{BrokerOp, Metrics};
+use crate::protocol::{ChannelName, Offset, Publication};
+
+/// Identifies one WebSocket connection in logs and in channel membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId(pub u64);
+
+impl SessionId {
+    pub fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Self(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// How a dispatcher reaches one session: a bounded queue, and a bell rung when the queue
+/// overflowed and the session was dropped from the channel (it must close: it lost messages).
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    pub id: SessionId,
+    pub queue: mpsc::Sender<Arc<Publication>>,
+    pub overflow: Arc<Notify>,
+}
+
+enum Command {
+    Join(Subscriber, oneshot::Sender<Result<(), BrokerError>>),
+    Leave(SessionId),
+    Deliver(Arc<Publication>),
+    Resync,
+}
+
+struct Entry {
+    members: usize,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+/// The channels of one node.
+pub struct Channels {
+    entries: Mutex<HashMap<ChannelName, Entry>>,
+    link: Arc<dyn Link>,
+    broker: Arc<dyn Broker>,
+    metrics: Arc<Metrics>,
+    router: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Channels {
+    /// Attaches the node to `broker` and starts routing its feed to the channel tasks.
+    pub fn new(broker: Arc<dyn Broker>, metrics: Arc<Metrics>) -> Arc<Self> {
+        let (link, events) = broker.attach();
+        let channels = Arc::new(Self {
+            entries: Mutex::new(HashMap::new()),
+            link,
+            broker,
+            metrics,
+            router: Mutex::new(None),
+        });
+        let router = tokio::spawn(route(Arc::downgrade(&channels), events));
+        *channels.router.lock().unwrap_or_else(|p| p.into_inner()) = Some(router);
+        channels
+    }
+
+    fn entries(&self) -> MutexGuard<'_, HashMap<ChannelName, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds `subscriber` to `channel`. Once this returns `Ok`, every publication of the
+    /// channel from then on reaches the subscriber's queue.
+    pub async fn join(
+        &self,
+        channel: &ChannelName,
+        subscriber: Subscriber,
+    ) -> Result<(), BrokerError> {
+        let id = subscriber.id;
+        let (ack, acked) = oneshot::channel();
+        {
+            let mut entries = self.entries();
+            let entry = entries
+                .entry(channel.clone())
+                .or_insert_with(|| self.spawn_dispatcher(channel));
+            entry.members += 1;
+            // The dispatcher lives while its entry does, so this send cannot fail.
+            let _ = entry.commands.send(Command::Join(subscriber, ack));
+        }
+        let result = acked.await.unwrap_or(Err(BrokerError::Disconnected));
+        if result.is_err() {
+            self.metrics.broker_error(BrokerOp::Subscribe);
+            self.leave(channel, id);
+        }
+        result
+    }
+
+    /// Removes a session from a channel; the last one out stops the channel's task, which
+    /// unsubscribes the node from the broker.
+    pub fn leave(&self, channel: &ChannelName, id: SessionId) {
+        let mut entries = self.entries();
+        let Some(entry) = entries.get_mut(channel) else {
+            return;
+        };
+        let _ = entry.commands.send(Command::Leave(id));
+        entry.members -= 1;
+        if entry.members == 0 {
+            // Dropping the sender ends the dispatcher.
+            entries.remove(channel);
+        }
+    }
+
+    fn spawn_dispatcher(&self, channel: &ChannelName) -> Entry {
+        let (commands, rx) = mpsc::unbounded_channel();
+        let dispatcher = Dispatcher {
+            channel: channel.clone(),
+            link: self.link.clone(),
+            broker: self.broker.clone(),
+            metrics: self.metrics.clone(),
+            subscribers: Vec::new(),
+            last: None,
+            started: false,
+            retry_at: None,
+        };
+        let span = tracing::debug_span!("channel", %channel);
+        tokio::spawn(dispatcher.run(rx).instrument(span));
+        Entry {
+            members: 0,
+            commands,
+        }
+    }
+
+    fn send(&self, channel: &ChannelName, command: Command) {
+        if let Some(entry) = self.entries().get(channel) {
+            let _ = entry.commands.send(command);
+        }
+    }
+
+    fn resync_all(&self) {
+        for entry in self.entries().values() {
+            let _ = entry.commands.send(Command::Resync);
+        }
+    }
+}
+
+impl Drop for Channels {
+    fn drop(&mut self) {
+        if let Some(router) = self.router.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+            router.abort();
+        }
+    }
+}
+
+/// Hands the node's broker feed to the channel tasks.
+async fn route(channels: Weak<Channels>, mut events: mpsc::UnboundedReceiver<BrokerEvent>) {
+    while let Some(event) = events.recv().await {
+        let Some(channels) = channels.upgrade() else {
+            return;
+        };
+        match event {
+            BrokerEvent::Publication(p) => {
+                let channel = p.channel.clone();
+                channels.send(&channel, Command::Deliver(p));
+            }
+            BrokerEvent::Resync => channels.resync_all(),
+            BrokerEvent::Lost(reason) => {
+                tracing::warn!(%reason, "broker feed lost");
+                channels.metrics.broker_error(BrokerOp::Feed);
+            }
+        }
+    }
+}
+
+struct Dispatcher {
+    channel: ChannelName,
+    link: Arc<dyn Link>,
+    broker: Arc<dyn Broker>,
+    metrics: Arc<Metrics>,
+    subscribers: Vec<Subscriber>,
+    /// The last offset handed to subscribers; `None` until the channel has a message.
+    last: Option<Offset>,
+    /// Whether the link is subscribed and `last` initialised.
+    started: bool,
+    /// When to try again a refill that failed (the broker was unreachable).
+    retry_at: Option<tokio::time::Instant>,
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How long a dispatcher waits before retrying a failed refill.
+const REFILL_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
+impl Dispatcher {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        loop {
+            let retry_at = self.retry_at;
+            let command = tokio::select! {
+                command = commands.recv() => command,
+                _ = sleep_until_some(retry_at) => {
+                    self.retry_at = None;
+                    self.refill(None).await;
+                    continue;
+                }
+            };
+            let Some(command) = command else { break };
+            match command {
+                Command::Join(subscriber, ack) => {
+                    let result = self.start().await.map(|()| self.subscribers.push(subscriber));
+                    let _ = ack.send(result);
+                }
+                Command::Leave(id) => self.subscribers.retain(|s| s.id != id),
+                Command::Deliver(p) if self.started => self.accept(p).await,
+                Command::Resync if self.started => self.refill(None).await,
+                Command::Deliver(_) | Command::Resync => {}
+            }
+        }
+        if self.started {
+            self.link.unsubscribe(&self.channel);
+        }
+    }
+
+    /// Subscribes the node to the channel, then reads where the channel stands: anything
+    /// after that offset will come through the feed, which is already listening.
+    async fn start(&mut self) -> Result<(), BrokerError> {
+        if self.started {
+            return Ok(());
+        }
+        self.link.subscribe(&self.channel).await?;
+        match self.broker.history(&self.channel, None).await {
+            Ok(history) => {
+                self.last = (history.top != Offset(0)).then_some(history.top);
+                self.started = true;
+                Ok(())
+            }
+            Err(error) => {
+                self.metrics.broker_error(BrokerOp::History);
+                self.link.unsubscribe(&self.channel);
+                Err(error)
+            }
+        }
+    }
+
+    async fn accept(&mut self, p: Arc<Publication>) {
+        match self.last {
+            Some(last) if p.offset <= last => {}
+            Some(last) if p.offset > last.next() => self.refill(Some(p)).await,
+            _ => self.fan_out(p),
+        }
+    }
+
+    /// Delivers what history holds after `last`, then `trigger` if history did not have it.
+    /// When the broker cannot answer, nothing is delivered (that would skip the hole for
+    /// good); the refill is retried shortly, and the messages stay in history meanwhile.
+    async fn refill(&mut self, trigger: Option<Arc<Publication>>) {
+        match self.broker.history(&self.channel, self.last).await {
+            Ok(history) => {
+                if !history.recovered {
+                    tracing::warn!(since = ?self.last, top = %history.top,
+                        "history does not reach back to the last delivered offset; continuing after the gap");
+                }
+                for p in history.messages {
+                    if self.last.is_none_or(|last| p.offset > last) {
+                        self.fan_out(p);
+                    }
+                }
+            }
+            Err(error) => {
+                self.metrics.broker_error(BrokerOp::History);
+                tracing::warn!(%error, "could not refill from history; retrying");
+                self.retry_at = Some(tokio::time::Instant::now() + REFILL_RETRY);
+                return;
+            }
+        }
+        if let Some(p) = trigger {
+            if self.last.is_none_or(|last| p.offset > last) {
+                self.fan_out(p);
+            }
+        }
+    }
+
+    fn fan_out(&mut self, p: Arc<Publication>) {
+        self.last = Some(p.offset);
+        self.subscribers.retain(|s| match s.queue.try_send(p.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                s.overflow.notify_one();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+    }
+}

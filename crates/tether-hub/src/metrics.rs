@@ -1,0 +1,225 @@
+//! Prometheus metrics of one hub node, served at `/metrics`.
+//!
+//! Each node owns its registry, so several hubs in one process (the demo) report
+//! separately.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::protocol::ErrorCode;
+
+/// Where a published message entered the hub.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Source {
+    Ws,
+    Http,
+}
+
+/// The outcome of a `subscribe` with `since`.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Resume {
+    Recovered,
+    NotRecovered,
+}
+
+/// The broker operation that failed.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum BrokerOp {
+    Publish,
+    History,
+    Subscribe,
+    Feed,
+}
+
+/// Why the hub ended a connection.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum CloseReason {
+    ClientClosed,
+    PingTimeout,
+    Flood,
+    SlowConsumer,
+    Shutdown,
+    Aborted,
+    Error,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResumeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BrokerOpLabel {
+    pub op: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: &'static str,
+}
+
+/// The node's counters and gauges.
+pub struct Metrics {
+    registry: Registry,
+    pub connections: Gauge,
+    pub subscriptions: Gauge,
+    pub messages_in: Family<SourceLabel, Counter>,
+    pub messages_out: Counter,
+    pub broker_errors: Family<BrokerOpLabel, Counter>,
+    pub resumes: Family<ResumeLabel, Counter>,
+    pub disconnects: Family<CloseLabel, Counter>,
+    pub client_errors: Family<CodeLabel, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tether_hub");
+        let metrics = Self {
+            connections: Gauge::default(),
+            subscriptions: Gauge::default(),
+            messages_in: Family::default(),
+            messages_out: Counter::default(),
+            broker_errors: Family::default(),
+            resumes: Family::default(),
+            disconnects: Family::default(),
+            client_errors: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections",
+            "Open WebSocket connections",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "subscriptions",
+            "Active channel subscriptions over all connections",
+            metrics.subscriptions.clone(),
+        );
+        registry.register(
+            "messages_in",
+            "Messages published through this node",
+            metrics.messages_in.clone(),
+        );
+        registry.register(
+            "messages_out",
+            "Message frames sent to clients (live and replayed)",
+            metrics.messages_out.clone(),
+        );
+        registry.register(
+            "broker_errors",
+            "Failed broker operations",
+            metrics.broker_errors.clone(),
+        );
+        registry.register(
+            "resumes",
+            "Subscriptions with `since`, by whether history reached back far enough",
+            metrics.resumes.clone(),
+        );
+        registry.register(
+            "disconnects",
+            "Connections ended, by reason",
+            metrics.disconnects.clone(),
+        );
+        registry.register(
+            "client_errors",
+            "Error frames sent to clients, by code",
+            metrics.client_errors.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+
+    pub fn broker_error(&self, op: BrokerOp) {
+        let op = match op {
+            BrokerOp::Publish => "publish",
+            BrokerOp::History => "history",
+            BrokerOp::Subscribe => "subscribe",
+            BrokerOp::Feed => "feed",
+        };
+        self.broker_errors.get_or_create(&BrokerOpLabel { op }).inc();
+    }
+
+    pub fn disconnect(&self, reason: CloseReason) {
+        let reason = match reason {
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::PingTimeout => "ping_timeout",
+            CloseReason::Flood => "flood",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Aborted => "aborted",
+            CloseReason::Error => "error",
+        };
+        self.disconnects.get_or_create(&CloseLabel { reason }).inc();
+    }
+
+    pub fn message_in(&self, source: Source) {
+        let source = match source {
+            Source::Ws => "ws",
+            Source::Http => "http",
+        };
+        self.messages_in.get_or_create(&SourceLabel { source }).inc();
+    }
+
+    pub fn resume(&self, outcome: Resume) {
+        let outcome = match outcome {
+            Resume::Recovered => "recovered",
+            Resume::NotRecovered => "not_recovered",
+        };
+        self.resumes.get_or_create(&ResumeLabel { outcome }).inc();
+    }
+
+    pub fn client_error(&self, code: ErrorCode) {
+        self.client_errors
+            .get_or_create(&CodeLabel {
+                code: code.as_str(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_carry_the_prefix_and_labels() {
+        let m = Metrics::new();
+        m.connections.inc();
+        m.resume(Resume::NotRecovered);
+        let text = m.encode();
+        assert!(text.contains("tether_hub_connections 1"), "{text}");
+        assert!(
+            text.contains(r#"tether_hub_resumes_total{outcome="not_recovered"} 1"#),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,213 @@
+//! Starting and stopping a node: the listener, the router, the accept loop, the handle.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api;
+use crate::broker::Broker;
+use crate::config::{ConfigError, HubConfig};
+use crate::node::{Lifecycle, Node};
+use crate::session;
+
+/// Frames above `max_message_size` × this are refused by the WebSocket layer itself (the
+/// connection closes with 1009); between the two limits the hub answers `too_large` and
+/// the connection lives on.
+const HARD_LIMIT_FACTOR: usize = 16;
+
+/// How long `bind` keeps retrying an address still held by a node that was just aborted.
+const REBIND_PATIENCE: Duration = Duration::from_secs(3);
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("invalid hub configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running node. Dropping the handle leaves the node running; call [`HubHandle::shutdown`]
+/// or [`HubHandle::abort`] to stop it.
+pub struct HubHandle {
+    node: Arc<Node>,
+    local_addr: SocketAddr,
+    accept: JoinHandle<()>,
+}
+
+impl HubHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn name(&self) -> &str {
+        self.node.name()
+    }
+
+    /// Stops like a crash: every client is dropped at once without a close frame and the
+    /// listener closes. Clients notice a broken connection and resume elsewhere.
+    pub fn abort(&self) {
+        self.node.lifecycle.send_replace(Lifecycle::Aborted);
+        self.accept.abort();
+    }
+
+    /// Stops gracefully: no new connections, `/health` turns 503, each client is closed
+    /// with 1012 at a random moment within the shutdown window; returns when all are gone.
+    pub async fn shutdown(self) {
+        let window = self.node.config.shutdown_window;
+        tracing::info!(node = %self.node.name(), ?window, "draining");
+        self.node
+            .lifecycle
+            .send_replace(Lifecycle::Draining { window });
+        let grace = window + Duration::from_secs(3);
+        if tokio::time::timeout(grace, self.node.sessions_closed())
+            .await
+            .is_err()
+        {
+            tracing::warn!("clients still open after the shutdown window; dropping them");
+        }
+        self.node.lifecycle.send_replace(Lifecycle::Aborted);
+        self.accept.abort();
+        let _ = self.accept.await;
+    }
+}
+
+/// Starts a node on `config.listen`, sharing `broker` with any other node given the same
+/// broker. `extra_routes` are merged into the node's router (the demo serves its pages so).
+pub async fn serve(
+    config: HubConfig,
+    broker: Arc<dyn Broker>,
+    extra_routes: Option<Router>,
+) -> Result<HubHandle, HubError> {
+    config.validate()?;
+    let listener = bind(config.listen).await?;
+    let local_addr = listener.local_addr().map_err(|source| HubError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let node = Node::new(config, broker);
+    let mut router = routes(node.clone());
+    if let Some(extra) = extra_routes {
+        router = router.merge(extra);
+    }
+    tracing::info!(node = %node.name(), addr = %local_addr, broker = node.broker.kind(), "hub listening");
+    let accept = tokio::spawn(accept_loop(listener, router, node.lifecycle.subscribe()));
+    Ok(HubHandle {
+        node,
+        local_addr,
+        accept,
+    })
+}
+
+fn routes(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/ws", get(upgrade))
+        .route("/health", get(api::health))
+        .route("/metrics", get(api::metrics))
+        .route("/api/publish", post(api::publish))
+        .route("/api/history/{channel}", get(api::history))
+        .with_state(node)
+}
+
+async fn upgrade(State(node): State<Arc<Node>>, upgrade: WebSocketUpgrade) -> Response {
+    if *node.lifecycle.borrow() != Lifecycle::Running {
+        return (StatusCode::SERVICE_UNAVAILABLE, "node is shutting down").into_response();
+    }
+    let hard_limit = node.config.max_message_size.saturating_mul(HARD_LIMIT_FACTOR);
+    upgrade
+        .max_message_size(hard_limit)
+        .max_frame_size(hard_limit)
+        .on_upgrade(move |ws| session::run(ws, node))
+}
+
+/// Binds with SO_REUSEADDR, retrying briefly while an aborted node's listener on the same
+/// address is still being torn down.
+async fn bind(addr: SocketAddr) -> Result<TcpListener, HubError> {
+    let deadline = tokio::time::Instant::now() + REBIND_PATIENCE;
+    loop {
+        match try_bind(addr) {
+            Ok(listener) => return Ok(listener),
+            Err(error)
+                if error.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(source) => return Err(HubError::Bind { addr, source }),
+        }
+    }
+}
+
+fn try_bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+async fn accept_loop(listener: TcpListener, router: Router, mut lifecycle: watch::Receiver<Lifecycle>) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(serve_connection(stream, router.clone(), lifecycle.clone()));
+                }
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            changed = lifecycle.changed() => {
+                if changed.is_err() || *lifecycle.borrow_and_update() != Lifecycle::Running {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on one connection until it ends, is upgraded (the WebSocket then lives
+/// in its own task), the node drains (finish the request in flight) or aborts (drop it).
+async fn serve_connection(stream: TcpStream, router: Router, mut lifecycle: watch::Receiver<Lifecycle>) {
+    let service = TowerToHyperService::new(router);
+    let connection = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            changed = lifecycle.changed() => match changed.map(|()| *lifecycle.borrow_and_update()) {
+                Ok(Lifecycle::Aborted) | Err(_) => return,
+                Ok(Lifecycle::Draining { .. }) if !draining => {
+                    draining = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                Ok(_) => {}
+            },
+        }
+    }
+}

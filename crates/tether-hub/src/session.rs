@@ -1,0 +1,423 @@
+//! One WebSocket connection: parses the client's frames, joins channels, writes messages.
+//!
+//! The session is the only writer of its socket, which makes its per-channel "last offset
+//! sent" the single place where the seam between replayed history and the live stream is
+//! made exact: anything at or below it is a duplicate and dropped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::channel::{SessionId, Subscriber};
+use crate::metrics::{CloseReason, Resume, Source};
+use crate::node::{Lifecycle, Node};
+use crate::protocol::{ChannelName, ClientFrame, ErrorCode, Offset, ProtocolError, Publication, ServerFrame};
+
+/// Close codes the hub sends.
+const CLOSE_POLICY: u16 = 1008;
+const CLOSE_RESTART: u16 = 1012;
+const CLOSE_TRY_AGAIN: u16 = 1013;
+
+/// How many queued messages one write batch takes before flushing.
+const WRITE_BATCH: usize = 64;
+
+/// Runs a connection until it ends.
+pub async fn run(ws: WebSocket, node: Arc<Node>) {
+    let id = SessionId::next();
+    let span = tracing::info_span!("session", id = %id, node = %node.name());
+    let (queue_tx, queue) = mpsc::channel(node.config.client_queue);
+    let session = Session {
+        id,
+        bucket: TokenBucket::new(node.config.client_rate, node.config.client_burst),
+        node,
+        subscriptions: HashMap::new(),
+        queue_tx,
+        overflow: Arc::new(Notify::new()),
+    };
+    session.serve(ws, queue).instrument(span).await;
+}
+
+struct Session {
+    id: SessionId,
+    node: Arc<Node>,
+    /// Subscribed channels and the last offset sent on each.
+    subscriptions: HashMap<ChannelName, Offset>,
+    queue_tx: mpsc::Sender<Arc<Publication>>,
+    overflow: Arc<Notify>,
+    bucket: TokenBucket,
+}
+
+/// What the main loop should do after handling an event.
+enum Flow {
+    Continue,
+    /// Send a close frame with this code and reason, then end.
+    Close(u16, &'static str, CloseReason),
+    /// End without a close frame (the peer is gone or must look like it crashed).
+    Drop(CloseReason),
+}
+
+/// A socket write failed: the connection is gone.
+struct Gone;
+
+impl Session {
+    async fn serve(mut self, mut ws: WebSocket, mut queue: mpsc::Receiver<Arc<Publication>>) {
+        let _guard = self.node.session_guard();
+        let mut lifecycle = self.node.lifecycle.subscribe();
+        let welcome = ServerFrame::Welcome {
+            node: self.node.name(),
+        };
+        let mut flow = match ws.send(Message::Text(welcome.encode())).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Drop(CloseReason::Error),
+        };
+        tracing::debug!("connected");
+        let ping_every = self.node.config.ping_interval;
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        let mut pong_deadline: Option<Instant> = None;
+        let mut drain_at: Option<Instant> = drain_moment(*lifecycle.borrow_and_update());
+        let overflow = self.overflow.clone();
+
+        while let Flow::Continue = flow {
+            flow = tokio::select! {
+                frame = ws.recv() => {
+                    pong_deadline = None;
+                    match frame {
+                        Some(Ok(frame)) => self.on_frame(&mut ws, frame).await,
+                        Some(Err(error)) => {
+                            tracing::debug!(%error, "read failed");
+                            Flow::Drop(CloseReason::Error)
+                        }
+                        None => Flow::Drop(CloseReason::ClientClosed),
+                    }
+                }
+                Some(p) = queue.recv() => self.deliver_batch(&mut ws, p, &mut queue).await,
+                _ = overflow.notified() => Flow::Close(CLOSE_TRY_AGAIN, "slow consumer", CloseReason::SlowConsumer),
+                _ = ping.tick() => {
+                    pong_deadline.get_or_insert(Instant::now() + self.node.config.ping_timeout);
+                    match ws.send(Message::Ping(Default::default())).await {
+                        Ok(()) => Flow::Continue,
+                        Err(_) => Flow::Drop(CloseReason::Error),
+                    }
+                }
+                _ = sleep_until_some(pong_deadline) => Flow::Drop(CloseReason::PingTimeout),
+                changed = lifecycle.changed() => match changed.map(|()| *lifecycle.borrow_and_update()) {
+                    Ok(Lifecycle::Aborted) | Err(_) => Flow::Drop(CloseReason::Aborted),
+                    Ok(state) => {
+                        drain_at = drain_at.or(drain_moment(state));
+                        Flow::Continue
+                    }
+                },
+                _ = sleep_until_some(drain_at) => Flow::Close(CLOSE_RESTART, "node shutting down", CloseReason::Shutdown),
+            };
+        }
+        let reason = match flow {
+            Flow::Close(code, text, reason) => {
+                close_politely(&mut ws, code, text).await;
+                reason
+            }
+            Flow::Drop(reason) => reason,
+            Flow::Continue => CloseReason::Error,
+        };
+        tracing::debug!(?reason, "disconnected");
+        self.node.metrics.disconnect(reason);
+        self.leave_all();
+    }
+
+    fn leave_all(&mut self) {
+        for channel in self.subscriptions.keys() {
+            self.node.channels.leave(channel, self.id);
+        }
+        self.node
+            .metrics
+            .subscriptions
+            .dec_by(self.subscriptions.len() as i64);
+        self.subscriptions.clear();
+    }
+
+    async fn on_frame(&mut self, ws: &mut WebSocket, frame: Message) -> Flow {
+        let text = match frame {
+            Message::Text(text) => text,
+            Message::Binary(_) => {
+                if !self.bucket.take() {
+                    return Flow::Close(CLOSE_POLICY, "rate limit exceeded", CloseReason::Flood);
+                }
+                let error = ProtocolError::new(ErrorCode::BadFrame, "binary frames are not part of the protocol; send JSON text");
+                return self.reply_error(ws, &error, None, None).await;
+            }
+            Message::Ping(_) | Message::Pong(_) => return Flow::Continue,
+            Message::Close(_) => return Flow::Drop(CloseReason::ClientClosed),
+        };
+        if !self.bucket.take() {
+            tracing::info!("client exceeded its frame rate; closing");
+            return Flow::Close(CLOSE_POLICY, "rate limit exceeded", CloseReason::Flood);
+        }
+        if text.len() > self.node.config.max_message_size {
+            let error = ProtocolError::new(
+                ErrorCode::TooLarge,
+                format!("frame of {} bytes exceeds the limit of {}", text.len(), self.node.config.max_message_size),
+            );
+            return self.reply_error(ws, &error, None, None).await;
+        }
+        match ClientFrame::parse(&text) {
+            Err(error) => self.reply_error(ws, &error, None, None).await,
+            Ok(ClientFrame::Subscribe { channel, since }) => self.subscribe(ws, &channel, since).await,
+            Ok(ClientFrame::Unsubscribe { channel }) => self.unsubscribe(ws, &channel).await,
+            Ok(ClientFrame::Publish { channel, data, id }) => self.publish(ws, &channel, data, id.as_deref()).await,
+        }
+    }
+
+    async fn subscribe(&mut self, ws: &mut WebSocket, channel: &str, since: Option<Offset>) -> Flow {
+        let name = match ChannelName::parse(channel) {
+            Ok(name) => name,
+            Err(error) => return self.reply_error(ws, &error, Some(channel), None).await,
+        };
+        if self.subscriptions.contains_key(&name) {
+            let error = ProtocolError::new(ErrorCode::AlreadySubscribed, "already subscribed to this channel");
+            return self.reply_error(ws, &error, Some(channel), None).await;
+        }
+        if self.subscriptions.len() >= self.node.config.max_subscriptions {
+            let error = ProtocolError::new(
+                ErrorCode::TooManySubscriptions,
+                format!("at most {} channels per connection", self.node.config.max_subscriptions),
+            );
+            return self.reply_error(ws, &error, Some(channel), None).await;
+        }
+        let subscriber = Subscriber {
+            id: self.id,
+            queue: self.queue_tx.clone(),
+            overflow: self.overflow.clone(),
+        };
+        // Join first, read history second: whatever is published in between is both in
+        // the history and in the queue, and the offset check below keeps one copy.
+        if let Err(error) = self.node.channels.join(&name, subscriber).await {
+            tracing::warn!(%error, channel = %name, "subscribe failed");
+            let error = ProtocolError::new(ErrorCode::BrokerUnavailable, format!("cannot subscribe now: {error}"));
+            return self.reply_error(ws, &error, Some(channel), None).await;
+        }
+        let history = match self.node.broker.history(&name, since).await {
+            Ok(history) => history,
+            Err(error) => {
+                self.node.metrics.broker_error(crate::metrics::BrokerOp::History);
+                self.node.channels.leave(&name, self.id);
+                let error = ProtocolError::new(ErrorCode::BrokerUnavailable, format!("cannot read history now: {error}"));
+                return self.reply_error(ws, &error, Some(channel), None).await;
+            }
+        };
+        if since.is_some() {
+            let outcome = if history.recovered { Resume::Recovered } else { Resume::NotRecovered };
+            self.node.metrics.resume(outcome);
+        }
+        let last = history.messages.last().map_or(history.top, |m| m.offset.max(history.top));
+        self.subscriptions.insert(name, last);
+        self.node.metrics.subscriptions.inc();
+        let subscribed = ServerFrame::Subscribed {
+            channel,
+            offset: history.top,
+            recovered: history.recovered,
+        };
+        if send(ws, subscribed.encode()).await.is_err() {
+            return Flow::Drop(CloseReason::Error);
+        }
+        for message in &history.messages {
+            if ws.feed(Message::Text(message.frame.clone())).await.is_err() {
+                return Flow::Drop(CloseReason::Error);
+            }
+            self.node.metrics.messages_out.inc();
+        }
+        match ws.flush().await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Drop(CloseReason::Error),
+        }
+    }
+
+    async fn unsubscribe(&mut self, ws: &mut WebSocket, channel: &str) -> Flow {
+        let removed = ChannelName::parse(channel)
+            .ok()
+            .and_then(|name| self.subscriptions.remove_entry(&name));
+        let Some((name, _)) = removed else {
+            let error = ProtocolError::new(ErrorCode::NotSubscribed, "not subscribed to this channel");
+            return self.reply_error(ws, &error, Some(channel), None).await;
+        };
+        self.node.channels.leave(&name, self.id);
+        self.node.metrics.subscriptions.dec();
+        match send(ws, ServerFrame::Unsubscribed { channel }.encode()).await {
+            Ok(()) => Flow::Continue,
+            Err(Gone) => Flow::Drop(CloseReason::Error),
+        }
+    }
+
+    async fn publish(&mut self, ws: &mut WebSocket, channel: &str, data: Box<RawValue>, id: Option<&RawValue>) -> Flow {
+        let name = match ChannelName::parse(channel) {
+            Ok(name) => name,
+            Err(error) => return self.reply_error(ws, &error, Some(channel), id).await,
+        };
+        self.node.metrics.message_in(Source::Ws);
+        match self.node.broker.publish(&name, data).await {
+            Ok(offset) => {
+                let published = ServerFrame::Published { channel, offset, id };
+                match send(ws, published.encode()).await {
+                    Ok(()) => Flow::Continue,
+                    Err(Gone) => Flow::Drop(CloseReason::Error),
+                }
+            }
+            Err(error) => {
+                self.node.metrics.broker_error(crate::metrics::BrokerOp::Publish);
+                tracing::warn!(%error, channel = %name, "publish failed");
+                let error = ProtocolError::new(ErrorCode::BrokerUnavailable, format!("not published: {error}"));
+                self.reply_error(ws, &error, Some(channel), id).await
+            }
+        }
+    }
+
+    /// Writes `first` and whatever else is already queued, flushing once.
+    async fn deliver_batch(
+        &mut self,
+        ws: &mut WebSocket,
+        first: Arc<Publication>,
+        queue: &mut mpsc::Receiver<Arc<Publication>>,
+    ) -> Flow {
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(p) = next.take() {
+            if let Some(last) = self.subscriptions.get_mut(&p.channel) {
+                if p.offset > *last {
+                    *last = p.offset;
+                    if ws.feed(Message::Text(p.frame.clone())).await.is_err() {
+                        return Flow::Drop(CloseReason::Error);
+                    }
+                    self.node.metrics.messages_out.inc();
+                }
+            }
+            taken += 1;
+            if taken < WRITE_BATCH {
+                next = queue.try_recv().ok();
+            }
+        }
+        match ws.flush().await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Drop(CloseReason::Error),
+        }
+    }
+
+    async fn reply_error(
+        &self,
+        ws: &mut WebSocket,
+        error: &ProtocolError,
+        channel: Option<&str>,
+        id: Option<&RawValue>,
+    ) -> Flow {
+        self.node.metrics.client_error(error.code);
+        let frame = ServerFrame::Error {
+            code: error.code,
+            message: &error.message,
+            channel,
+            id,
+        };
+        match send(ws, frame.encode()).await {
+            Ok(()) => Flow::Continue,
+            Err(Gone) => Flow::Drop(CloseReason::Error),
+        }
+    }
+}
+
+async fn send(ws: &mut WebSocket, text: Utf8Bytes) -> Result<(), Gone> {
+    ws.send(Message::Text(text)).await.map_err(|_| Gone)
+}
+
+/// Sends a close frame and waits briefly for the client's answer, so the code arrives
+/// before the TCP connection ends.
+async fn close_politely(ws: &mut WebSocket, code: u16, reason: &'static str) {
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    };
+    if ws.send(Message::Close(Some(frame))).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(Ok(frame)) = ws.recv().await {
+            if matches!(frame, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// When this connection closes during a drain: a random moment within the window, so a
+/// node's clients reconnect elsewhere spread over time rather than all at once.
+fn drain_moment(state: Lifecycle) -> Option<Instant> {
+    match state {
+        Lifecycle::Draining { window } => {
+            let delay = window.mul_f64(rand::random_range(0.0..1.0));
+            Some(Instant::now() + delay)
+        }
+        Lifecycle::Running | Lifecycle::Aborted => None,
+    }
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Inbound frame budget: `rate` per second on average, `burst` at once.
+struct TokenBucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    refilled: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, burst: u32) -> Self {
+        Self {
+            tokens: burst as f64,
+            rate: rate as f64,
+            burst: burst as f64,
+            refilled: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let earned = now.duration_since(self.refilled).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + earned).min(self.burst);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_bucket_allows_a_burst_then_refuses() {
+        let mut bucket = TokenBucket::new(1, 3);
+        assert!(bucket.take() && bucket.take() && bucket.take());
+        assert!(!bucket.take());
+    }
+
+    #[test]
+    fn drain_moment_falls_within_the_window() {
+        let window = Duration::from_millis(200);
+        let at = drain_moment(Lifecycle::Draining { window }).unwrap();
+        assert!(at <= Instant::now() + window);
+        assert!(drain_moment(Lifecycle::Running).is_none());
+    }
+}
