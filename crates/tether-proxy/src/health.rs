@@ -18,7 +18,8 @@ use crate::config::{CheckKind, HealthConfig};
 /// Starts the checker for `backend`; it stops when the backend is retired by a reload.
 pub fn spawn(backend: Arc<Backend>, config: HealthConfig) {
     tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(config.interval);
+        let first = tokio::time::Instant::now() + config.interval;
+        let mut ticker = tokio::time::interval_at(first, config.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
@@ -27,7 +28,9 @@ pub fn spawn(backend: Arc<Backend>, config: HealthConfig) {
             }
             let result = match config.kind {
                 // Without active checks, time alone brings a backend back: each interval
-                // spent down counts as one success.
+                // spent down counts as one success. An up backend is left alone, so its
+                // count of consecutive passive failures is not wiped by the clock.
+                CheckKind::None if backend.is_healthy() => continue,
                 CheckKind::None => Ok(()),
                 kind => tokio::time::timeout(config.timeout, check(kind, &backend, &config.path))
                     .await

@@ -93,3 +93,42 @@ async fn http_check_fails_on_a_server_that_is_not_http() {
     assert_eq!(state_of(&proxy, "b1"), "up");
     hold.abort();
 }
+
+#[tokio::test]
+async fn backend_answering_5xx_to_handshakes_is_taken_out_passively() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A server that reads a head and answers 503, every time.
+    let broken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let broken_addr = broken.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = broken.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+            });
+        }
+    });
+    let backends = echo_backends(1).await;
+    let text = format!(
+        "[listen]\naddr = \"127.0.0.1:0\"\n[admin]\nenabled = false\n[balance]\nstrategy = \"round-robin\"\n[health]\nkind = \"none\"\ninterval = \"1h\"\nfall = 2\n[[backend]]\nname = \"broken\"\naddr = \"{broken_addr}\"\n[[backend]]\nname = \"b1\"\naddr = \"{}\"\n",
+        backends[0].addr()
+    );
+    let proxy = tether_proxy::Proxy::bind(tether_proxy::Config::from_toml(&text).unwrap(), None)
+        .await
+        .unwrap()
+        .spawn();
+    let ws_head = "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(raw(proxy.addr(), ws_head.as_bytes()).await.0);
+    }
+    // The 503s are relayed as they are until `fall` of them take the backend out.
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 503).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(state_of(&proxy, "broken"), "down");
+    assert!(statuses[4..].iter().all(|&s| s == 101), "{statuses:?}");
+}

@@ -122,3 +122,19 @@ async fn weights_are_honoured_by_consistent_hash() {
         "weight 3 of 4 should take ~150 of 200: {counts:?}"
     );
 }
+
+#[tokio::test]
+async fn requests_without_the_key_use_the_fallback_strategy() {
+    let backends = echo_backends(3).await;
+    let proxy = proxy("[balance]\nstrategy = \"consistent-hash\"\nkey = \"query:sid\"\nfallback = \"round-robin\"", &backends).await;
+    let mut held = Vec::new();
+    for _ in 0..9 {
+        held.push(open(&proxy, "/ws?other=1").await);
+    }
+    let counts = count(held.iter().map(|(_, b)| b));
+    assert_eq!(
+        counts.values().copied().collect::<Vec<_>>(),
+        vec![3, 3, 3],
+        "{counts:?}"
+    );
+}
