@@ -143,3 +143,56 @@ async fn sigterm_lets_tunnels_finish_and_logs_one_json_line_per_tunnel() {
     assert!(line["bytes_to_backend"].as_u64().unwrap() > 0);
     assert!(line["duration"].is_string() && line["reason"].is_string());
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_backend_list_without_cutting_tunnels() {
+    let backends = echo_backends(2).await;
+    let port = free_port();
+    let config = |b: &tether_testkit::EchoServer| {
+        format!(
+            "[listen]\naddr = \"127.0.0.1:{port}\"\n[admin]\nenabled = false\n[runtime]\nworkers = 1\ngrace = \"1s\"\n[[backend]]\nname = \"{}\"\naddr = \"{}\"\n",
+            b.name(),
+            b.addr()
+        )
+    };
+    let path = write_config("hup.toml", &config(&backends[0]));
+    let mut child = Command::new(BIN)
+        .args(["proxy", "--config"])
+        .arg(&path)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut ws, _) = loop {
+        match ws_connect(addr, "/ws").await {
+            Ok(c) => break c,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("proxy did not start: {e}"),
+        }
+    };
+    assert_eq!(whoami(&mut ws).await.unwrap(), "b1");
+    std::fs::write(&path, config(&backends[1])).unwrap();
+    Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let moved = tether_testkit::eventually(Duration::from_secs(5), || async {
+        match ws_connect(addr, "/ws").await {
+            Ok((mut c, _)) => whoami(&mut c).await.map(|n| n == "b2").unwrap_or(false),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(moved, "new connections did not go to the reloaded backend");
+    assert_eq!(
+        whoami(&mut ws).await.unwrap(),
+        "b1",
+        "the live tunnel was cut by the reload"
+    );
+    assert!(child.try_wait().unwrap().is_none());
+    child.kill().unwrap();
+    let _ = child.wait();
+}
