@@ -124,6 +124,15 @@ if (haveProxies) {
     );
     if (failed.length) checks.push(`${t}: runs failed: ${failed.join(", ")}`);
   }
+  const gen = ["direct", ...PEERS, "tether"]
+    .map((t) => [t, get(t, "tput", (r) => r.generator_cpu_pct)])
+    .filter(([, v]) => v !== null)
+    .map(([t, v]) => `${t} ${fmt(v, 0)}%`);
+  if (gen.length) {
+    checks.push(
+      `generator CPU during the 4 KiB throughput run (one thread; ≈100% means the generator set the pace): ${gen.join(", ")}`,
+    );
+  }
   if (checks.length) {
     out.push("Checks:");
     for (const c of checks) out.push(`- ${c}`);
@@ -156,7 +165,8 @@ if (fan("socketio") !== undefined || fan("tether-hub") !== undefined) {
     if (last && !last.pass) {
       out.push(
         `- ${t}: first failing step ${fmt(last.rate)} msg/s → ${fmt(last.deliveries_per_sec)} deliveries/s, ` +
-          `p99 ${fmt(last.latency.p99_us / 1000)} ms, lost ${last.lost}`,
+          `p99 ${fmt(last.latency.p99_us / 1000)} ms, lost ${last.lost}, ` +
+          `generator CPU ${fmt(last.generator_cpu_pct ?? null, 0)}%`,
       );
     } else if (last) {
       out.push(`- ${t}: every step passed up to ${fmt(last.rate)} msg/s (the sweep's ceiling)`);

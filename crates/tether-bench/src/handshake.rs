@@ -18,7 +18,7 @@ use crate::latency::{LatencyRecorder, LatencySummary};
 use crate::procstat::{Usage, WatchArgs};
 use crate::source::SourcePool;
 use crate::target::TargetUrl;
-use crate::window::Window;
+use crate::window::{Watched, Window};
 
 /// How long a client waits for the server's close after sending its own.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -63,6 +63,10 @@ pub struct HandshakeReport {
     pub errors: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
+    /// The generator's CPU use over the window, % of one CPU (≈100 with one thread: the
+    /// generator set the pace).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generator_cpu_pct: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<Usage>,
     /// Server CPU time per handshake (including the close), µs (needs `--watch-pid`).
@@ -117,7 +121,8 @@ pub async fn run(args: HandshakeArgs) -> Result<HandshakeReport, BenchError> {
             first_error = outcome.first_error;
         }
     }
-    let server = usage.await.unwrap_or(Ok(None))?;
+    let watched = usage.await.unwrap_or_else(|_| Ok(Watched::default()))?;
+    let server = watched.server;
     let secs = window.duration().as_secs_f64();
     Ok(HandshakeReport {
         mode: "handshake",
@@ -131,6 +136,7 @@ pub async fn run(args: HandshakeArgs) -> Result<HandshakeReport, BenchError> {
         first_error,
         server_cpu_us_per_handshake: server.and_then(|u| u.cpu_us_per(handshakes)),
         server,
+        generator_cpu_pct: watched.generator_cpu_pct,
     })
 }
 

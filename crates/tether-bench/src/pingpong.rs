@@ -19,7 +19,7 @@ use crate::latency::{LatencyRecorder, LatencySummary};
 use crate::procstat::{Usage, WatchArgs};
 use crate::source::SourcePool;
 use crate::target::TargetUrl;
-use crate::window::Window;
+use crate::window::{Watched, Window};
 
 /// `tether bench pingpong`: N connections in closed loop against an echo path.
 #[derive(Debug, Clone, clap::Args)]
@@ -65,6 +65,10 @@ pub struct PingpongReport {
     pub latency: LatencySummary,
     /// Echoes that did not match what was sent, plus sessions that broke.
     pub errors: u64,
+    /// The generator's CPU use over the window, % of one CPU (≈100 with one thread: the
+    /// generator set the pace).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generator_cpu_pct: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<Usage>,
     /// Server CPU time per round trip, µs (needs `--watch-pid`).
@@ -112,7 +116,8 @@ pub async fn run(args: PingpongArgs) -> Result<PingpongReport, BenchError> {
         messages += outcome.messages;
         errors += outcome.errors;
     }
-    let server = usage.await.unwrap_or(Ok(None))?;
+    let watched = usage.await.unwrap_or_else(|_| Ok(Watched::default()))?;
+    let server = watched.server;
     let secs = window.duration().as_secs_f64();
     Ok(PingpongReport {
         mode: "pingpong",
@@ -127,6 +132,7 @@ pub async fn run(args: PingpongArgs) -> Result<PingpongReport, BenchError> {
         errors,
         server_cpu_us_per_msg: server.and_then(|u| u.cpu_us_per(messages)),
         server,
+        generator_cpu_pct: watched.generator_cpu_pct,
     })
 }
 

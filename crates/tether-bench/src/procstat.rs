@@ -34,6 +34,13 @@ impl WatchArgs {
         self.pids.is_empty()
     }
 
+    /// Watches the calling process (the generator's own CPU use).
+    pub fn own_process() -> WatchArgs {
+        WatchArgs {
+            pids: vec![std::process::id()],
+        }
+    }
+
     /// Reads every watched process now.
     pub fn sample(&self) -> Result<Option<ProcSample>, BenchError> {
         if self.pids.is_empty() {
@@ -81,6 +88,16 @@ impl Usage {
     /// CPU time per unit of work, in microseconds (`None` when no work was done).
     pub fn cpu_us_per(&self, units: u64) -> Option<f64> {
         (units > 0).then(|| round2(self.cpu_s * 1e6 / units as f64))
+    }
+
+    /// CPU use over `wall` as a percentage of one CPU.
+    pub fn cpu_pct_over(&self, wall: Duration) -> f64 {
+        let secs = wall.as_secs_f64();
+        if secs > 0.0 {
+            (self.cpu_s / secs * 1000.0).round() / 10.0
+        } else {
+            0.0
+        }
     }
 
     /// Memory growth per unit held, in bytes (may be negative when the allocator gave back).

@@ -33,18 +33,33 @@ impl Window {
         self.end - self.start
     }
 
-    /// Samples the watched processes at both edges of the window. Spawned next to the load so
-    /// the samples are taken on time, not after the load's tasks finish.
-    pub fn watch(
-        self,
-        watch: WatchArgs,
-    ) -> tokio::task::JoinHandle<Result<Option<Usage>, BenchError>> {
+    /// Samples the watched processes, and the generator itself, at both edges of the window.
+    /// Spawned next to the load so the samples are taken on time, not after the load's tasks
+    /// finish.
+    pub fn watch(self, watch: WatchArgs) -> tokio::task::JoinHandle<Result<Watched, BenchError>> {
         tokio::spawn(async move {
+            let me = WatchArgs::own_process();
             tokio::time::sleep_until(self.start).await;
             let first: Option<ProcSample> = watch.sample()?;
+            let my_first = me.sample()?;
             tokio::time::sleep_until(self.end).await;
             let last = watch.sample()?;
-            Ok(Usage::between(&watch, first, last))
+            let my_last = me.sample()?;
+            Ok(Watched {
+                server: Usage::between(&watch, first, last),
+                generator_cpu_pct: Usage::between(&me, my_first, my_last)
+                    .map(|u| u.cpu_pct_over(self.duration())),
+            })
         })
     }
+}
+
+/// What the window's watcher saw.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Watched {
+    /// The processes under test (`None` when none were given).
+    pub server: Option<Usage>,
+    /// The generator's own CPU use over the window, in percent of one CPU. Near 100 with
+    /// `--threads 1` means the generator, not the server, set the pace.
+    pub generator_cpu_pct: Option<f64>,
 }

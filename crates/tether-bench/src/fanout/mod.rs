@@ -27,6 +27,7 @@ pub use ledger::{Ledger, StepLedger, StepTally};
 use crate::client::{self, Buffers, Ws};
 use crate::error::BenchError;
 use crate::latency::LatencySummary;
+use crate::procstat::{Usage, WatchArgs};
 use crate::source::SourcePool;
 use crate::target::TargetUrl;
 
@@ -89,6 +90,10 @@ pub struct StepReport {
     pub deliveries_per_sec: f64,
     pub latency: LatencySummary,
     pub pass: bool,
+    /// The generator's CPU use over the step and its drain, % of one CPU. Near 100 with
+    /// `--threads 1` means the generator, not the hub, was the limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generator_cpu_pct: Option<f64>,
 }
 
 /// The JSON result of a fan-out run.
@@ -112,6 +117,9 @@ pub struct FanoutReport {
     pub stray: u64,
     /// Error frames the server sent.
     pub server_errors: u64,
+    /// The first of them, verbatim, to say what went wrong.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_server_error: Option<String>,
 }
 
 /// Shared between the run and its subscriber tasks.
@@ -120,9 +128,19 @@ struct Shared {
     clock: Instant,
     dropped: AtomicU64,
     server_errors: AtomicU64,
+    first_server_error: std::sync::Mutex<Option<String>>,
 }
 
 impl Shared {
+    fn server_error(&self, frame: &str) {
+        self.server_errors.fetch_add(1, Ordering::Relaxed);
+        let mut first = self
+            .first_server_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        first.get_or_insert_with(|| frame.to_owned());
+    }
+
     fn us_since_start(&self, t: Instant) -> u64 {
         u64::try_from(t.saturating_duration_since(self.clock).as_micros()).unwrap_or(u64::MAX)
     }
@@ -138,6 +156,7 @@ pub async fn run(args: FanoutArgs) -> Result<FanoutReport, BenchError> {
         clock: Instant::now(),
         dropped: AtomicU64::new(0),
         server_errors: AtomicU64::new(0),
+        first_server_error: std::sync::Mutex::new(None),
     });
     let sources = SourcePool::loopback(args.sources)?;
     let mut subscribers = subscribe_all(&args, &hubs, &channel, &sources, &shared).await?;
@@ -155,15 +174,20 @@ pub async fn run(args: FanoutArgs) -> Result<FanoutReport, BenchError> {
         let step = Arc::new(StepLedger::new(rate, seq, capacity, args.subscribers));
         shared.ledger.open_step(step.clone());
         seq += capacity;
+        let me = WatchArgs::own_process();
+        let (my_first, began) = (me.sample()?, Instant::now());
         let elapsed = publisher.run_step(&step, args.step).await?;
         drain(&step, args.drain).await;
-        let report = step_report(&step, elapsed, args.step, args.p99_bound);
+        let generator = Usage::between(&me, my_first, me.sample()?);
+        let mut report = step_report(&step, elapsed, args.step, args.p99_bound);
+        report.generator_cpu_pct = generator.map(|u| u.cpu_pct_over(began.elapsed()));
         crate::progress!(
-            "fanout: rate {:.0}/s → {:.0} deliveries/s, p99 {} µs, lost {} {}",
+            "fanout: rate {:.0}/s → {:.0} deliveries/s, p99 {} µs, lost {}, generator CPU {:.0}% {}",
             report.rate,
             report.deliveries_per_sec,
             report.latency.p99_us,
             report.lost,
+            report.generator_cpu_pct.unwrap_or(0.0),
             if report.pass { "PASS" } else { "FAIL" }
         );
         let pass = report.pass;
@@ -178,6 +202,11 @@ pub async fn run(args: FanoutArgs) -> Result<FanoutReport, BenchError> {
         .iter()
         .filter(|s| s.pass)
         .max_by(|a, b| a.deliveries_per_sec.total_cmp(&b.deliveries_per_sec));
+    let first_server_error = shared
+        .first_server_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     Ok(FanoutReport {
         mode: "fanout",
         flavour: args.flavour,
@@ -192,6 +221,7 @@ pub async fn run(args: FanoutArgs) -> Result<FanoutReport, BenchError> {
         dropped_subscribers: shared.dropped.load(Ordering::Relaxed),
         stray: shared.ledger.stray.load(Ordering::Relaxed),
         server_errors: shared.server_errors.load(Ordering::Relaxed),
+        first_server_error,
     })
 }
 
@@ -247,6 +277,7 @@ fn step_report(
         deliveries_per_sec: (t.delivered as f64 / elapsed.as_secs_f64().max(secs)).round(),
         latency: t.latency,
         pass: t.lost == 0 && t.published > 0 && t.latency.p99_us <= bound_us,
+        generator_cpu_pct: None,
     }
 }
 
@@ -323,9 +354,7 @@ async fn subscriber(mut ws: Ws, index: usize, flavour: Flavour, shared: Arc<Shar
                     break;
                 }
             }
-            Incoming::Error => {
-                shared.server_errors.fetch_add(1, Ordering::Relaxed);
-            }
+            Incoming::Error => shared.server_error(text.as_str()),
             Incoming::Other => {}
         }
     }
@@ -430,9 +459,7 @@ async fn read_publisher_replies(
                 Incoming::Ping => {
                     let _ = pings.send(());
                 }
-                Incoming::Error => {
-                    shared.server_errors.fetch_add(1, Ordering::Relaxed);
-                }
+                Incoming::Error => shared.server_error(t.as_str()),
                 _ => {}
             }
         }
