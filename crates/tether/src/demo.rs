@@ -1,8 +1,148 @@
-//! `tether demo`: command-line wiring.
+//! `tether demo`: the proxy in front of three hubs in one process, with the chat page and
+//! the dashboard — the whole system on one machine, seen in a browser.
+//!
+//! The hubs share one broker (in memory by default, Redis with `--broker redis://…`), listen
+//! on free loopback ports and serve the page and the demo API besides their own routes; the
+//! proxy balances them by least connections, checks `/health` every second and serves its
+//! dashboard under `/_tether/`. Every request, the page's own files included, goes through
+//! the proxy, so what the page shows is what a real deployment would do.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tether_proxy::{Config, Proxy};
+use tokio::signal::unix::{signal, SignalKind};
+
+mod api;
+mod assets;
+mod fleet;
+mod scrape;
+
+use fleet::{Fleet, HubName};
+
+/// Where the dashboard lives on the proxy's listener.
+const STATS_URI: &str = "/_tether/";
 
 #[derive(Debug, clap::Args)]
-pub struct DemoArgs {}
+pub struct DemoArgs {
+    /// Where the proxy listens; the chat page is at http://ADDR/ and the dashboard at
+    /// http://ADDR/_tether/.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// The broker the hubs share: `memory` (in this process) or `redis://HOST:PORT[/DB]`.
+    #[arg(long, default_value = "memory")]
+    broker: String,
+    /// How many hubs to run behind the proxy (1 to 9).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=9))]
+    hubs: u8,
+}
 
-pub fn run(_args: DemoArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`tether demo` is not wired yet")
+/// Runs the demo until SIGINT or SIGTERM.
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(serve(args))?;
+    // WebSockets still open end with the runtime.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    Ok(())
+}
+
+async fn serve(args: DemoArgs) -> anyhow::Result<()> {
+    let broker = tether_hub::broker_from_url(&args.broker)
+        .with_context(|| format!("--broker {}", args.broker))?;
+    let fleet = Fleet::new(usize::from(args.hubs), broker, routes);
+    let hubs = fleet.start_all().await.context("starting the hubs")?;
+    let config = Config::from_toml(&proxy_config(args.listen, &hubs))
+        .context("building the proxy configuration")?;
+    let proxy = Proxy::bind(config, None)
+        .await
+        .with_context(|| format!("--listen {}", args.listen))?;
+    let proxy = Arc::new(proxy.spawn());
+    fleet.attach_proxy(proxy.clone());
+    let addr = proxy.addr();
+    tracing::info!(%addr, hubs = hubs.len(), broker = %args.broker, "demo ready");
+    println!("tether demo is running:");
+    println!("  chat       http://{addr}/");
+    println!("  dashboard  http://{addr}{STATS_URI}");
+    for (name, hub) in &hubs {
+        println!("  {name}      {hub} (behind the proxy)");
+    }
+    println!("Press Ctrl-C to stop.");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("demo stopping");
+    // A demo has nothing to hand over: crash the hubs, and the proxy's tunnels end with
+    // the runtime.
+    fleet.abort_all();
+    Ok(())
+}
+
+/// The routes each hub serves besides its own: the page's files and the demo API.
+fn routes(fleet: Arc<Fleet>, served_by: HubName) -> axum::Router {
+    assets::router().merge(api::router(fleet, served_by))
+}
+
+/// The proxy's configuration, in the same TOML a user would write, so it is validated the
+/// same way. Least connections spreads two browsers over two hubs; one-second HTTP health
+/// checks that fall and rise on the first result notice a crash or a restart within a second.
+fn proxy_config(listen: SocketAddr, hubs: &[(HubName, SocketAddr)]) -> String {
+    let mut toml = format!(
+        r#"[listen]
+addr = "{listen}"
+
+[admin]
+enabled = false
+stats_uri = "{STATS_URI}"
+
+[runtime]
+grace = "2s"
+
+[balance]
+strategy = "least-connections"
+
+[timeouts]
+connect = "1s"
+
+[health]
+kind = "http"
+path = "/health"
+interval = "1s"
+timeout = "1s"
+rise = 1
+fall = 1
+"#
+    );
+    for (name, addr) in hubs {
+        toml.push_str(&format!(
+            "\n[[backend]]\nname = \"{name}\"\naddr = \"{addr}\"\n"
+        ));
+    }
+    toml
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_config_is_valid_and_names_backends_after_hubs() {
+        let hubs = [
+            (HubName::numbered(1), "127.0.0.1:7001".parse().unwrap()),
+            (HubName::numbered(2), "127.0.0.1:7002".parse().unwrap()),
+        ];
+        let config = Config::from_toml(&proxy_config("127.0.0.1:0".parse().unwrap(), &hubs))
+            .expect("the demo's own proxy config validates");
+        let names: Vec<_> = config.backends.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["hub-1", "hub-2"]);
+        assert_eq!(config.admin.stats_uri, STATS_URI);
+        assert!(!config.admin.enabled, "the demo must not need port 9090");
+    }
 }

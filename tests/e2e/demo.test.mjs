@@ -1,0 +1,156 @@
+// `tether demo` seen by two people in two browsers: they chat across hubs, one of them has
+// the hub under them killed, and the page comes back on another hub with every message
+// exactly once. Run: TETHER_BIN=../../target/release/tether node --test  (from tests/e2e)
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { copyFileSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { startDemo, launchBrowser, newUser, eventually, outDir, repo } from './harness.mjs';
+
+let demo;
+let browser;
+const errors = [];
+
+before(async () => {
+  demo = await startDemo();
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  await demo?.stop();
+});
+
+/** Opens the chat page in a new context, joins `room` as `name`, waits for a hub. */
+async function joinRoom(name, room) {
+  const context = await newUser(browser, errors);
+  const page = await context.newPage();
+  await page.goto(`${demo.base}/`);
+  await page.fill('#name', name);
+  await page.fill('#room', room);
+  await page.click('#join-button');
+  await page.waitForSelector('#conn[data-state="open"]');
+  const node = await hubOf(page);
+  return { page, context, node };
+}
+
+async function hubOf(page) {
+  await page.waitForFunction(() => /^hub-\d$/.test(document.getElementById('node').textContent));
+  return page.textContent('#node');
+}
+
+async function say(page, text) {
+  await page.fill('#text', text);
+  await page.click('#send');
+}
+
+/** The texts of the page's messages in the order shown, with their offsets. */
+function messagesOf(page) {
+  return page.$$eval('#messages li.msg', (items) => items.map((li) => ({
+    offset: li.dataset.offset === undefined ? null : Number(li.dataset.offset),
+    text: li.querySelector('.text').textContent,
+  })));
+}
+
+async function waitForTexts(page, texts) {
+  await eventually(`${texts.length} messages on the page`, async () => {
+    const shown = (await messagesOf(page)).filter((m) => m.offset !== null).map((m) => m.text);
+    return texts.every((t) => shown.includes(t));
+  });
+}
+
+function assertExactlyOnceInOrder(shown, expected, who) {
+  const texts = shown.map((m) => m.text);
+  for (const text of expected) {
+    assert.equal(texts.filter((t) => t === text).length, 1, `${who} shows "${text}" exactly once: ${JSON.stringify(texts)}`);
+  }
+  assert.ok(shown.every((m) => m.offset !== null), `${who} has no message left pending: ${JSON.stringify(shown)}`);
+  const offsets = shown.map((m) => m.offset);
+  assert.deepEqual(offsets, [...offsets].sort((a, b) => a - b), `${who} shows messages in offset order`);
+  assert.equal(new Set(offsets).size, offsets.length, `${who} shows each offset once`);
+}
+
+test('killed hub: the page resumes on another hub with every message exactly once', async () => {
+  const room = `e2e-${Date.now()}`;
+  const alice = await joinRoom('alice', room);
+  const bob = await joinRoom('bob', room);
+  assert.notEqual(alice.node, bob.node, 'least-connections puts the two browsers on different hubs');
+
+  const before = ['hello from alice', 'hello from bob'];
+  await say(alice.page, before[0]);
+  await say(bob.page, before[1]);
+  await waitForTexts(alice.page, before);
+  await waitForTexts(bob.page, before);
+
+  // Crash alice's hub from her page; while she is away, bob keeps talking.
+  const killed = alice.node;
+  const lostBefore = Number(await alice.page.getAttribute('#conn', 'data-lost'));
+  await alice.page.click('#kill');
+  await alice.page.waitForFunction(
+    (n) => Number(document.getElementById('conn').dataset.lost) > n, lostBefore);
+  const during = ['bob 1 while alice is away', 'bob 2 while alice is away', 'bob 3 while alice is away'];
+  for (const text of during) await say(bob.page, text);
+
+  await alice.page.waitForSelector('#conn[data-state="open"]');
+  const resumedOn = await hubOf(alice.page);
+  assert.notEqual(resumedOn, killed, 'alice is back on a hub that is still alive');
+  await alice.page.waitForSelector('#messages li.notice.good');
+  const notice = await alice.page.textContent('#messages li.notice.good');
+  assert.match(notice, new RegExp(`^Back on ${resumedOn} after`), notice);
+
+  const afterwards = ['alice is back', 'bob sees her'];
+  await say(alice.page, afterwards[0]);
+  await say(bob.page, afterwards[1]);
+  const all = [...before, ...during, ...afterwards];
+  await waitForTexts(alice.page, all);
+  await waitForTexts(bob.page, all);
+
+  assertExactlyOnceInOrder(await messagesOf(alice.page), all, 'alice');
+  assertExactlyOnceInOrder(await messagesOf(bob.page), all, 'bob');
+  const stats = await alice.page.$eval('#stats', (el) => ({ ...el.dataset }));
+  assert.equal(stats.duplicates, '0', 'the client handed alice no duplicate');
+  assert.equal(stats.reconnects, '1');
+  // Whatever bob said before alice was back came from history, and the notice says how much.
+  if (Number(stats.replayed) > 0) assert.match(notice, /filled in from history/, notice);
+  else assert.match(notice, /nothing missing/, notice);
+
+  mkdirSync(outDir, { recursive: true });
+  await alice.page.screenshot({ path: join(outDir, 'chat-alice.png') });
+  await bob.page.screenshot({ path: join(outDir, 'chat-bob.png') });
+
+  // The dashboard shows the three backends and the killed one coming back.
+  const dashboard = await alice.context.newPage();
+  await dashboard.goto(`${demo.base}/_tether/`);
+  await dashboard.waitForSelector('[data-backend="hub-1"]');
+  await eventually(`${killed} back up on the dashboard`, () =>
+    dashboard.$$eval('[data-backend][data-state="up"]', (rows) => rows.length === 3), 20000);
+  await dashboard.waitForFunction(() => document.querySelectorAll('[data-backend] .rate').length === 3);
+  await dashboard.screenshot({ path: join(outDir, 'dashboard.png'), fullPage: true });
+
+  if (process.env.TETHER_DOCS_IMG) {
+    mkdirSync(join(repo, 'docs', 'img'), { recursive: true });
+    copyFileSync(join(outDir, 'chat-alice.png'), join(repo, 'docs', 'img', 'chat.png'));
+    copyFileSync(join(outDir, 'dashboard.png'), join(repo, 'docs', 'img', 'dashboard.png'));
+  }
+  await alice.context.close();
+  await bob.context.close();
+  assert.deepEqual(errors, [], 'no console errors on any page');
+});
+
+test('dashboard drains a backend and enables it again', async () => {
+  const context = await newUser(browser, errors, { width: 390, height: 844 });
+  const page = await context.newPage();
+  await page.goto(`${demo.base}/_tether/`);
+  const row = '[data-backend="hub-3"]';
+  await page.waitForSelector(`${row}[data-state="up"]`);
+  await page.click(`${row} button.toggle`);
+  await page.waitForSelector(`${row}[data-state="draining"]`);
+  const api = await (await fetch(`${demo.base}/_tether/api/backends`)).json();
+  assert.equal(api.find((b) => b.name === 'hub-3').state, 'draining', 'the proxy itself reports it');
+  await page.click(`${row} button.toggle`);
+  await page.waitForSelector(`${row}[data-state="up"]`);
+  await page.screenshot({ path: join(outDir, 'dashboard-phone.png'), fullPage: true });
+  await context.close();
+  assert.deepEqual(errors, [], 'no console errors on any page');
+});

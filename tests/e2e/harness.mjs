@@ -1,0 +1,107 @@
+// Starting `tether demo` and headless Chromium for the end-to-end tests, so each test reads
+// as what a user does. Nothing is mocked: the real binary, the real browser, loopback only.
+
+import { spawn } from 'node:child_process';
+import { createServer } from 'node:net';
+import { mkdirSync, createWriteStream } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const here = dirname(fileURLToPath(import.meta.url));
+export const repo = resolve(here, '../..');
+/** Screenshots and the demo's log land here (the workspace's target dir, not committed). */
+export const outDir = join(repo, 'target', 'e2e');
+
+const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
+const CHROMIUM_ARGS = [
+  '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+];
+
+/** A free loopback port, found by binding port 0 and letting it go. */
+export function freePort() {
+  return new Promise((ok, fail) => {
+    const server = createServer();
+    server.once('error', fail);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => ok(port));
+    });
+  });
+}
+
+/** Waits until `check()` returns a truthy value, or throws `what` after `ms`. */
+export async function eventually(what, check, ms = 15000) {
+  const deadline = Date.now() + ms;
+  let last;
+  while (Date.now() < deadline) {
+    try {
+      const value = await check();
+      if (value) return value;
+    } catch (error) {
+      last = error;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out waiting for ${what}${last ? `: ${last.message}` : ''}`);
+}
+
+/**
+ * Starts `$TETHER_BIN demo --listen 127.0.0.1:<free port>` and waits until the proxy reports
+ * every hub up. Its output goes to target/e2e/demo.log.
+ */
+export async function startDemo() {
+  const bin = process.env.TETHER_BIN;
+  if (!bin) throw new Error('set TETHER_BIN to the tether binary (e.g. target/release/tether)');
+  mkdirSync(outDir, { recursive: true });
+  const port = await freePort();
+  const base = `http://127.0.0.1:${port}`;
+  const log = createWriteStream(join(outDir, 'demo.log'));
+  const child = spawn(bin, ['demo', '--listen', `127.0.0.1:${port}`], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, TETHER_LOG: process.env.TETHER_LOG ?? 'info' },
+  });
+  child.stdout.pipe(log);
+  child.stderr.pipe(log);
+  let exited = null;
+  child.once('exit', (code, signal) => { exited = { code, signal }; });
+  await eventually('every hub up behind the proxy', async () => {
+    if (exited) throw new Error(`tether demo exited early (${JSON.stringify(exited)}); see target/e2e/demo.log`);
+    const backends = await (await fetch(`${base}/_tether/api/backends`)).json();
+    return backends.length === 3 && backends.every((b) => b.state === 'up');
+  });
+  return {
+    base,
+    async stop() {
+      if (exited) return;
+      const gone = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+      await gone;
+      clearTimeout(timer);
+    },
+  };
+}
+
+/** Debian's Chromium, headless; Playwright never downloads a browser here. */
+export function launchBrowser() {
+  return chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, headless: true });
+}
+
+/**
+ * A fresh browser context (its own cookies and storage, like a second user) whose pages
+ * record every console error and uncaught exception into `errors`.
+ */
+export async function newUser(browser, errors, viewport = { width: 900, height: 860 }) {
+  const context = await browser.newContext({ viewport });
+  context.on('page', (page) => watch(page, errors));
+  return context;
+}
+
+function watch(page, errors) {
+  page.on('console', (message) => {
+    if (message.type() === 'error') errors.push(`${page.url()}: console.error: ${message.text()}`);
+  });
+  page.on('pageerror', (error) => errors.push(`${page.url()}: uncaught: ${error.message}`));
+}

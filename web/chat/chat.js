@@ -1,0 +1,332 @@
+// The demo chat page: one room, every hub, nothing lost.
+//
+// All hub traffic goes through the project's JS client (clients/js, served at /tether/):
+// it keeps the last offset, reconnects with full-jitter backoff through the proxy and
+// resubscribes with `since`. This file only draws what happens and explains it: which hub
+// the page is on, when it lost it, and how many messages the next hub replayed from history.
+
+import { connectRoom } from '/room.js';
+
+const $ = (id) => document.getElementById(id);
+const proxy = location.host;
+const wsUrl = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${proxy}/ws`;
+
+// Everything the page knows, in one place.
+const page = {
+  name: '',
+  room: '',
+  room_link: null,         // the connection to the room (see room.js)
+  node: null,              // hub of the current connection
+  hubs: [],                // last /api/demo/hubs answer
+  seen: new Map(),         // offset → <li>, each message once
+  lastOffset: null,        // highest offset shown
+  outbox: new Map(),       // mid → <li> of own messages not yet seen back
+  stats: { received: 0, replayed: 0, duplicates: 0, reconnects: 0 },
+  lostAt: null,            // when the connection dropped (ms), for the notice
+  offsetAtLoss: null,      // lastOffset when it dropped
+  replayUntil: null,       // messages up to this offset after a resume are replays
+};
+
+// ---------- joining ----------
+
+const adjectives = ['quick', 'calm', 'brave', 'bright', 'lucky', 'quiet', 'swift', 'keen'];
+const animals = ['otter', 'lynx', 'heron', 'fox', 'panda', 'wren', 'yak', 'koala'];
+const pick = (list) => list[Math.floor(Math.random() * list.length)];
+$('name').value = localStorage.getItem('tether.name') || `${pick(adjectives)}-${pick(animals)}`;
+$('room').value = new URLSearchParams(location.search).get('room') || localStorage.getItem('tether.room') || 'lobby';
+$('proxy-addr').textContent = proxy;
+
+$('join-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  page.name = $('name').value.trim();
+  page.room = $('room').value.trim();
+  if (!page.name || !/^[A-Za-z0-9_-]{1,48}$/.test(page.room)) return;
+  localStorage.setItem('tether.name', page.name);
+  localStorage.setItem('tether.room', page.room);
+  $('join').hidden = true;
+  $('chat').hidden = false;
+  $('me').textContent = page.name;
+  $('room-name').textContent = `#${page.room}`;
+  history.replaceState(null, '', `?room=${encodeURIComponent(page.room)}`);
+  join().catch((error) => notice(`Could not join: ${error.message}`, 'bad'));
+});
+
+async function join() {
+  // Show what the room already said, then go live from there: the client resumes from the
+  // last offset of that history, so nothing between the two is lost or repeated.
+  const channel = `room:${page.room}`;
+  const past = await fetchJson(`/api/history/${encodeURIComponent(channel)}`);
+  for (const m of past.messages.slice(-50)) show(m.offset, m.data, { history: true });
+  if (past.messages.length > 0) notice(`${past.messages.length} earlier message(s) from history`);
+  page.room_link = connectRoom({
+    url: wsUrl,
+    channel,
+    since: past.offset,
+    onState: showState,
+    onWelcome: (node) => arrived(node),
+    onSubscribed: (info) => resumed(info),
+    onMessage: (offset, data) => show(offset, data, {}),
+    onError: (error) => notice(`Hub said: ${error.code}: ${error.message}`, 'bad'),
+  });
+  $('text').focus();
+  refreshHubs();
+  setInterval(refreshHubs, 3000);
+}
+
+// ---------- connection story ----------
+
+function showState(state, detail = {}) {
+  const pill = $('conn');
+  pill.dataset.state = state;
+  const text = {
+    connecting: 'connecting…',
+    open: `connected to ${page.node ?? 'hub'}`,
+    reconnecting: `reconnecting${detail.delayMs != null ? ` in ${(detail.delayMs / 1000).toFixed(1)} s` : ''}…`,
+    closed: 'disconnected',
+  }[state] ?? state;
+  $('conn-text').textContent = text;
+  if (state === 'reconnecting' || state === 'closed') {
+    if (page.lostAt == null && page.node != null) {
+      page.lostAt = performance.now();
+      page.offsetAtLoss = page.lastOffset;
+      $('conn').dataset.lost = String(Number($('conn').dataset.lost) + 1);
+      notice(`Lost ${page.node}${detail.reason ? ` (${detail.reason})` : ''}; reconnecting through the proxy…`, 'warn');
+    }
+    $('node').textContent = '—';
+  }
+  updateButtons();
+}
+
+function arrived(node) {
+  const previous = page.node;
+  page.node = node;
+  $('node').textContent = node;
+  $('conn-text').textContent = `connected to ${node}`;
+  if (previous != null && page.lostAt != null) page.stats.reconnects += 1;
+  else if (previous == null) notice(`Joined #${page.room} on ${node}`);
+  renderHubs();
+  updateButtons();
+}
+
+// After a resume the hub first says where the channel is (`offset`), then replays what came
+// after the page's last offset: those are the messages that were sent while it was away.
+function resumed({ offset, recovered }) {
+  if (page.lostAt == null) return;
+  const away = ((performance.now() - page.lostAt) / 1000).toFixed(1);
+  const from = page.offsetAtLoss;
+  const missed = from == null ? 0 : Math.max(0, offset - from);
+  page.replayUntil = offset;
+  page.lostAt = null;
+  if (!recovered) {
+    notice(`Back on ${page.node} after ${away} s, but history no longer reaches back that far: messages may be missing (recovered: false).`, 'bad');
+  } else if (missed === 0) {
+    notice(`Back on ${page.node} after ${away} s. Nothing was sent meanwhile; nothing missing.`, 'good');
+  } else {
+    notice(`Back on ${page.node} after ${away} s. ${missed} message${missed === 1 ? '' : 's'} sent while you were away ${missed === 1 ? 'was' : 'were'} filled in from history — none lost, none twice.`, 'good');
+  }
+  resendOutbox();
+}
+
+// ---------- messages ----------
+
+function show(offset, data, { history = false }) {
+  if (page.seen.has(offset)) {
+    page.stats.duplicates += 1;
+    console.warn(`duplicate message at offset ${offset}`);
+    renderStats();
+    return;
+  }
+  const replayed = !history && page.replayUntil != null && offset <= page.replayUntil;
+  page.stats.received += 1;
+  if (replayed) page.stats.replayed += 1;
+  const body = typeof data === 'object' && data !== null ? data : { text: String(data) };
+  const mine = body.mid != null && page.outbox.has(body.mid);
+  let li;
+  if (mine) {
+    li = page.outbox.get(body.mid);
+    page.outbox.delete(body.mid);
+    li.classList.remove('pending');
+  } else {
+    li = messageItem(body);
+  }
+  li.dataset.offset = String(offset);
+  li.classList.toggle('replayed', replayed);
+  li.querySelector('.meta').replaceChildren(...meta(offset, body, replayed));
+  place(li, offset);
+  page.seen.set(offset, li);
+  page.lastOffset = page.lastOffset == null ? offset : Math.max(page.lastOffset, offset);
+  renderStats();
+}
+
+function messageItem(body) {
+  const li = document.createElement('li');
+  li.className = 'msg';
+  if (body.user === page.name) li.classList.add('mine');
+  const avatar = document.createElement('span');
+  avatar.className = 'avatar';
+  avatar.textContent = (body.user || '?').slice(0, 1).toUpperCase();
+  avatar.style.background = colour(body.user || '?');
+  const bubble = document.createElement('div');
+  bubble.className = 'bubble';
+  const who = document.createElement('span');
+  who.className = 'who';
+  who.textContent = body.user || 'someone';
+  const text = document.createElement('span');
+  text.className = 'text';
+  text.textContent = body.text ?? '';
+  const metaLine = document.createElement('div');
+  metaLine.className = 'meta';
+  bubble.append(who, text, metaLine);
+  li.append(avatar, bubble);
+  return li;
+}
+
+function meta(offset, body, replayed) {
+  const parts = [`#${offset}`];
+  if (body.via) parts.push(`sent via ${body.via}`);
+  if (body.at) parts.push(new Date(body.at).toLocaleTimeString());
+  const out = [document.createTextNode(parts.join(' · '))];
+  if (replayed) {
+    const badge = document.createElement('span');
+    badge.className = 'badge';
+    badge.textContent = 'from history';
+    out.push(badge);
+  }
+  return out;
+}
+
+// Messages are kept in offset order whatever order they arrive in.
+function place(li, offset) {
+  const list = $('messages');
+  let before = null;
+  for (const other of list.querySelectorAll('li.msg[data-offset]')) {
+    if (other !== li && Number(other.dataset.offset) > offset) { before = other; break; }
+  }
+  if (before) list.insertBefore(li, before);
+  else list.append(li);
+  stickToBottom();
+}
+
+function notice(text, tone = '') {
+  const li = document.createElement('li');
+  li.className = `notice ${tone}`;
+  li.textContent = text;
+  $('messages').append(li);
+  stickToBottom();
+}
+
+function stickToBottom() {
+  const list = $('messages');
+  list.scrollTop = list.scrollHeight;
+}
+
+function colour(name) {
+  let h = 0;
+  for (const c of name) h = (h * 31 + c.codePointAt(0)) % 360;
+  return `hsl(${h} 55% 45%)`;
+}
+
+function renderStats() {
+  const s = page.stats;
+  $('stats').textContent = `received ${s.received} · replayed from history ${s.replayed} · duplicates ${s.duplicates} · reconnects ${s.reconnects}`;
+  for (const [k, v] of Object.entries(s)) $('stats').dataset[k] = String(v);
+}
+
+// ---------- sending ----------
+
+$('composer').addEventListener('submit', (event) => {
+  event.preventDefault();
+  const text = $('text').value.trim();
+  if (!text || !page.room_link) return;
+  $('text').value = '';
+  const body = { user: page.name, text, mid: crypto.randomUUID(), at: Date.now() };
+  const li = messageItem(body);
+  li.classList.add('pending');
+  li.querySelector('.meta').textContent = 'sending…';
+  page.outbox.set(body.mid, li);
+  li.dataset.body = JSON.stringify(body);
+  $('messages').append(li);
+  stickToBottom();
+  send(body);
+});
+
+function send(body) {
+  if (page.room_link.isOpen()) page.room_link.publish({ ...body, via: page.node });
+}
+
+// Own messages not seen back when the connection dropped are sent again once the new hub
+// has replayed the gap: if one did get through, the replay brought it and it is no longer
+// in the outbox, so nothing is sent twice.
+function resendOutbox() {
+  for (const li of page.outbox.values()) send(JSON.parse(li.dataset.body));
+}
+
+// ---------- hubs and buttons ----------
+
+async function refreshHubs() {
+  try {
+    page.hubs = (await fetchJson('/api/demo/hubs')).hubs;
+    renderHubs();
+  } catch (error) {
+    // The hub that would have answered may be the one just killed; the next poll will do.
+    console.info(`hub list not refreshed: ${error.message}`);
+  }
+}
+
+function renderHubs() {
+  const items = page.hubs.map((hub) => {
+    const li = document.createElement('li');
+    li.dataset.state = hub.state;
+    li.classList.toggle('current', hub.name === page.node);
+    const dot = document.createElement('span');
+    dot.className = 'dot';
+    const label = document.createElement('span');
+    const extra = hub.state === 'running'
+      ? `${hub.counters?.connections ?? '?'} conn`
+      : `${hub.state}${hub.back_in_ms != null ? `, back in ${Math.ceil(hub.back_in_ms / 1000)} s` : ''}`;
+    label.textContent = `${hub.name} · ${extra}`;
+    li.append(dot, label);
+    return li;
+  });
+  $('hubs').replaceChildren(...items);
+}
+
+function updateButtons() {
+  const open = page.room_link?.isOpen() ?? false;
+  const on = open ? page.node : null;
+  $('kill').textContent = on ? `Kill ${on}` : 'Kill hub';
+  $('drain').textContent = on ? `Drain ${on}` : 'Drain hub';
+  for (const id of ['cut', 'kill', 'drain']) $(id).disabled = !on;
+}
+
+$('cut').addEventListener('click', () => page.room_link?.cut());
+$('kill').addEventListener('click', () => takeDown('kill'));
+$('drain').addEventListener('click', () => takeDown('drain'));
+
+async function takeDown(how) {
+  const hub = page.node;
+  if (!hub) return;
+  try {
+    const response = await fetch(`/api/demo/hubs/${encodeURIComponent(hub)}/${how}`, { method: 'POST' });
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      notice(`${how} ${hub} refused: ${body.message ?? response.status}`, 'bad');
+      return;
+    }
+    notice(how === 'kill'
+      ? `Killed ${hub}: its clients are dropped without a close frame. It restarts in a few seconds.`
+      : `Draining ${hub}: it takes no new clients and closes each one with 1012 within 3 s.`, 'warn');
+    refreshHubs();
+  } catch (error) {
+    notice(`${how} ${hub} failed: ${error.message}`, 'bad');
+  }
+}
+
+async function fetchJson(path) {
+  const response = await fetch(path, { cache: 'no-store' });
+  if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
+  return response.json();
+}
+
+renderStats();
+updateButtons();
