@@ -1,0 +1,161 @@
+// The JS client against real `tether hub` processes (binary from $TETHER_BIN).
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createServer } from 'node:net';
+import { existsSync } from 'node:fs';
+import WebSocket from 'ws';
+
+import { TetherClient, State, backoffDelay } from '../tether.js';
+
+const BIN = process.env.TETHER_BIN ?? `${process.env.CARGO_TARGET_DIR ?? '../../target'}/debug/tether`;
+const REDIS = process.env.TETHER_TEST_REDIS ?? 'redis://127.0.0.1:6379/';
+const hubs = new Set();
+
+after(() => {
+  for (const hub of hubs) hub.proc.kill('SIGKILL');
+});
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+async function eventually(probe, limitMs = 10_000) {
+  const deadline = Date.now() + limitMs;
+  for (;;) {
+    if (await probe()) return true;
+    if (Date.now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** Starts `tether hub` and waits for /health. */
+async function startHub(name, extraArgs = []) {
+  assert.ok(existsSync(BIN), `hub binary not found at ${BIN}; build with cargo build -p tether and set TETHER_BIN`);
+  const port = await freePort();
+  const args = ['hub', '--listen', `127.0.0.1:${port}`, '--name', name, ...extraArgs];
+  const proc = spawn(BIN, args, { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, TETHER_LOG: 'warn' } });
+  const base = `http://127.0.0.1:${port}`;
+  const hub = { name, proc, base, url: `ws://127.0.0.1:${port}/ws`, exited: new Promise((r) => proc.on('exit', r)) };
+  hubs.add(hub);
+  const up = await eventually(async () => {
+    try {
+      return (await fetch(`${base}/health`)).ok;
+    } catch {
+      return false;
+    }
+  });
+  assert.ok(up, `hub ${name} did not come up`);
+  return hub;
+}
+
+async function publishHttp(hub, channel, data) {
+  const response = await fetch(`${hub.base}/api/publish`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ channel, data }),
+  });
+  const body = await response.text();
+  assert.equal(response.status, 200, body);
+  return JSON.parse(body).offset;
+}
+
+function uniquePrefix(test) {
+  return `js-${test}-${process.pid}-${Date.now()}`;
+}
+
+test('full-jitter backoff stays below min(max, base * 2^attempt)', () => {
+  assert.equal(backoffDelay(0, { minDelay: 100, maxDelay: 1000 }, () => 0.999), 99);
+  assert.equal(backoffDelay(3, { minDelay: 100, maxDelay: 1000 }, () => 0.5), 400);
+  assert.equal(backoffDelay(20, { minDelay: 100, maxDelay: 1000 }, () => 0.999), 999);
+  assert.equal(backoffDelay(5, {}, () => 0), 0);
+});
+
+test('connects, names its node, and delivers its own publish once', async () => {
+  const hub = await startHub('js-solo');
+  const client = new TetherClient(hub.url, { WebSocket });
+  const states = [];
+  client.on('state', ({ state }) => states.push(state));
+  const messages = [];
+  client.onMessage((m) => messages.push(m));
+  const subscribed = client.subscribe('js:room');
+  client.connect();
+  await subscribed;
+  assert.equal(client.state, State.OPEN);
+  assert.equal(client.node, 'js-solo');
+  const offset = await client.publish('js:room', { text: 'hi' });
+  assert.ok(await eventually(() => messages.length === 1));
+  assert.deepEqual(messages, [{ channel: 'js:room', offset, data: { text: 'hi' } }]);
+  assert.equal(client.lastOffset('js:room'), offset);
+  await assert.rejects(client.subscribe('bad channel'), (e) => e.code === 'bad_channel');
+  client.close();
+  assert.deepEqual(states, [State.CONNECTING, State.OPEN, State.CLOSED]);
+  hub.proc.kill('SIGKILL');
+});
+
+test('emits gap when the hub history no longer reaches the given offset', async () => {
+  const hub = await startHub('js-gap', ['--history-size', '2']);
+  for (let i = 0; i < 5; i++) await publishHttp(hub, 'g', i);
+  const client = new TetherClient(hub.url, { WebSocket });
+  const gaps = [];
+  client.on('gap', (g) => gaps.push(g));
+  const received = [];
+  client.onMessage((m) => received.push(m.data));
+  client.connect();
+  const subscribed = await client.subscribe('g', { since: 1 });
+  assert.equal(subscribed.recovered, false);
+  assert.equal(gaps.length, 1);
+  assert.ok(await eventually(() => received.length === 2));
+  assert.deepEqual(received, [3, 4]);
+  client.close();
+  hub.proc.kill('SIGKILL');
+});
+
+/** Runs a client on [a, b], publishes 0..n-1 through b, and calls `disrupt(a)` midway. */
+async function resumeAcross(label, extraArgs, disrupt) {
+  const prefix = uniquePrefix(label);
+  const args = ['--broker', REDIS, '--redis-prefix', prefix, ...extraArgs];
+  const a = await startHub(`${label}-a`, args);
+  const b = await startHub(`${label}-b`, args);
+  const client = new TetherClient([a.url, b.url], { WebSocket, minDelay: 50, maxDelay: 500 });
+  const nodes = [];
+  client.on('welcome', ({ node }) => nodes.push(node));
+  const received = [];
+  client.onMessage((m) => received.push(m));
+  client.connect();
+  await client.subscribe('resume');
+  const published = [];
+  for (let i = 0; i < 120; i++) {
+    published.push(await publishHttp(b, 'resume', i));
+    if (i === 40) await disrupt(a);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  assert.ok(await eventually(() => received.length >= published.length, 15_000), `got ${received.length}`);
+  await new Promise((r) => setTimeout(r, 200));
+  assert.deepEqual(received.map((m) => m.data), [...published.keys()]);
+  assert.deepEqual(received.map((m) => m.offset), published);
+  assert.deepEqual(nodes, [`${label}-a`, `${label}-b`]);
+  client.close();
+  a.proc.kill('SIGKILL');
+  b.proc.kill('SIGKILL');
+}
+
+test('resumes on another node after its node is killed, every message once and in order', async () => {
+  await resumeAcross('js-kill', [], async (a) => {
+    a.proc.kill('SIGKILL');
+    await a.exited;
+  });
+});
+
+test('moves to another node on graceful shutdown (1012) with no message lost', async () => {
+  await resumeAcross('js-term', ['--shutdown-window', '300ms'], async (a) => {
+    a.proc.kill('SIGTERM');
+  });
+});
