@@ -180,13 +180,17 @@ pub async fn history(
     authorize(&node, &headers)?;
     let channel = ChannelName::parse(&channel)?;
     let since = Offset(query.since.unwrap_or(0));
-    let history = node.broker.history(&channel, Some(since)).await.map_err(|error| {
-        node.metrics.broker_error(BrokerOp::History);
-        ApiError::from(ProtocolError::new(
-            ErrorCode::BrokerUnavailable,
-            format!("cannot read history now: {error}"),
-        ))
-    })?;
+    let history = node
+        .broker
+        .history(&channel, Some(since))
+        .await
+        .map_err(|error| {
+            node.metrics.broker_error(BrokerOp::History);
+            ApiError::from(ProtocolError::new(
+                ErrorCode::BrokerUnavailable,
+                format!("cannot read history now: {error}"),
+            ))
+        })?;
     let messages: Vec<HistoryEntry<'_>> = history
         .messages
         .iter()

@@ -162,7 +162,12 @@ impl Channels {
 
 impl Drop for Channels {
     fn drop(&mut self) {
-        if let Some(router) = self.router.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(router) = self
+            .router
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             router.abort();
         }
     }
@@ -228,7 +233,10 @@ impl Dispatcher {
             let Some(command) = command else { break };
             match command {
                 Command::Join(subscriber, ack) => {
-                    let result = self.start().await.map(|()| self.subscribers.push(subscriber));
+                    let result = self
+                        .start()
+                        .await
+                        .map(|()| self.subscribers.push(subscriber));
                     let _ = ack.send(result);
                 }
                 Command::Leave(id) => self.subscribers.retain(|s| s.id != id),
@@ -303,13 +311,14 @@ impl Dispatcher {
 
     fn fan_out(&mut self, p: Arc<Publication>) {
         self.last = Some(p.offset);
-        self.subscribers.retain(|s| match s.queue.try_send(p.clone()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                s.overflow.notify_one();
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        });
+        self.subscribers
+            .retain(|s| match s.queue.try_send(p.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    s.overflow.notify_one();
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
     }
 }

@@ -102,6 +102,9 @@ mod tests {
             client_queue: 0,
             ..Default::default()
         };
-        assert!(matches!(config.validate(), Err(ConfigError::Zero("client_queue"))));
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::Zero("client_queue"))
+        ));
     }
 }

@@ -151,7 +151,9 @@ impl Metrics {
             BrokerOp::Subscribe => "subscribe",
             BrokerOp::Feed => "feed",
         };
-        self.broker_errors.get_or_create(&BrokerOpLabel { op }).inc();
+        self.broker_errors
+            .get_or_create(&BrokerOpLabel { op })
+            .inc();
     }
 
     pub fn disconnect(&self, reason: CloseReason) {
@@ -172,7 +174,9 @@ impl Metrics {
             Source::Ws => "ws",
             Source::Http => "http",
         };
-        self.messages_in.get_or_create(&SourceLabel { source }).inc();
+        self.messages_in
+            .get_or_create(&SourceLabel { source })
+            .inc();
     }
 
     pub fn resume(&self, outcome: Resume) {

@@ -16,7 +16,9 @@ use crate::metrics::Metrics;
 pub enum Lifecycle {
     Running,
     /// Stop accepting; close each client with 1012 at a random moment within `window`.
-    Draining { window: Duration },
+    Draining {
+        window: Duration,
+    },
     /// Drop everything now, as a crash would.
     Aborted,
 }

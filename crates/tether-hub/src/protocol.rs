@@ -218,7 +218,9 @@ impl ServerFrame<'_> {
     pub fn encode(&self) -> Utf8Bytes {
         // Serialising these types cannot fail: every field is a string, number or raw JSON.
         serde_json::to_string(self)
-            .unwrap_or_else(|_| String::from(r#"{"type":"error","code":"internal","message":"encode"}"#))
+            .unwrap_or_else(|_| {
+                String::from(r#"{"type":"error","code":"internal","message":"encode"}"#)
+            })
             .into()
     }
 }
@@ -277,16 +279,24 @@ mod tests {
 
     #[test]
     fn parse_tells_broken_json_from_unknown_type_from_missing_fields() {
-        assert_eq!(ClientFrame::parse("{nope").unwrap_err().code, ErrorCode::BadJson);
+        assert_eq!(
+            ClientFrame::parse("{nope").unwrap_err().code,
+            ErrorCode::BadJson
+        );
         assert_eq!(
             ClientFrame::parse(r#"{"type":"dance"}"#).unwrap_err().code,
             ErrorCode::UnknownType
         );
         assert_eq!(
-            ClientFrame::parse(r#"{"type":"subscribe"}"#).unwrap_err().code,
+            ClientFrame::parse(r#"{"type":"subscribe"}"#)
+                .unwrap_err()
+                .code,
             ErrorCode::BadFrame
         );
-        assert_eq!(ClientFrame::parse("[1]").unwrap_err().code, ErrorCode::BadFrame);
+        assert_eq!(
+            ClientFrame::parse("[1]").unwrap_err().code,
+            ErrorCode::BadFrame
+        );
     }
 
     #[test]

@@ -129,7 +129,10 @@ async fn upgrade(State(node): State<Arc<Node>>, upgrade: WebSocketUpgrade) -> Re
     if *node.lifecycle.borrow() != Lifecycle::Running {
         return (StatusCode::SERVICE_UNAVAILABLE, "node is shutting down").into_response();
     }
-    let hard_limit = node.config.max_message_size.saturating_mul(HARD_LIMIT_FACTOR);
+    let hard_limit = node
+        .config
+        .max_message_size
+        .saturating_mul(HARD_LIMIT_FACTOR);
     upgrade
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
@@ -165,7 +168,11 @@ fn try_bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-async fn accept_loop(listener: TcpListener, router: Router, mut lifecycle: watch::Receiver<Lifecycle>) {
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    mut lifecycle: watch::Receiver<Lifecycle>,
+) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -190,7 +197,11 @@ async fn accept_loop(listener: TcpListener, router: Router, mut lifecycle: watch
 
 /// Serves HTTP/1.1 on one connection until it ends, is upgraded (the WebSocket then lives
 /// in its own task), the node drains (finish the request in flight) or aborts (drop it).
-async fn serve_connection(stream: TcpStream, router: Router, mut lifecycle: watch::Receiver<Lifecycle>) {
+async fn serve_connection(
+    stream: TcpStream,
+    router: Router,
+    mut lifecycle: watch::Receiver<Lifecycle>,
+) {
     let service = TowerToHyperService::new(router);
     let connection = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service)

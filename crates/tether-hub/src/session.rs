@@ -18,7 +18,9 @@ use tracing::Instrument;
 use crate::channel::{SessionId, Subscriber};
 use crate::metrics::{CloseReason, Resume, Source};
 use crate::node::{Lifecycle, Node};
-use crate::protocol::{ChannelName, ClientFrame, ErrorCode, Offset, ProtocolError, Publication, ServerFrame};
+use crate::protocol::{
+    ChannelName, ClientFrame, ErrorCode, Offset, ProtocolError, Publication, ServerFrame,
+};
 
 /// Close codes the hub sends.
 const CLOSE_POLICY: u16 = 1008;
@@ -148,7 +150,10 @@ impl Session {
                 if !self.bucket.take() {
                     return Flow::Close(CLOSE_POLICY, "rate limit exceeded", CloseReason::Flood);
                 }
-                let error = ProtocolError::new(ErrorCode::BadFrame, "binary frames are not part of the protocol; send JSON text");
+                let error = ProtocolError::new(
+                    ErrorCode::BadFrame,
+                    "binary frames are not part of the protocol; send JSON text",
+                );
                 return self.reply_error(ws, &error, None, None).await;
             }
             Message::Ping(_) | Message::Pong(_) => return Flow::Continue,
@@ -161,31 +166,50 @@ impl Session {
         if text.len() > self.node.config.max_message_size {
             let error = ProtocolError::new(
                 ErrorCode::TooLarge,
-                format!("frame of {} bytes exceeds the limit of {}", text.len(), self.node.config.max_message_size),
+                format!(
+                    "frame of {} bytes exceeds the limit of {}",
+                    text.len(),
+                    self.node.config.max_message_size
+                ),
             );
             return self.reply_error(ws, &error, None, None).await;
         }
         match ClientFrame::parse(&text) {
             Err(error) => self.reply_error(ws, &error, None, None).await,
-            Ok(ClientFrame::Subscribe { channel, since }) => self.subscribe(ws, &channel, since).await,
+            Ok(ClientFrame::Subscribe { channel, since }) => {
+                self.subscribe(ws, &channel, since).await
+            }
             Ok(ClientFrame::Unsubscribe { channel }) => self.unsubscribe(ws, &channel).await,
-            Ok(ClientFrame::Publish { channel, data, id }) => self.publish(ws, &channel, data, id.as_deref()).await,
+            Ok(ClientFrame::Publish { channel, data, id }) => {
+                self.publish(ws, &channel, data, id.as_deref()).await
+            }
         }
     }
 
-    async fn subscribe(&mut self, ws: &mut WebSocket, channel: &str, since: Option<Offset>) -> Flow {
+    async fn subscribe(
+        &mut self,
+        ws: &mut WebSocket,
+        channel: &str,
+        since: Option<Offset>,
+    ) -> Flow {
         let name = match ChannelName::parse(channel) {
             Ok(name) => name,
             Err(error) => return self.reply_error(ws, &error, Some(channel), None).await,
         };
         if self.subscriptions.contains_key(&name) {
-            let error = ProtocolError::new(ErrorCode::AlreadySubscribed, "already subscribed to this channel");
+            let error = ProtocolError::new(
+                ErrorCode::AlreadySubscribed,
+                "already subscribed to this channel",
+            );
             return self.reply_error(ws, &error, Some(channel), None).await;
         }
         if self.subscriptions.len() >= self.node.config.max_subscriptions {
             let error = ProtocolError::new(
                 ErrorCode::TooManySubscriptions,
-                format!("at most {} channels per connection", self.node.config.max_subscriptions),
+                format!(
+                    "at most {} channels per connection",
+                    self.node.config.max_subscriptions
+                ),
             );
             return self.reply_error(ws, &error, Some(channel), None).await;
         }
@@ -198,23 +222,38 @@ impl Session {
         // the history and in the queue, and the offset check below keeps one copy.
         if let Err(error) = self.node.channels.join(&name, subscriber).await {
             tracing::warn!(%error, channel = %name, "subscribe failed");
-            let error = ProtocolError::new(ErrorCode::BrokerUnavailable, format!("cannot subscribe now: {error}"));
+            let error = ProtocolError::new(
+                ErrorCode::BrokerUnavailable,
+                format!("cannot subscribe now: {error}"),
+            );
             return self.reply_error(ws, &error, Some(channel), None).await;
         }
         let history = match self.node.broker.history(&name, since).await {
             Ok(history) => history,
             Err(error) => {
-                self.node.metrics.broker_error(crate::metrics::BrokerOp::History);
+                self.node
+                    .metrics
+                    .broker_error(crate::metrics::BrokerOp::History);
                 self.node.channels.leave(&name, self.id);
-                let error = ProtocolError::new(ErrorCode::BrokerUnavailable, format!("cannot read history now: {error}"));
+                let error = ProtocolError::new(
+                    ErrorCode::BrokerUnavailable,
+                    format!("cannot read history now: {error}"),
+                );
                 return self.reply_error(ws, &error, Some(channel), None).await;
             }
         };
         if since.is_some() {
-            let outcome = if history.recovered { Resume::Recovered } else { Resume::NotRecovered };
+            let outcome = if history.recovered {
+                Resume::Recovered
+            } else {
+                Resume::NotRecovered
+            };
             self.node.metrics.resume(outcome);
         }
-        let last = history.messages.last().map_or(history.top, |m| m.offset.max(history.top));
+        let last = history
+            .messages
+            .last()
+            .map_or(history.top, |m| m.offset.max(history.top));
         self.subscriptions.insert(name, last);
         self.node.metrics.subscriptions.inc();
         let subscribed = ServerFrame::Subscribed {
@@ -242,7 +281,8 @@ impl Session {
             .ok()
             .and_then(|name| self.subscriptions.remove_entry(&name));
         let Some((name, _)) = removed else {
-            let error = ProtocolError::new(ErrorCode::NotSubscribed, "not subscribed to this channel");
+            let error =
+                ProtocolError::new(ErrorCode::NotSubscribed, "not subscribed to this channel");
             return self.reply_error(ws, &error, Some(channel), None).await;
         };
         self.node.channels.leave(&name, self.id);
@@ -253,7 +293,13 @@ impl Session {
         }
     }
 
-    async fn publish(&mut self, ws: &mut WebSocket, channel: &str, data: Box<RawValue>, id: Option<&RawValue>) -> Flow {
+    async fn publish(
+        &mut self,
+        ws: &mut WebSocket,
+        channel: &str,
+        data: Box<RawValue>,
+        id: Option<&RawValue>,
+    ) -> Flow {
         let name = match ChannelName::parse(channel) {
             Ok(name) => name,
             Err(error) => return self.reply_error(ws, &error, Some(channel), id).await,
@@ -261,16 +307,25 @@ impl Session {
         self.node.metrics.message_in(Source::Ws);
         match self.node.broker.publish(&name, data).await {
             Ok(offset) => {
-                let published = ServerFrame::Published { channel, offset, id };
+                let published = ServerFrame::Published {
+                    channel,
+                    offset,
+                    id,
+                };
                 match send(ws, published.encode()).await {
                     Ok(()) => Flow::Continue,
                     Err(Gone) => Flow::Drop(CloseReason::Error),
                 }
             }
             Err(error) => {
-                self.node.metrics.broker_error(crate::metrics::BrokerOp::Publish);
+                self.node
+                    .metrics
+                    .broker_error(crate::metrics::BrokerOp::Publish);
                 tracing::warn!(%error, channel = %name, "publish failed");
-                let error = ProtocolError::new(ErrorCode::BrokerUnavailable, format!("not published: {error}"));
+                let error = ProtocolError::new(
+                    ErrorCode::BrokerUnavailable,
+                    format!("not published: {error}"),
+                );
                 self.reply_error(ws, &error, Some(channel), id).await
             }
         }

@@ -27,7 +27,9 @@ async fn message_published_on_one_node_reaches_subscribers_on_every_node() {
         client.subscribe("news", None).await;
         clients.push(client);
     }
-    let offset = publish(hubs[1].local_addr(), "news", json!({"headline": "hi"})).await.unwrap();
+    let offset = publish(hubs[1].local_addr(), "news", json!({"headline": "hi"}))
+        .await
+        .unwrap();
     for client in &mut clients {
         assert_eq!(
             client.messages(1).await,
@@ -54,7 +56,9 @@ async fn every_node_delivers_a_channel_in_the_same_offset_order() {
         let addr = hub.local_addr();
         publishers.push(tokio::spawn(async move {
             for n in 0..30 {
-                publish(addr, "seq", json!(format!("{p}-{n}"))).await.unwrap();
+                publish(addr, "seq", json!(format!("{p}-{n}")))
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -63,15 +67,28 @@ async fn every_node_delivers_a_channel_in_the_same_offset_order() {
     }
     let first = clients[0].messages(90).await;
     let offsets: Vec<u64> = first.iter().map(|(o, _)| *o).collect();
-    assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "contiguous offsets");
+    assert!(
+        offsets.windows(2).all(|w| w[1] == w[0] + 1),
+        "contiguous offsets"
+    );
     for client in &mut clients[1..] {
-        assert_eq!(client.messages(90).await, first, "node {} saw another order", client.node);
+        assert_eq!(
+            client.messages(90).await,
+            first,
+            "node {} saw another order",
+            client.node
+        );
     }
 }
 
 /// Publishes `0..n` over HTTP, round-robin over `addrs`, every `pause`; returns what was
 /// accepted (a publish refused while the broker is down is simply not part of the stream).
-async fn publish_stream(addrs: Vec<std::net::SocketAddr>, channel: &str, n: usize, pause: Duration) -> Vec<Value> {
+async fn publish_stream(
+    addrs: Vec<std::net::SocketAddr>,
+    channel: &str,
+    n: usize,
+    pause: Duration,
+) -> Vec<Value> {
     let mut accepted = Vec::new();
     for i in 0..n {
         let addr = addrs[i % addrs.len()];
@@ -90,7 +107,12 @@ async fn resume_after_the_connection_is_cut_delivers_every_message_once() {
     let addrs: Vec<_> = hubs.iter().map(|h| h.local_addr()).collect();
     let client = ResumingClient::start(addrs.clone(), "cut");
     assert!(client.connected(1).await);
-    let publisher = tokio::spawn(publish_stream(addrs.clone(), "cut", 200, Duration::from_millis(5)));
+    let publisher = tokio::spawn(publish_stream(
+        addrs.clone(),
+        "cut",
+        200,
+        Duration::from_millis(5),
+    ));
     for round in 2..=6 {
         tokio::time::sleep(Duration::from_millis(150)).await;
         client.cut.notify_one();
@@ -98,7 +120,11 @@ async fn resume_after_the_connection_is_cut_delivers_every_message_once() {
     }
     let accepted = publisher.await.unwrap();
     assert_eq!(accepted.len(), 200);
-    assert!(received_all(&client.received, accepted.len()).await, "got {}", client.received.len());
+    assert!(
+        received_all(&client.received, accepted.len()).await,
+        "got {}",
+        client.received.len()
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_exactly_once_in_order(&client.received, &accepted);
     assert_eq!(client.received.not_recovered.load(Ordering::SeqCst), 0);
@@ -110,18 +136,29 @@ async fn resume_after_node_killed_delivers_every_message_once() {
     let hubs = redis_hubs(3, SHARED_REDIS, &prefix, history()).await;
     let addrs: Vec<_> = hubs.iter().map(|h| h.local_addr()).collect();
     // Every client starts on hub1, the node that will die.
-    let clients: Vec<ResumingClient> = (0..5).map(|_| ResumingClient::start(addrs.clone(), "k")).collect();
+    let clients: Vec<ResumingClient> = (0..5)
+        .map(|_| ResumingClient::start(addrs.clone(), "k"))
+        .collect();
     for client in &clients {
         assert!(client.connected(1).await);
     }
     let survivors = addrs[1..].to_vec();
-    let publisher = tokio::spawn(publish_stream(survivors, "k", 150, Duration::from_millis(5)));
+    let publisher = tokio::spawn(publish_stream(
+        survivors,
+        "k",
+        150,
+        Duration::from_millis(5),
+    ));
     tokio::time::sleep(Duration::from_millis(200)).await;
     hubs[0].abort();
     let accepted = publisher.await.unwrap();
     for client in &clients {
         assert!(client.connected(2).await, "moved to another node");
-        assert!(received_all(&client.received, accepted.len()).await, "got {}", client.received.len());
+        assert!(
+            received_all(&client.received, accepted.len()).await,
+            "got {}",
+            client.received.len()
+        );
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     for client in &clients {
@@ -148,7 +185,12 @@ async fn recovered_is_false_when_redis_history_was_trimmed() {
     let mut reaching = Client::connect(hubs[1].local_addr()).await;
     let subscribed = reaching.subscribe("t", Some(first + 15)).await;
     assert_eq!(subscribed["recovered"], true);
-    let data: Vec<Value> = reaching.messages(4).await.into_iter().map(|(_, d)| d).collect();
+    let data: Vec<Value> = reaching
+        .messages(4)
+        .await
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
     assert_eq!(data, vec![json!(16), json!(17), json!(18), json!(19)]);
 }
 
@@ -158,27 +200,49 @@ async fn redis_restart_is_survived_and_every_accepted_message_arrives_once() {
     let prefix = unique_prefix("restart");
     let hubs = redis_hubs(2, &redis.url(), &prefix, history()).await;
     let addrs: Vec<_> = hubs.iter().map(|h| h.local_addr()).collect();
-    let clients: Vec<ResumingClient> = (0..4).map(|_| ResumingClient::start(addrs.clone(), "r")).collect();
+    let clients: Vec<ResumingClient> = (0..4)
+        .map(|_| ResumingClient::start(addrs.clone(), "r"))
+        .collect();
     for client in &clients {
         assert!(client.connected(1).await);
     }
-    let publisher = tokio::spawn(publish_stream(addrs.clone(), "r", 150, Duration::from_millis(10)));
+    let publisher = tokio::spawn(publish_stream(
+        addrs.clone(),
+        "r",
+        150,
+        Duration::from_millis(10),
+    ));
     tokio::time::sleep(Duration::from_millis(400)).await;
     redis.kill();
     tokio::time::sleep(Duration::from_millis(500)).await;
     redis.restart().await;
     let accepted = publisher.await.unwrap();
-    assert!(accepted.len() < 150, "some publishes must have met the dead Redis");
-    assert!(accepted.len() > 50, "publishing resumed after the restart: {}", accepted.len());
+    assert!(
+        accepted.len() < 150,
+        "some publishes must have met the dead Redis"
+    );
+    assert!(
+        accepted.len() > 50,
+        "publishing resumed after the restart: {}",
+        accepted.len()
+    );
     for client in &clients {
-        assert!(received_all(&client.received, accepted.len()).await, "got {} of {}", client.received.len(), accepted.len());
+        assert!(
+            received_all(&client.received, accepted.len()).await,
+            "got {} of {}",
+            client.received.len(),
+            accepted.len()
+        );
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     for client in &clients {
         assert_exactly_once_in_order(&client.received, &accepted);
     }
     let (_, metrics) = http(addrs[0], "GET", "/metrics", None, None).await;
-    assert!(metrics.contains(r#"tether_hub_broker_errors_total{op="feed"}"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"tether_hub_broker_errors_total{op="feed"}"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,17 +255,33 @@ async fn messages_lost_by_a_cut_pubsub_link_are_refilled_from_history() {
     assert!(client.connected(1).await);
     // Publish through hub1 only while hub2's pub/sub connections keep being killed: hub2
     // misses live messages and must fetch them from the stream.
-    let publisher = tokio::spawn(publish_stream(vec![addrs[0]], "p", 150, Duration::from_millis(5)));
+    let publisher = tokio::spawn(publish_stream(
+        vec![addrs[0]],
+        "p",
+        150,
+        Duration::from_millis(5),
+    ));
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
     }
     let accepted = publisher.await.unwrap();
     assert_eq!(accepted.len(), 150);
-    assert!(received_all(&client.received, 150).await, "got {}", client.received.len());
+    assert!(
+        received_all(&client.received, 150).await,
+        "got {}",
+        client.received.len()
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_exactly_once_in_order(&client.received, &accepted);
-    assert_eq!(client.received.connects.load(Ordering::SeqCst), 1, "the client itself never reconnected");
+    assert_eq!(
+        client.received.connects.load(Ordering::SeqCst),
+        1,
+        "the client itself never reconnected"
+    );
     let (_, metrics) = http(addrs[1], "GET", "/metrics", None, None).await;
-    assert!(metrics.contains(r#"tether_hub_broker_errors_total{op="feed"}"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"tether_hub_broker_errors_total{op="feed"}"#),
+        "{metrics}"
+    );
 }

@@ -71,7 +71,11 @@ async fn thousand_subscribers_across_three_hubs_receive_every_message_once_in_or
         })
         .await
     };
-    assert!(all_subscribed, "only {} subscribed", subscribed.load(Ordering::SeqCst));
+    assert!(
+        all_subscribed,
+        "only {} subscribed",
+        subscribed.load(Ordering::SeqCst)
+    );
 
     let started = Instant::now();
     let total = RATE_PER_SEC * SECONDS;
@@ -95,12 +99,23 @@ async fn thousand_subscribers_across_three_hubs_receive_every_message_once_in_or
     let tallies_for_wait = tallies.clone();
     let delivered = eventually(Duration::from_secs(10), move || {
         let tallies = tallies_for_wait.clone();
-        async move { tallies.iter().all(|t| t.offsets.lock().unwrap().len() >= expected) }
+        async move {
+            tallies
+                .iter()
+                .all(|t| t.offsets.lock().unwrap().len() >= expected)
+        }
     })
     .await;
-    let counts: Vec<usize> = tallies.iter().map(|t| t.offsets.lock().unwrap().len()).collect();
+    let counts: Vec<usize> = tallies
+        .iter()
+        .map(|t| t.offsets.lock().unwrap().len())
+        .collect();
     let short = counts.iter().filter(|&&c| c < expected).count();
-    assert!(delivered, "{short} subscribers short of {expected} messages; min {:?}", counts.iter().min());
+    assert!(
+        delivered,
+        "{short} subscribers short of {expected} messages; min {:?}",
+        counts.iter().min()
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     for (i, tally) in tallies.iter().enumerate() {
         assert_eq!(*tally.offsets.lock().unwrap(), published, "subscriber {i}");

@@ -35,9 +35,18 @@ async fn bad_frames_get_errors_and_the_connection_survives() {
         ("{not json".into(), "bad_json"),
         (json!({"type": "dance"}).to_string(), "unknown_type"),
         (json!({"type": "subscribe"}).to_string(), "bad_frame"),
-        (json!({"type": "subscribe", "channel": "no spaces"}).to_string(), "bad_channel"),
-        (json!({"type": "publish", "channel": "c", "data": "x".repeat(2000)}).to_string(), "too_large"),
-        (json!({"type": "unsubscribe", "channel": "never"}).to_string(), "not_subscribed"),
+        (
+            json!({"type": "subscribe", "channel": "no spaces"}).to_string(),
+            "bad_channel",
+        ),
+        (
+            json!({"type": "publish", "channel": "c", "data": "x".repeat(2000)}).to_string(),
+            "too_large",
+        ),
+        (
+            json!({"type": "unsubscribe", "channel": "never"}).to_string(),
+            "not_subscribed",
+        ),
     ];
     for (frame, code) in cases {
         client.send_raw(&frame).await;
@@ -54,7 +63,7 @@ async fn bad_frames_get_errors_and_the_connection_survives() {
     client
         .send(json!({"type": "publish", "channel": "c", "data": {"n": 1}, "id": 7}))
         .await;
-    let mut frames = vec![client.next().await, client.next().await];
+    let mut frames = [client.next().await, client.next().await];
     frames.sort_by_key(|f| f["type"].as_str().unwrap_or("").to_owned());
     assert_eq!(frames[0]["type"], "message");
     assert_eq!(frames[0]["data"], json!({"n": 1}));
@@ -118,7 +127,9 @@ async fn silent_client_is_dropped_after_the_ping_timeout() {
         answering
     });
     let dropped = eventually(Duration::from_secs(5), || async move {
-        metrics().await.contains(r#"tether_hub_disconnects_total{reason="ping_timeout"} 1"#)
+        metrics()
+            .await
+            .contains(r#"tether_hub_disconnects_total{reason="ping_timeout"} 1"#)
     })
     .await;
     assert!(dropped, "{}", metrics().await);
@@ -144,12 +155,21 @@ async fn http_publish_reaches_subscribers_and_requires_the_token_when_set() {
     assert_eq!(status, 401);
     let (status, answer) = http(addr, "POST", "/api/publish", Some(&body), Some("s3cret")).await;
     assert_eq!(status, 200, "{answer}");
-    let offset = serde_json::from_str::<Value>(&answer).unwrap()["offset"].as_u64().unwrap();
+    let offset = serde_json::from_str::<Value>(&answer).unwrap()["offset"]
+        .as_u64()
+        .unwrap();
     assert_eq!(client.messages(1).await, vec![(offset, json!("hello"))]);
     let (status, answer) = http(addr, "POST", "/api/publish", Some("{oops"), Some("s3cret")).await;
     assert_eq!(status, 400, "{answer}");
     let bad_channel = json!({"channel": "a b", "data": 1}).to_string();
-    let (status, answer) = http(addr, "POST", "/api/publish", Some(&bad_channel), Some("s3cret")).await;
+    let (status, answer) = http(
+        addr,
+        "POST",
+        "/api/publish",
+        Some(&bad_channel),
+        Some("s3cret"),
+    )
+    .await;
     assert_eq!(status, 400);
     assert!(answer.contains("bad_channel"), "{answer}");
 }
@@ -161,12 +181,24 @@ async fn history_endpoint_serves_what_resume_would_replay() {
     let first = publish(addr, "log", json!(1)).await.unwrap();
     publish(addr, "log", json!(2)).await.unwrap();
     publish(addr, "log", json!(3)).await.unwrap();
-    let (status, body) = http(addr, "GET", &format!("/api/history/log?since={first}"), None, None).await;
+    let (status, body) = http(
+        addr,
+        "GET",
+        &format!("/api/history/log?since={first}"),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["recovered"], true);
     assert_eq!(body["offset"], first + 2);
-    let data: Vec<Value> = body["messages"].as_array().unwrap().iter().map(|m| m["data"].clone()).collect();
+    let data: Vec<Value> = body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"].clone())
+        .collect();
     assert_eq!(data, vec![json!(2), json!(3)]);
     let (status, _) = http(addr, "GET", "/api/history/bad%20name", None, None).await;
     assert_eq!(status, 400);
@@ -244,7 +276,12 @@ async fn recovered_is_false_when_history_was_trimmed() {
     let subscribed = client.subscribe("t", Some(first)).await;
     assert_eq!(subscribed["recovered"], false);
     // What is left is still handed over, oldest first.
-    let data: Vec<Value> = client.messages(3).await.into_iter().map(|(_, d)| d).collect();
+    let data: Vec<Value> = client
+        .messages(3)
+        .await
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
     assert_eq!(data, vec![json!(7), json!(8), json!(9)]);
 }
 
@@ -253,7 +290,11 @@ async fn three_hubs_sharing_one_memory_broker_act_as_one() {
     let broker = tether_hub::broker_from_url("memory").unwrap();
     let mut hubs = Vec::new();
     for name in ["a", "b", "c"] {
-        hubs.push(tether_hub::serve(config(name), broker.clone(), None).await.unwrap());
+        hubs.push(
+            tether_hub::serve(config(name), broker.clone(), None)
+                .await
+                .unwrap(),
+        );
     }
     let mut clients = Vec::new();
     for hub in &hubs {
@@ -265,8 +306,18 @@ async fn three_hubs_sharing_one_memory_broker_act_as_one() {
         publish(hub.local_addr(), "room", json!(i)).await.unwrap();
     }
     for client in &mut clients {
-        let data: Vec<Value> = client.messages(3).await.into_iter().map(|(_, d)| d).collect();
-        assert_eq!(data, vec![json!(0), json!(1), json!(2)], "on {}", client.node);
+        let data: Vec<Value> = client
+            .messages(3)
+            .await
+            .into_iter()
+            .map(|(_, d)| d)
+            .collect();
+        assert_eq!(
+            data,
+            vec![json!(0), json!(1), json!(2)],
+            "on {}",
+            client.node
+        );
     }
 }
 
@@ -286,7 +337,10 @@ async fn graceful_shutdown_closes_every_client_with_1012_within_the_window() {
     let shutdown = tokio::spawn(hub.shutdown());
     for client in &mut clients {
         let code = loop {
-            match tokio::time::timeout(Duration::from_secs(5), client.ws.next()).await.unwrap() {
+            match tokio::time::timeout(Duration::from_secs(5), client.ws.next())
+                .await
+                .unwrap()
+            {
                 Some(Ok(Message::Close(Some(close)))) => break close.code,
                 Some(Ok(_)) => continue,
                 other => panic!("expected a close frame, got {other:?}"),
@@ -296,7 +350,10 @@ async fn graceful_shutdown_closes_every_client_with_1012_within_the_window() {
     }
     shutdown.await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(4));
-    assert!(tether_testkit::ws_connect(addr, "/ws").await.is_err(), "still accepting");
+    assert!(
+        tether_testkit::ws_connect(addr, "/ws").await.is_err(),
+        "still accepting"
+    );
 }
 
 #[tokio::test]

@@ -63,7 +63,9 @@ impl MemoryBroker {
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     // A panic while holding this lock cannot leave the maps half-updated in a way later
     // calls would misread, so a poisoned lock is still usable.
-    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Broker for MemoryBroker {
@@ -142,10 +144,7 @@ struct MemoryLink {
 }
 
 impl Link for MemoryLink {
-    fn subscribe<'a>(
-        &'a self,
-        channel: &'a ChannelName,
-    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+    fn subscribe<'a>(&'a self, channel: &'a ChannelName) -> BoxFuture<'a, Result<(), BrokerError>> {
         let mut state = lock(&self.state);
         let log = state.channels.entry(channel.clone()).or_default();
         log.links

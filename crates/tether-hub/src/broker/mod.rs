@@ -143,8 +143,7 @@ pub trait Broker: Send + Sync + 'static {
 /// need not order their calls.
 pub trait Link: Send + Sync + 'static {
     /// Returns once publications of `channel` are guaranteed to reach this link's feed.
-    fn subscribe<'a>(&'a self, channel: &'a ChannelName)
-        -> BoxFuture<'a, Result<(), BrokerError>>;
+    fn subscribe<'a>(&'a self, channel: &'a ChannelName) -> BoxFuture<'a, Result<(), BrokerError>>;
     fn unsubscribe(&self, channel: &ChannelName);
 }
 
@@ -175,9 +174,17 @@ mod tests {
 
     #[test]
     fn recovered_only_when_history_reaches_since() {
-        let reaches = History::from_retained(Offset(5), Some(Offset(3)), vec![publication(4), publication(5)]);
+        let reaches = History::from_retained(
+            Offset(5),
+            Some(Offset(3)),
+            vec![publication(4), publication(5)],
+        );
         assert!(reaches.recovered);
-        let trimmed = History::from_retained(Offset(5), Some(Offset(2)), vec![publication(4), publication(5)]);
+        let trimmed = History::from_retained(
+            Offset(5),
+            Some(Offset(2)),
+            vec![publication(4), publication(5)],
+        );
         assert!(!trimmed.recovered);
         let up_to_date = History::from_retained(Offset(5), Some(Offset(5)), vec![]);
         assert!(up_to_date.recovered);

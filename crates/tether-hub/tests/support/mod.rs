@@ -52,11 +52,20 @@ pub fn redis_options(prefix: &str, history: HistoryPolicy) -> BrokerOptions {
 
 /// Starts `n` hubs named `hub1..`, each with its own Redis broker (as separate processes
 /// would have) on `url` under `prefix`.
-pub async fn redis_hubs(n: usize, url: &str, prefix: &str, history: HistoryPolicy) -> Vec<HubHandle> {
+pub async fn redis_hubs(
+    n: usize,
+    url: &str,
+    prefix: &str,
+    history: HistoryPolicy,
+) -> Vec<HubHandle> {
     let mut hubs = Vec::new();
     for i in 1..=n {
         let broker = tether_hub::broker_with(url, redis_options(prefix, history)).unwrap();
-        hubs.push(tether_hub::serve(config(&format!("hub{i}")), broker, None).await.unwrap());
+        hubs.push(
+            tether_hub::serve(config(&format!("hub{i}")), broker, None)
+                .await
+                .unwrap(),
+        );
     }
     hubs
 }
@@ -102,7 +111,10 @@ impl RedisServer {
         self.child = Some(child);
         let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
         assert!(
-            eventually(Duration::from_secs(10), || async move { TcpStream::connect(addr).await.is_ok() }).await,
+            eventually(Duration::from_secs(10), || async move {
+                TcpStream::connect(addr).await.is_ok()
+            })
+            .await,
             "redis-server did not start"
         );
     }
@@ -134,7 +146,10 @@ impl Client {
     /// Connects and reads `welcome`.
     pub async fn connect(addr: SocketAddr) -> Client {
         let (ws, _) = ws_connect(addr, "/ws").await.expect("connect to hub");
-        let mut client = Client { ws, node: String::new() };
+        let mut client = Client {
+            ws,
+            node: String::new(),
+        };
         let welcome = client.next().await;
         assert_eq!(welcome["type"], "welcome", "{welcome}");
         client.node = welcome["node"].as_str().unwrap().to_owned();
@@ -142,7 +157,10 @@ impl Client {
     }
 
     pub async fn send(&mut self, frame: Value) {
-        self.ws.send(Message::text(frame.to_string())).await.unwrap();
+        self.ws
+            .send(Message::text(frame.to_string()))
+            .await
+            .unwrap();
     }
 
     pub async fn send_raw(&mut self, text: &str) {
@@ -190,10 +208,18 @@ impl Client {
 }
 
 /// A minimal HTTP/1.1 request with `Connection: close`; returns status and body.
-pub async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>, token: Option<&str>) -> (u16, String) {
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let body = body.unwrap_or("");
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
@@ -205,9 +231,19 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>
         .expect("HTTP answer within 10 s")
         .unwrap();
     let response = String::from_utf8_lossy(&response).into_owned();
-    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    let body = if response.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    let body = if response
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(&body)
     } else {
         body
@@ -252,10 +288,20 @@ impl Received {
         self.messages.lock().unwrap().len()
     }
     pub fn data(&self) -> Vec<Value> {
-        self.messages.lock().unwrap().iter().map(|(_, d)| d.clone()).collect()
+        self.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, d)| d.clone())
+            .collect()
     }
     pub fn offsets(&self) -> Vec<u64> {
-        self.messages.lock().unwrap().iter().map(|(o, _)| *o).collect()
+        self.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(o, _)| *o)
+            .collect()
     }
 }
 
@@ -272,8 +318,17 @@ impl ResumingClient {
     pub fn start(addrs: Vec<SocketAddr>, channel: &str) -> Self {
         let received = Arc::new(Received::default());
         let cut = Arc::new(Notify::new());
-        let task = tokio::spawn(resume_loop(addrs, channel.to_owned(), received.clone(), cut.clone()));
-        Self { received, cut, task }
+        let task = tokio::spawn(resume_loop(
+            addrs,
+            channel.to_owned(),
+            received.clone(),
+            cut.clone(),
+        ));
+        Self {
+            received,
+            cut,
+            task,
+        }
     }
 
     /// Waits until the client has subscribed `n` times.
@@ -293,13 +348,20 @@ impl Drop for ResumingClient {
     }
 }
 
-async fn resume_loop(addrs: Vec<SocketAddr>, channel: String, received: Arc<Received>, cut: Arc<Notify>) {
+async fn resume_loop(
+    addrs: Vec<SocketAddr>,
+    channel: String,
+    received: Arc<Received>,
+    cut: Arc<Notify>,
+) {
     let mut last: Option<u64> = None;
     let mut attempt = 0usize;
     loop {
         let addr = addrs[attempt % addrs.len()];
         attempt += 1;
-        let Ok(Ok((mut ws, _))) = tokio::time::timeout(Duration::from_secs(2), ws_connect(addr, "/ws")).await else {
+        let Ok(Ok((mut ws, _))) =
+            tokio::time::timeout(Duration::from_secs(2), ws_connect(addr, "/ws")).await
+        else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
@@ -335,7 +397,11 @@ async fn resume_loop(addrs: Vec<SocketAddr>, channel: String, received: Arc<Rece
                 Some("message") => {
                     let offset = value["offset"].as_u64().unwrap();
                     last = Some(offset);
-                    received.messages.lock().unwrap().push((offset, value["data"].clone()));
+                    received
+                        .messages
+                        .lock()
+                        .unwrap()
+                        .push((offset, value["data"].clone()));
                 }
                 _ => {}
             }
@@ -361,5 +427,9 @@ pub fn assert_exactly_once_in_order(received: &Received, expected: &[Value]) {
         offsets.windows(2).all(|w| w[0] < w[1]),
         "offsets not strictly increasing: {offsets:?}"
     );
-    assert_eq!(received.data(), expected, "messages differ from what was published");
+    assert_eq!(
+        received.data(),
+        expected,
+        "messages differ from what was published"
+    );
 }

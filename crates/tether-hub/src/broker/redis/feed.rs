@@ -34,10 +34,7 @@ pub(super) struct RedisLink {
 }
 
 impl Link for RedisLink {
-    fn subscribe<'a>(
-        &'a self,
-        channel: &'a ChannelName,
-    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+    fn subscribe<'a>(&'a self, channel: &'a ChannelName) -> BoxFuture<'a, Result<(), BrokerError>> {
         async move {
             let (ack, acked) = oneshot::channel();
             self.commands

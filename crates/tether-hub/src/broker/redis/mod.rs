@@ -169,7 +169,11 @@ impl RedisBroker {
         while let (Some(offset), Some(data)) = (items.next(), items.next()) {
             let data = RawValue::from_string(data)
                 .map_err(|e| BrokerError::BadReply(format!("history entry is not JSON: {e}")))?;
-            messages.push(Publication::new(channel.clone(), parse_offset(&offset)?, data));
+            messages.push(Publication::new(
+                channel.clone(),
+                parse_offset(&offset)?,
+                data,
+            ));
         }
         Ok(History::from_retained(top, since, messages))
     }
