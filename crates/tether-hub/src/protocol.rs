@@ -124,7 +124,7 @@ pub enum ClientFrame {
     Unsubscribe {
         channel: String,
     },
-    /// Publish `data` (any JSON value but null); `id`, if given, is echoed in the answer.
+    /// Publish `data` (any JSON value); `id`, if given, is echoed in the answer.
     Publish {
         channel: String,
         data: Box<RawValue>,
@@ -140,8 +140,14 @@ struct Envelope {
     kind: String,
     channel: Option<String>,
     since: Option<Offset>,
+    /// `Some` for any value, `null` included; `None` only when the field is absent.
+    #[serde(default, deserialize_with = "present")]
     data: Option<Box<RawValue>>,
     id: Option<Box<RawValue>>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
 }
 
 impl ClientFrame {
@@ -166,7 +172,7 @@ impl ClientFrame {
             "publish" => Ok(ClientFrame::Publish {
                 channel: channel?,
                 data: envelope.data.ok_or_else(|| {
-                    ProtocolError::new(ErrorCode::BadFrame, "publish needs a non-null `data` field")
+                    ProtocolError::new(ErrorCode::BadFrame, "publish needs a `data` field")
                 })?,
                 id: envelope.id,
             }),
@@ -297,6 +303,14 @@ mod tests {
             ClientFrame::parse("[1]").unwrap_err().code,
             ErrorCode::BadFrame
         );
+    }
+
+    #[test]
+    fn publish_accepts_null_data_but_not_missing_data() {
+        let frame = ClientFrame::parse(r#"{"type":"publish","channel":"a","data":null}"#).unwrap();
+        assert!(matches!(frame, ClientFrame::Publish { data, .. } if data.get() == "null"));
+        let missing = ClientFrame::parse(r#"{"type":"publish","channel":"a"}"#).unwrap_err();
+        assert_eq!(missing.code, ErrorCode::BadFrame);
     }
 
     #[test]

@@ -27,6 +27,9 @@ const CLOSE_POLICY: u16 = 1008;
 const CLOSE_RESTART: u16 = 1012;
 const CLOSE_TRY_AGAIN: u16 = 1013;
 
+/// How long writing a single small frame (an answer, a ping) may block.
+const SMALL_WRITE_LIMIT: Duration = Duration::from_secs(10);
+
 /// How many queued messages one write batch takes before flushing.
 const WRITE_BATCH: usize = 64;
 
@@ -103,9 +106,9 @@ impl Session {
                 _ = overflow.notified() => Flow::Close(CLOSE_TRY_AGAIN, "slow consumer", CloseReason::SlowConsumer),
                 _ = ping.tick() => {
                     pong_deadline.get_or_insert(Instant::now() + self.node.config.ping_timeout);
-                    match ws.send(Message::Ping(Default::default())).await {
-                        Ok(()) => Flow::Continue,
-                        Err(_) => Flow::Drop(CloseReason::Error),
+                    match tokio::time::timeout(SMALL_WRITE_LIMIT, ws.send(Message::Ping(Default::default()))).await {
+                        Ok(Ok(())) => Flow::Continue,
+                        _ => Flow::Drop(CloseReason::Error),
                     }
                 }
                 _ = sleep_until_some(pong_deadline) => Flow::Drop(CloseReason::PingTimeout),
@@ -261,18 +264,18 @@ impl Session {
             offset: history.top,
             recovered: history.recovered,
         };
-        if send(ws, subscribed.encode()).await.is_err() {
-            return Flow::Drop(CloseReason::Error);
-        }
-        for message in &history.messages {
-            if ws.feed(Message::Text(message.frame.clone())).await.is_err() {
-                return Flow::Drop(CloseReason::Error);
+        let replay = async {
+            ws.feed(Message::Text(subscribed.encode())).await?;
+            for message in &history.messages {
+                ws.feed(Message::Text(message.frame.clone())).await?;
+                self.node.metrics.messages_out.inc();
             }
-            self.node.metrics.messages_out.inc();
-        }
-        match ws.flush().await {
-            Ok(()) => Flow::Continue,
-            Err(_) => Flow::Drop(CloseReason::Error),
+            ws.flush().await
+        };
+        match tokio::time::timeout(self.node.config.ping_timeout, replay).await {
+            Ok(Ok(())) => Flow::Continue,
+            Ok(Err(_)) => Flow::Drop(CloseReason::Error),
+            Err(_) => Flow::Drop(CloseReason::SlowConsumer),
         }
     }
 
@@ -331,8 +334,26 @@ impl Session {
         }
     }
 
-    /// Writes `first` and whatever else is already queued, flushing once.
+    /// Writes `first` and whatever else is already queued, flushing once. A client that
+    /// does not read for a whole ping timeout is dropped as too slow: a blocked write would
+    /// otherwise hold the session (and its queue) forever.
     async fn deliver_batch(
+        &mut self,
+        ws: &mut WebSocket,
+        first: Arc<Publication>,
+        queue: &mut mpsc::Receiver<Arc<Publication>>,
+    ) -> Flow {
+        let limit = self.node.config.ping_timeout;
+        match tokio::time::timeout(limit, self.write_batch(ws, first, queue)).await {
+            Ok(flow) => flow,
+            Err(_) => {
+                tracing::info!("client stopped reading; dropping it");
+                Flow::Drop(CloseReason::SlowConsumer)
+            }
+        }
+    }
+
+    async fn write_batch(
         &mut self,
         ws: &mut WebSocket,
         first: Arc<Publication>,
@@ -382,8 +403,13 @@ impl Session {
     }
 }
 
+/// Writes one frame; a client that cannot take even that within [`SMALL_WRITE_LIMIT`] is
+/// treated as gone.
 async fn send(ws: &mut WebSocket, text: Utf8Bytes) -> Result<(), Gone> {
-    ws.send(Message::Text(text)).await.map_err(|_| Gone)
+    match tokio::time::timeout(SMALL_WRITE_LIMIT, ws.send(Message::Text(text))).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(Gone),
+    }
 }
 
 /// Sends a close frame and waits briefly for the client's answer, so the code arrives

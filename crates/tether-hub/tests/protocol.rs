@@ -106,6 +106,43 @@ async fn flooding_client_is_closed_with_1008_and_the_node_keeps_serving() {
     other.subscribe("still-up", None).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_that_stops_reading_is_dropped_and_others_get_every_message() {
+    let hub = memory_hub(HubConfig {
+        client_queue: 8,
+        ping_timeout: Duration::from_millis(500),
+        ..config("h")
+    })
+    .await;
+    let addr = hub.local_addr();
+    let mut stalled = Client::connect(addr).await;
+    stalled.subscribe("firehose", None).await;
+    let mut reader = Client::connect(addr).await;
+    reader.subscribe("firehose", None).await;
+    let reading = tokio::spawn(async move { reader.messages(300).await.len() });
+    // 300 × 50 KB is far more than the socket buffers hold for a client that never reads.
+    let blob = "x".repeat(50_000);
+    for n in 0..300 {
+        publish(addr, "firehose", json!({"n": n, "blob": blob}))
+            .await
+            .unwrap();
+    }
+    assert_eq!(reading.await.unwrap(), 300);
+    let dropped = eventually(Duration::from_secs(5), || async move {
+        http(addr, "GET", "/metrics", None, None)
+            .await
+            .1
+            .contains(r#"tether_hub_disconnects_total{reason="slow_consumer"} 1"#)
+    })
+    .await;
+    assert!(
+        dropped,
+        "{}",
+        http(addr, "GET", "/metrics", None, None).await.1
+    );
+    drop(stalled);
+}
+
 #[tokio::test]
 async fn silent_client_is_dropped_after_the_ping_timeout() {
     let hub = memory_hub(HubConfig {
