@@ -101,7 +101,7 @@ pub enum BrokerEvent {
 /// the operation is answered with an error and retried by whoever asked.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    #[error("unsupported broker URL {0:?}: expected \"memory\" or \"redis://…\"")]
+    #[error("unsupported broker URL {0:?}: expected \"memory\" or \"redis://host:port/db\"")]
     UnsupportedUrl(String),
     #[error("redis: {0}")]
     Redis(#[from] ::redis::RedisError),
@@ -157,7 +157,7 @@ pub fn broker_with(url: &str, options: BrokerOptions) -> Result<Arc<dyn Broker>,
     if url == "memory" || url == "memory://" {
         return Ok(Arc::new(memory::MemoryBroker::new(options.history)));
     }
-    if url.starts_with("redis://") || url.starts_with("rediss://") {
+    if url.starts_with("redis://") {
         return Ok(Arc::new(redis::RedisBroker::new(url, options)?));
     }
     Err(BrokerError::UnsupportedUrl(url.to_owned()))
