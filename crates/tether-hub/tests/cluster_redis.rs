@@ -285,3 +285,43 @@ async fn messages_lost_by_a_cut_pubsub_link_are_refilled_from_history() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_listens_in_redis_only_to_channels_with_local_subscribers() {
+    let prefix = unique_prefix("numsub");
+    let hubs = redis_hubs(2, SHARED_REDIS, &prefix, history()).await;
+    let numsub = |channel: &str| {
+        let live = format!("{prefix}:live:{channel}");
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", "6379", "PUBSUB", "NUMSUB", &live])
+            .output()
+            .expect("redis-cli must be installed");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .nth(1)
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .unwrap_or(u32::MAX)
+    };
+    assert_eq!(numsub("wanted"), 0);
+    let mut first = Client::connect(hubs[0].local_addr()).await;
+    first.subscribe("wanted", None).await;
+    let mut second = Client::connect(hubs[0].local_addr()).await;
+    second.subscribe("wanted", None).await;
+    assert_eq!(
+        numsub("wanted"),
+        1,
+        "two local subscribers, one Redis subscription"
+    );
+    assert_eq!(numsub("unwanted"), 0);
+    first
+        .send(json!({"type": "unsubscribe", "channel": "wanted"}))
+        .await;
+    assert_eq!(first.next().await["type"], "unsubscribed");
+    assert_eq!(numsub("wanted"), 1, "one local subscriber left");
+    drop(second);
+    let gone = eventually(Duration::from_secs(5), || async { numsub("wanted") == 0 }).await;
+    assert!(
+        gone,
+        "the node still listens to a channel nobody on it wants"
+    );
+}
