@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -116,12 +117,16 @@ pub async fn serve(
 }
 
 fn routes(node: Arc<Node>) -> Router {
+    // Twice the message limit, so a body just over it still reaches the handler and gets
+    // the JSON `too_large` answer rather than the framework's plain-text one.
+    let body_limit = DefaultBodyLimit::max(node.config.max_message_size.saturating_mul(2));
     Router::new()
         .route("/ws", get(upgrade))
         .route("/health", get(api::health))
         .route("/metrics", get(api::metrics))
         .route("/api/publish", post(api::publish))
         .route("/api/history/{channel}", get(api::history))
+        .layer(body_limit)
         .with_state(node)
 }
 

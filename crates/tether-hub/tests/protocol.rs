@@ -198,6 +198,10 @@ async fn http_publish_reaches_subscribers_and_requires_the_token_when_set() {
     assert_eq!(client.messages(1).await, vec![(offset, json!("hello"))]);
     let (status, answer) = http(addr, "POST", "/api/publish", Some("{oops"), Some("s3cret")).await;
     assert_eq!(status, 400, "{answer}");
+    let huge = json!({"channel": "news", "data": "x".repeat(70_000)}).to_string();
+    let (status, answer) = http(addr, "POST", "/api/publish", Some(&huge), Some("s3cret")).await;
+    assert_eq!(status, 413);
+    assert!(answer.contains("too_large"), "{answer}");
     let bad_channel = json!({"channel": "a b", "data": 1}).to_string();
     let (status, answer) = http(
         addr,
