@@ -5,7 +5,7 @@
 // resubscribes with `since`. This file only draws what happens and explains it: which hub
 // the page is on, when it lost it, and how many messages the next hub replayed from history.
 
-import { connectRoom } from '/room.js';
+import { TetherClient, State } from '/tether.js';
 
 const $ = (id) => document.getElementById(id);
 const proxy = location.host;
@@ -15,16 +15,20 @@ const wsUrl = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${proxy}/ws`;
 const page = {
   name: '',
   room: '',
-  room_link: null,         // the connection to the room (see room.js)
+  client: null,            // the TetherClient (clients/js)
+  channel: '',
   node: null,              // hub of the current connection
   hubs: [],                // last /api/demo/hubs answer
   seen: new Map(),         // offset → <li>, each message once
   lastOffset: null,        // highest offset shown
   outbox: new Map(),       // mid → <li> of own messages not yet seen back
+  unsure: new Set(),       // mids whose publish was cut off: resent after the replay if unseen
   stats: { received: 0, replayed: 0, duplicates: 0, reconnects: 0 },
   lostAt: null,            // when the connection dropped (ms), for the notice
+  cutting: false,          // the page is closing the connection on purpose
   offsetAtLoss: null,      // lastOffset when it dropped
   replayUntil: null,       // messages up to this offset after a resume are replays
+  replayDone: true,        // false between a resume's `subscribed` and its last replayed message
 };
 
 // ---------- joining ----------
@@ -54,20 +58,23 @@ $('join-form').addEventListener('submit', (event) => {
 async function join() {
   // Show what the room already said, then go live from there: the client resumes from the
   // last offset of that history, so nothing between the two is lost or repeated.
-  const channel = `room:${page.room}`;
-  const past = await fetchJson(`/api/history/${encodeURIComponent(channel)}`);
+  page.channel = `room:${page.room}`;
+  const past = await fetchJson(`/api/history/${encodeURIComponent(page.channel)}`);
   for (const m of past.messages.slice(-50)) show(m.offset, m.data, { history: true });
   if (past.messages.length > 0) notice(`${past.messages.length} earlier message(s) from history`);
-  page.room_link = connectRoom({
-    url: wsUrl,
-    channel,
-    since: past.offset,
-    onState: showState,
-    onWelcome: (node) => arrived(node),
-    onSubscribed: (info) => resumed(info),
-    onMessage: (offset, data) => show(offset, data, {}),
-    onError: (error) => notice(`Hub said: ${error.code}: ${error.message}`, 'bad'),
+  const client = new TetherClient(wsUrl);
+  page.client = client;
+  client.on('state', showState);
+  client.on('welcome', ({ node }) => arrived(node));
+  client.on('subscribed', resumed);
+  client.on('error', (error) => notice(`Hub said: ${error.code}: ${error.message}`, 'bad'));
+  client.onMessage(({ channel, offset, data }) => {
+    if (channel === page.channel) show(offset, data, {});
   });
+  client.subscribe(page.channel, { since: past.offset }).catch((error) => {
+    notice(`Could not subscribe: ${error.message}`, 'bad');
+  });
+  client.connect();
   $('text').focus();
   refreshHubs();
   setInterval(refreshHubs, 3000);
@@ -75,22 +82,22 @@ async function join() {
 
 // ---------- connection story ----------
 
-function showState(state, detail = {}) {
+function showState({ state, delay }) {
   const pill = $('conn');
   pill.dataset.state = state;
   const text = {
     connecting: 'connecting…',
     open: `connected to ${page.node ?? 'hub'}`,
-    reconnecting: `reconnecting${detail.delayMs != null ? ` in ${(detail.delayMs / 1000).toFixed(1)} s` : ''}…`,
+    reconnecting: `reconnecting${delay != null ? ` in ${(delay / 1000).toFixed(1)} s` : ''}…`,
     closed: 'disconnected',
   }[state] ?? state;
   $('conn-text').textContent = text;
-  if (state === 'reconnecting' || state === 'closed') {
+  if (state === State.RECONNECTING || state === State.CLOSED) {
     if (page.lostAt == null && page.node != null) {
       page.lostAt = performance.now();
       page.offsetAtLoss = page.lastOffset;
       $('conn').dataset.lost = String(Number($('conn').dataset.lost) + 1);
-      notice(`Lost ${page.node}${detail.reason ? ` (${detail.reason})` : ''}; reconnecting through the proxy…`, 'warn');
+      if (!page.cutting) notice(`Lost ${page.node}; reconnecting through the proxy…`, 'warn');
     }
     $('node').textContent = '—';
   }
@@ -106,25 +113,32 @@ function arrived(node) {
   else if (previous == null) notice(`Joined #${page.room} on ${node}`);
   renderHubs();
   updateButtons();
+  refreshHubs();
+}
+
+function duration(ms) {
+  return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`;
 }
 
 // After a resume the hub first says where the channel is (`offset`), then replays what came
 // after the page's last offset: those are the messages that were sent while it was away.
-function resumed({ offset, recovered }) {
-  if (page.lostAt == null) return;
-  const away = ((performance.now() - page.lostAt) / 1000).toFixed(1);
+function resumed({ channel, offset, recovered }) {
+  if (channel !== page.channel || page.lostAt == null) return;
+  const away = duration(performance.now() - page.lostAt);
   const from = page.offsetAtLoss;
   const missed = from == null ? 0 : Math.max(0, offset - from);
   page.replayUntil = offset;
+  page.replayDone = page.lastOffset != null && page.lastOffset >= offset;
   page.lostAt = null;
   if (!recovered) {
-    notice(`Back on ${page.node} after ${away} s, but history no longer reaches back that far: messages may be missing (recovered: false).`, 'bad');
+    notice(`Back on ${page.node} after ${away}, but history no longer reaches back that far: messages may be missing (recovered: false).`, 'bad');
+    page.replayDone = true;
   } else if (missed === 0) {
-    notice(`Back on ${page.node} after ${away} s. Nothing was sent meanwhile; nothing missing.`, 'good');
+    notice(`Back on ${page.node} after ${away}. Nothing was sent meanwhile; nothing missing.`, 'good');
   } else {
-    notice(`Back on ${page.node} after ${away} s. ${missed} message${missed === 1 ? '' : 's'} sent while you were away ${missed === 1 ? 'was' : 'were'} filled in from history — none lost, none twice.`, 'good');
+    notice(`Back on ${page.node} after ${away}. ${missed} message${missed === 1 ? '' : 's'} sent while you were away ${missed === 1 ? 'was' : 'were'} filled in from history — none lost, none twice.`, 'good');
   }
-  resendOutbox();
+  if (page.replayDone) resendUnsure();
 }
 
 // ---------- messages ----------
@@ -155,6 +169,10 @@ function show(offset, data, { history = false }) {
   place(li, offset);
   page.seen.set(offset, li);
   page.lastOffset = page.lastOffset == null ? offset : Math.max(page.lastOffset, offset);
+  if (!page.replayDone && offset >= page.replayUntil) {
+    page.replayDone = true;
+    resendUnsure();
+  }
   renderStats();
 }
 
@@ -237,28 +255,46 @@ function renderStats() {
 $('composer').addEventListener('submit', (event) => {
   event.preventDefault();
   const text = $('text').value.trim();
-  if (!text || !page.room_link) return;
+  if (!text || !page.client) return;
   $('text').value = '';
   const body = { user: page.name, text, mid: crypto.randomUUID(), at: Date.now() };
   const li = messageItem(body);
   li.classList.add('pending');
   li.querySelector('.meta').textContent = 'sending…';
   page.outbox.set(body.mid, li);
-  li.dataset.body = JSON.stringify(body);
   $('messages').append(li);
   stickToBottom();
   send(body);
 });
 
+// The client queues a publish while it is disconnected and sends it on the next hub. A
+// publish cut off in flight may or may not have reached the hub (the client promises at
+// most once), so the page waits for the replay: if the message is in it, it was published;
+// if not, it is sent again. Either way it appears exactly once.
 function send(body) {
-  if (page.room_link.isOpen()) page.room_link.publish({ ...body, via: page.node });
+  page.client.publish(page.channel, { ...body, via: page.client.node ?? undefined }).catch((error) => {
+    const li = page.outbox.get(body.mid);
+    if (!li) return;
+    if (error.code === 'disconnected' || error.message === 'client closed') {
+      page.unsure.add(body.mid);
+      li.dataset.body = JSON.stringify(body);
+      li.querySelector('.meta').textContent = 'connection lost while sending; checking…';
+    } else {
+      li.querySelector('.meta').textContent = `not sent: ${error.message}`;
+      page.outbox.delete(body.mid);
+    }
+  });
 }
 
-// Own messages not seen back when the connection dropped are sent again once the new hub
-// has replayed the gap: if one did get through, the replay brought it and it is no longer
-// in the outbox, so nothing is sent twice.
-function resendOutbox() {
-  for (const li of page.outbox.values()) send(JSON.parse(li.dataset.body));
+function resendUnsure() {
+  for (const mid of page.unsure) {
+    const li = page.outbox.get(mid);
+    if (li) {
+      li.querySelector('.meta').textContent = 'not in the replay; sending again…';
+      send(JSON.parse(li.dataset.body));
+    }
+  }
+  page.unsure.clear();
 }
 
 // ---------- hubs and buttons ----------
@@ -292,14 +328,23 @@ function renderHubs() {
 }
 
 function updateButtons() {
-  const open = page.room_link?.isOpen() ?? false;
+  const open = page.client?.state === State.OPEN;
   const on = open ? page.node : null;
   $('kill').textContent = on ? `Kill ${on}` : 'Kill hub';
   $('drain').textContent = on ? `Drain ${on}` : 'Drain hub';
   for (const id of ['cut', 'kill', 'drain']) $(id).disabled = !on;
 }
 
-$('cut').addEventListener('click', () => page.room_link?.cut());
+// The client has no "drop the socket but keep going" call: close it and connect again after
+// a moment, long enough for others' messages to pile up and be replayed from history.
+$('cut').addEventListener('click', () => {
+  if (!page.client) return;
+  notice(`Cut the connection to ${page.node}; reconnecting in 2 s.`, 'warn');
+  page.cutting = true;
+  page.client.close();
+  page.cutting = false;
+  setTimeout(() => page.client.connect(), 2000);
+});
 $('kill').addEventListener('click', () => takeDown('kill'));
 $('drain').addEventListener('click', () => takeDown('drain'));
 
@@ -307,7 +352,7 @@ async function takeDown(how) {
   const hub = page.node;
   if (!hub) return;
   try {
-    const response = await fetch(`/api/demo/hubs/${encodeURIComponent(hub)}/${how}`, { method: 'POST' });
+    const response = await hubFetch(`/api/demo/hubs/${encodeURIComponent(hub)}/${how}`, { method: 'POST' });
     if (!response.ok) {
       const body = await response.json().catch(() => ({}));
       notice(`${how} ${hub} refused: ${body.message ?? response.status}`, 'bad');
@@ -322,8 +367,15 @@ async function takeDown(how) {
   }
 }
 
+// Requests for the hubs go without cookies. The browser then never sends them on a
+// connection it kept alive after loading the dashboard (/_tether/), which the proxy answers
+// itself and which does not lead to the hubs.
+function hubFetch(path, init = {}) {
+  return fetch(path, { ...init, credentials: 'omit' });
+}
+
 async function fetchJson(path) {
-  const response = await fetch(path, { cache: 'no-store' });
+  const response = await hubFetch(path, { cache: 'no-store' });
   if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
   return response.json();
 }

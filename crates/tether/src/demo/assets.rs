@@ -33,10 +33,11 @@ const ASSETS: &[Asset] = &[
         content_type: JS,
         body: include_str!("../../../../web/chat/chat.js"),
     },
+    // The project's hub client, as any application would use it.
     Asset {
-        path: "/room.js",
+        path: "/tether.js",
         content_type: JS,
-        body: include_str!("../../../../web/chat/room.js"),
+        body: include_str!("../../../../clients/js/tether.js"),
     },
 ];
 
