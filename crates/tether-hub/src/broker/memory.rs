@@ -26,6 +26,22 @@ pub struct MemoryBroker {
 struct State {
     channels: HashMap<ChannelName, ChannelLog>,
     next_link: LinkId,
+    /// Publishes since the last sweep of every channel's expired messages.
+    since_sweep: usize,
+}
+
+/// Every this many publishes, expired messages are dropped from all channels, so a
+/// channel that went quiet does not hold its history past the ttl. (Its top offset stays:
+/// a few bytes, and what lets a later resume say `recovered: true` truthfully.)
+const SWEEP_EVERY: usize = 1024;
+
+impl State {
+    fn sweep(&mut self, policy: HistoryPolicy, now: Instant) {
+        for log in self.channels.values_mut() {
+            log.trim(policy, now);
+        }
+        self.since_sweep = 0;
+    }
 }
 
 #[derive(Default)]
@@ -76,6 +92,10 @@ impl Broker for MemoryBroker {
     ) -> BoxFuture<'a, Result<Offset, BrokerError>> {
         let now = Instant::now();
         let mut state = lock(&self.state);
+        state.since_sweep += 1;
+        if state.since_sweep >= SWEEP_EVERY {
+            state.sweep(self.policy, now);
+        }
         let log = state.channels.entry(channel.clone()).or_default();
         let offset = log.top.unwrap_or_else(Offset::fresh_base).next();
         log.top = Some(offset);
@@ -195,6 +215,28 @@ mod tests {
         assert!(h.recovered);
         let offsets: Vec<u64> = h.messages.iter().map(|p| p.offset.0).collect();
         assert_eq!(offsets, vec![first.0 + 2, first.0 + 3, first.0 + 4]);
+    }
+
+    #[tokio::test]
+    async fn quiet_channels_lose_expired_history_on_the_next_sweep() {
+        let policy = HistoryPolicy {
+            size: 10,
+            ttl: Duration::from_millis(50),
+        };
+        let broker = MemoryBroker::new(policy);
+        let quiet = ChannelName::parse("quiet").unwrap();
+        let busy = ChannelName::parse("busy").unwrap();
+        broker.publish(&quiet, data(1)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        for n in 0..SWEEP_EVERY as u32 {
+            broker.publish(&busy, data(n)).await.unwrap();
+        }
+        let state = lock(&broker.state);
+        assert!(state.channels[&quiet].retained.is_empty());
+        assert!(
+            state.channels[&quiet].top.is_some(),
+            "the top offset is kept"
+        );
     }
 
     #[tokio::test]
