@@ -325,3 +325,44 @@ async fn a_node_listens_in_redis_only_to_channels_with_local_subscribers() {
         "the node still listens to a channel nobody on it wants"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_is_down_subscribe_and_publish_are_refused_and_the_connection_survives() {
+    let mut redis = RedisServer::start().await;
+    let prefix = unique_prefix("down");
+    let hubs = redis_hubs(1, &redis.url(), &prefix, history()).await;
+    let addr = hubs[0].local_addr();
+    let mut client = Client::connect(addr).await;
+    redis.kill();
+    client
+        .send(json!({"type": "subscribe", "channel": "d"}))
+        .await;
+    let answer = client.next().await;
+    assert_eq!(answer["code"], "broker_unavailable", "{answer}");
+    assert_eq!(answer["channel"], "d");
+    client
+        .send(json!({"type": "publish", "channel": "d", "data": 1, "id": "p1"}))
+        .await;
+    let answer = client.next().await;
+    assert_eq!(answer["code"], "broker_unavailable", "{answer}");
+    assert_eq!(answer["id"], "p1");
+    let (status, _) = http(
+        addr,
+        "POST",
+        "/api/publish",
+        Some(r#"{"channel":"d","data":1}"#),
+        None,
+    )
+    .await;
+    assert_eq!(status, 503);
+    redis.restart().await;
+    let back = eventually(Duration::from_secs(10), || async {
+        publish(addr, "d", json!("probe")).await.is_some()
+    })
+    .await;
+    assert!(back, "publishing works again once Redis is back");
+    let subscribed = client.subscribe("d", None).await;
+    let offset = publish(addr, "d", json!("after")).await.unwrap();
+    assert!(offset > subscribed["offset"].as_u64().unwrap());
+    assert_eq!(client.messages(1).await, vec![(offset, json!("after"))]);
+}

@@ -60,6 +60,7 @@ pub(super) fn spawn(
         client,
         keys,
         counts: HashMap::new(),
+        waiting: Vec::new(),
         commands: command_rx,
         events,
     };
@@ -72,6 +73,8 @@ struct Feed {
     keys: Keys,
     /// How many times the node subscribed each channel; Redis is subscribed while > 0.
     counts: HashMap<ChannelName, usize>,
+    /// Subscribes asked for while disconnected: counted, answered after the next attempt.
+    waiting: Vec<(ChannelName, oneshot::Sender<Result<(), BrokerError>>)>,
     commands: mpsc::UnboundedReceiver<Command>,
     events: mpsc::UnboundedSender<BrokerEvent>,
 }
@@ -91,12 +94,16 @@ impl Feed {
             match self.connect().await {
                 Ok((sink, stream)) => {
                     backoff = BACKOFF_MIN;
+                    self.answer_waiting(true);
                     match self.serve(sink, stream).await {
                         Ended::NodeGone => return,
                         Ended::Lost(error) => self.report_lost(error),
                     }
                 }
-                Err(error) => self.report_lost(error),
+                Err(error) => {
+                    self.answer_waiting(false);
+                    self.report_lost(error);
+                }
             }
             if !self.wait_out(backoff).await {
                 return;
@@ -127,8 +134,22 @@ impl Feed {
         Ok((sink, stream))
     }
 
-    /// Sleeps through a backoff while still answering the node: subscribes fail fast
-    /// (the caller reports `broker_unavailable`), unsubscribes are recorded.
+    /// Answers the subscribes that came in while disconnected, once an attempt to connect
+    /// has succeeded or failed; a failed one is not counted.
+    fn answer_waiting(&mut self, connected: bool) {
+        for (channel, ack) in std::mem::take(&mut self.waiting) {
+            if connected {
+                let _ = ack.send(Ok(()));
+            } else {
+                self.forget(&channel);
+                let _ = ack.send(Err(BrokerError::Disconnected));
+            }
+        }
+    }
+
+    /// Sleeps through a backoff while still answering the node: unsubscribes are recorded;
+    /// a subscribe cuts the wait short (someone is waiting for Redis now) and is answered
+    /// after the attempt. Returns false when the node is gone.
     async fn wait_out(&mut self, backoff: Duration) -> bool {
         let jittered = backoff.mul_f64(rand::random_range(0.5..1.0));
         let deadline = tokio::time::sleep(jittered);
@@ -138,8 +159,10 @@ impl Feed {
                 _ = &mut deadline => return true,
                 command = self.commands.recv() => match command {
                     None => return false,
-                    Some(Command::Subscribe(_, ack)) => {
-                        let _ = ack.send(Err(BrokerError::Disconnected));
+                    Some(Command::Subscribe(channel, ack)) => {
+                        *self.counts.entry(channel.clone()).or_insert(0) += 1;
+                        self.waiting.push((channel, ack));
+                        return true;
                     }
                     Some(Command::Unsubscribe(channel)) => {
                         self.forget(&channel);
