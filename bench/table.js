@@ -156,7 +156,28 @@ if (fan("socketio") !== undefined || fan("tether-hub") !== undefined) {
   out.push(`| p99 at that rate, ms | ${fmt(p99("socketio"))} | ${fmt(p99("tether-hub"))} | | | |`);
   const rate = (t) => (fan(t) ? fan(t).best_rate : null);
   out.push(`| publish rate at that step, msg/s | ${fmt(rate("socketio"))} | ${fmt(rate("tether-hub"))} | | | |`);
+  const sustained = (t) => (fan(t) ? fan(t).best_sustained_deliveries_per_sec : null);
+  out.push(
+    `| highest deliveries/s with zero loss and p99 ≤ 1 s | ${fmt(sustained("socketio"))} | ${fmt(sustained("tether-hub"))} | ` +
+      `${fmt(ratio(sustained("tether-hub"), sustained("socketio")), 2)} | | |`,
+  );
   out.push("");
+  // The whole curve: each step's rate with both servers' results side by side.
+  const rates = [...new Set(["socketio", "tether-hub"].flatMap((t) => (fan(t) ? fan(t).steps.map((s) => s.rate) : [])))].sort((a, b) => a - b);
+  if (rates.length) {
+    out.push("| publish rate, msg/s | Socket.IO deliveries/s | p50 / p99, ms | lost | tether hub deliveries/s | p50 / p99, ms | lost |");
+    out.push("|---:|---:|---:|---:|---:|---:|---:|");
+    const cell = (t, r) => {
+      const s = fan(t) ? fan(t).steps.find((x) => x.rate === r) : null;
+      if (!s) return "– | – | –";
+      const mark = s.pass ? "" : " ✗";
+      return `${fmt(s.deliveries_per_sec)}${mark} | ${fmt(s.latency.p50_us / 1000)} / ${fmt(s.latency.p99_us / 1000)} | ${s.lost}`;
+    };
+    for (const r of rates) out.push(`| ${fmt(r)} | ${cell("socketio", r)} | ${cell("tether-hub", r)} |`);
+    out.push("");
+    out.push("✗: the step failed the pass rule (p99 > 50 ms or a message lost).");
+    out.push("");
+  }
   for (const t of ["socketio", "tether-hub"]) {
     const f = fan(t);
     if (f === null) out.push(`- ${t}: fan-out run failed`);
@@ -164,7 +185,7 @@ if (fan("socketio") !== undefined || fan("tether-hub") !== undefined) {
     const last = f.steps[f.steps.length - 1];
     if (last && !last.pass) {
       out.push(
-        `- ${t}: first failing step ${fmt(last.rate)} msg/s → ${fmt(last.deliveries_per_sec)} deliveries/s, ` +
+        `- ${t}: the sweep stopped after ${fmt(last.rate)} msg/s → ${fmt(last.deliveries_per_sec)} deliveries/s, ` +
           `p99 ${fmt(last.latency.p99_us / 1000)} ms, lost ${last.lost}, ` +
           `generator CPU ${fmt(last.generator_cpu_pct ?? null, 0)}%`,
       );

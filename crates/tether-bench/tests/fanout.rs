@@ -107,7 +107,7 @@ fn args(hub: &FakeHub, subscribers: usize) -> FanoutArgs {
         drain: Duration::from_millis(500),
         // Generous: this test checks accounting, never speed.
         p99_bound: Duration::from_secs(10),
-        keep_going: false,
+        stop_above: None,
         concurrency: 8,
         sources: 2,
     }
@@ -145,6 +145,28 @@ async fn fanout_through_a_faithful_hub_delivers_everything_across_nodes_and_step
     assert_eq!(report.stray, 0);
     assert_eq!(report.dropped_subscribers, 0);
     assert!(report.best_deliveries_per_sec > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_stops_at_the_first_failed_step_unless_told_to_trace_the_curve() {
+    let hub = fake_hubs(1, None).await;
+    let mut a = args(&hub, 2);
+    a.max_rate = 100.0;
+    a.p99_bound = Duration::ZERO; // every step fails the bound
+    let stopped = fanout::run(a.clone()).await.unwrap();
+    assert_eq!(stopped.steps.len(), 1);
+    assert_eq!(stopped.best_sustained_deliveries_per_sec, 0.0);
+
+    a.stop_above = Some(Duration::from_secs(10));
+    let traced = fanout::run(a).await.unwrap();
+    assert_eq!(
+        traced.steps.len(),
+        2,
+        "lossless steps under --stop-above go on"
+    );
+    assert!(traced.steps.iter().all(|s| !s.pass && s.lost == 0));
+    assert_eq!(traced.best_deliveries_per_sec, 0.0);
+    assert!(traced.best_sustained_deliveries_per_sec > 0.0);
 }
 
 #[tokio::test]

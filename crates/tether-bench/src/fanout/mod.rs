@@ -65,9 +65,10 @@ pub struct FanoutArgs {
     /// A step passes only with p99 latency at or under this bound.
     #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
     pub p99_bound: Duration,
-    /// Keep stepping after a failed step (default: stop at the first failure).
-    #[arg(long)]
-    pub keep_going: bool,
+    /// Keep stepping after failed steps as long as nothing is lost and p99 stays at or under
+    /// this looser bound, to trace a server's whole curve (default: stop at the first failure).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub stop_above: Option<Duration>,
     /// Subscriptions being set up at once.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
@@ -111,6 +112,9 @@ pub struct FanoutReport {
     pub best_deliveries_per_sec: f64,
     /// Publish rate of that step.
     pub best_rate: f64,
+    /// Highest deliveries/s of a step with zero loss and p99 within `--stop-above` (equals
+    /// the best passing step when that flag is not given).
+    pub best_sustained_deliveries_per_sec: f64,
     /// Subscriber sessions the server closed during the run.
     pub dropped_subscribers: u64,
     /// Deliveries whose sequence number belonged to no step.
@@ -190,9 +194,9 @@ pub async fn run(args: FanoutArgs) -> Result<FanoutReport, BenchError> {
             report.generator_cpu_pct.unwrap_or(0.0),
             if report.pass { "PASS" } else { "FAIL" }
         );
-        let pass = report.pass;
+        let go_on = report.pass || sustained(&report, args.stop_above);
         steps.push(report);
-        if !pass && !args.keep_going {
+        if !go_on {
             break;
         }
         rate *= args.factor;
@@ -202,6 +206,11 @@ pub async fn run(args: FanoutArgs) -> Result<FanoutReport, BenchError> {
         .iter()
         .filter(|s| s.pass)
         .max_by(|a, b| a.deliveries_per_sec.total_cmp(&b.deliveries_per_sec));
+    let best_sustained = steps
+        .iter()
+        .filter(|s| s.pass || sustained(s, args.stop_above))
+        .map(|s| s.deliveries_per_sec)
+        .fold(0.0, f64::max);
     let first_server_error = shared
         .first_server_error
         .lock()
@@ -217,6 +226,7 @@ pub async fn run(args: FanoutArgs) -> Result<FanoutReport, BenchError> {
         p99_bound_ms: args.p99_bound.as_secs_f64() * 1e3,
         best_deliveries_per_sec: best.map_or(0.0, |b| b.deliveries_per_sec),
         best_rate: best.map_or(0.0, |b| b.rate),
+        best_sustained_deliveries_per_sec: best_sustained,
         steps,
         dropped_subscribers: shared.dropped.load(Ordering::Relaxed),
         stray: shared.ledger.stray.load(Ordering::Relaxed),
@@ -247,6 +257,15 @@ fn default_channel() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     format!("bench-{}-{nanos}", std::process::id())
+}
+
+/// True when a failed step still lost nothing and stayed under the looser `--stop-above`.
+fn sustained(step: &StepReport, stop_above: Option<Duration>) -> bool {
+    let Some(limit) = stop_above else {
+        return false;
+    };
+    let limit_us = u64::try_from(limit.as_micros()).unwrap_or(u64::MAX);
+    step.lost == 0 && step.published > 0 && step.latency.p99_us <= limit_us
 }
 
 /// Waits until every published message reached every subscriber, or the drain time is up.
