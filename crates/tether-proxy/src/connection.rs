@@ -18,6 +18,7 @@ use crate::client_ip::{parse_proxy_header, ProxyHeader};
 use crate::config::Strategy;
 use crate::handshake::{self, ReadError, Reject, RequestHead};
 use crate::key::routing_key;
+use crate::limits::Admitted;
 use crate::metrics::HandshakeLabels;
 use crate::shared::{ClientGauge, Shared};
 use crate::tunnel::{self, Counters};
@@ -49,11 +50,22 @@ struct Upstream {
     status: u16,
 }
 
+/// What keeps a connection counted while it is open.
+struct Open {
+    _gauge: ClientGauge,
+    _admitted: Admitted,
+}
+
+/// Serves one client connection through its handshake, then hands it to a task of its own.
+///
+/// The task that lives as long as the WebSocket is memory per idle tunnel, so it holds only
+/// the tunnel's state: this future, with room for every phase of the handshake, ends here,
+/// and the phases that need buffers are boxed and freed as soon as they are over.
 pub async fn handle(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr, id: ConnId) {
     let started = Instant::now();
-    let _gauge = ClientGauge::new(&shared);
-    let Some(_admitted) = shared.gate.admit() else {
-        refuse(&shared, &mut client, Reject::MaxConn).await;
+    let gauge = ClientGauge::new(&shared);
+    let Some(admitted) = shared.gate.admit() else {
+        Box::pin(refuse(&shared, &mut client, Reject::MaxConn)).await;
         return;
     };
     let span = info_span!("conn", %id, %peer);
@@ -61,8 +73,16 @@ pub async fn handle(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr
         .instrument(span)
         .await;
     match outcome {
-        Handshake::Forwarded(upstream) => relay(&shared, client, upstream, id, started).await,
-        Handshake::Admin(head) => crate::admin::serve_on_main(shared, client, head).await,
+        Handshake::Forwarded(upstream) => {
+            let open = Open {
+                _gauge: gauge,
+                _admitted: admitted,
+            };
+            tokio::spawn(relay(Tunnel::new(
+                shared, client, upstream, id, started, open,
+            )));
+        }
+        Handshake::Admin(head) => Box::pin(crate::admin::serve_on_main(shared, client, head)).await,
         Handshake::Done => {}
     }
 }
@@ -342,54 +362,140 @@ async fn forward_and_read_response(
     }
 }
 
-/// After the response head: the tunnel for a WebSocket, or the rest of one plain HTTP exchange.
-async fn relay(
-    shared: &Shared,
+/// What a connection holds on its backend after the response head.
+enum Hold {
+    /// A WebSocket: a lease, counted as a live tunnel.
+    Tunnel(Lease),
+    /// The rest of one plain HTTP exchange: not a tunnel, so least-connections ignores it.
+    Request(Arc<Backend>),
+}
+
+impl Hold {
+    fn backend(&self) -> &Arc<Backend> {
+        match self {
+            Hold::Tunnel(lease) => lease.backend(),
+            Hold::Request(backend) => backend,
+        }
+    }
+}
+
+/// Everything the tunnel's task owns. Kept in one place (and borrowed, not destructured) so
+/// the task's state machine stores each piece once.
+struct Tunnel {
+    shared: Arc<Shared>,
     client: TcpStream,
-    upstream: Upstream,
+    backend: TcpStream,
+    hold: Hold,
+    client_ip: IpAddr,
     id: ConnId,
     started: Instant,
-) {
-    let Upstream {
-        stream,
-        lease,
-        client_ip,
-        status,
-    } = upstream;
-    let backend = lease.backend().clone();
-    // A plain request does not occupy a tunnel slot: least-connections counts WebSockets.
-    let lease = (status == 101).then_some(lease);
+    _open: Open,
+}
+
+impl Tunnel {
+    fn new(
+        shared: Arc<Shared>,
+        client: TcpStream,
+        upstream: Upstream,
+        id: ConnId,
+        started: Instant,
+        open: Open,
+    ) -> Tunnel {
+        let hold = if upstream.status == 101 {
+            Hold::Tunnel(upstream.lease)
+        } else {
+            Hold::Request(upstream.lease.backend().clone())
+        };
+        Tunnel {
+            shared,
+            client,
+            backend: upstream.stream,
+            hold,
+            client_ip: upstream.client_ip,
+            id,
+            started,
+            _open: open,
+        }
+    }
+}
+
+/// After the response head: the tunnel for a WebSocket, or the rest of one plain HTTP exchange.
+async fn relay(t: Tunnel) {
+    let backend = t.hold.backend();
     let counters = Counters {
-        to_backend: backend.metrics.bytes_to_backend.clone(),
-        to_client: backend.metrics.bytes_to_client.clone(),
+        to_backend: &backend.metrics.bytes_to_backend,
+        to_client: &backend.metrics.bytes_to_client,
     };
-    let idle = Some(shared.config.timeouts.tunnel_idle).filter(|d| !d.is_zero());
-    let outcome = tunnel::run(&client, &stream, idle, &counters).await;
-    drop(lease);
-    if status == 101 {
-        shared
-            .metrics
-            .tunnels_ended
-            .get_or_create(&crate::metrics::EndLabels {
-                reason: outcome.reason,
-            })
-            .inc();
-        info!(
-            conn = %id,
-            client = %client_ip,
-            backend = %backend.name,
-            duration = ?round(started.elapsed()),
-            bytes_to_backend = outcome.to_backend,
-            bytes_to_client = outcome.to_client,
-            reason = ?outcome.reason,
-            error = ?outcome.error,
-            "tunnel ended"
-        );
-    } else {
-        debug!(conn = %id, client = %client_ip, backend = %backend.name, status, "request done");
+    let idle = Some(t.shared.config.timeouts.tunnel_idle).filter(|d| !d.is_zero());
+    let outcome = tunnel::run(&t.client, &t.backend, idle, &counters).await;
+    match &t.hold {
+        Hold::Tunnel(_) => {
+            t.shared
+                .metrics
+                .tunnels_ended
+                .get_or_create(&crate::metrics::EndLabels {
+                    reason: outcome.reason,
+                })
+                .inc();
+            info!(
+                conn = %t.id,
+                client = %t.client_ip,
+                backend = %backend.name,
+                duration = ?round(t.started.elapsed()),
+                bytes_to_backend = outcome.to_backend,
+                bytes_to_client = outcome.to_client,
+                reason = ?outcome.reason,
+                error = ?outcome.error,
+                "tunnel ended"
+            );
+        }
+        Hold::Request(_) => {
+            debug!(conn = %t.id, client = %t.client_ip, backend = %backend.name, "request done")
+        }
     }
 }
 
 fn round(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The tunnel task lives as long as the WebSocket, so its state is memory per idle tunnel.
+    /// An inline buffer or a duplicated stream slipping in would show here first.
+    #[tokio::test]
+    async fn tunnel_task_state_stays_small() {
+        let config =
+            crate::Config::from_toml("[[backend]]\nname = \"b\"\naddr = \"127.0.0.1:1\"\n")
+                .unwrap();
+        let shared = std::sync::Arc::new(crate::shared::Shared::new(config, None));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (backend, _) = l.accept().await.unwrap();
+        let peer = client.local_addr().unwrap();
+        let set = shared.registry.snapshot();
+        let upstream = super::Upstream {
+            stream: backend,
+            lease: set.backends[0].lease(),
+            client_ip: peer.ip(),
+            status: 101,
+        };
+        let open = super::Open {
+            _gauge: crate::shared::ClientGauge::new(&shared),
+            _admitted: shared.gate.admit().unwrap(),
+        };
+        let tunnel = super::Tunnel::new(
+            shared.clone(),
+            client,
+            upstream,
+            super::ConnId(1),
+            tokio::time::Instant::now(),
+            open,
+        );
+        let task = super::relay(tunnel);
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 1024, "tunnel task state is {size} bytes");
+    }
 }

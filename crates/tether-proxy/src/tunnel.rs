@@ -57,10 +57,10 @@ pub struct Outcome {
 }
 
 /// Where each direction's bytes are counted for metrics.
-#[derive(Debug, Clone)]
-pub struct Counters {
-    pub to_backend: Counter,
-    pub to_client: Counter,
+#[derive(Debug, Clone, Copy)]
+pub struct Counters<'a> {
+    pub to_backend: &'a Counter,
+    pub to_client: &'a Counter,
 }
 
 /// The state of one direction of the tunnel.
@@ -191,21 +191,21 @@ pub async fn run(
     client: &TcpStream,
     backend: &TcpStream,
     idle: Option<Duration>,
-    counters: &Counters,
+    counters: &Counters<'_>,
 ) -> Outcome {
     let mut up = Direction {
         src: client,
         dst: backend,
         flow: Flow::Idle,
         moved: 0,
-        counter: &counters.to_backend,
+        counter: counters.to_backend,
     };
     let mut down = Direction {
         src: backend,
         dst: client,
         flow: Flow::Idle,
         moved: 0,
-        counter: &counters.to_client,
+        counter: counters.to_client,
     };
     // The timer exists only when an idle timeout is configured, and is re-armed lazily:
     // activity just stamps `last`, the timer checks it when it fires.
@@ -294,13 +294,6 @@ mod tests {
         (a, b)
     }
 
-    fn counters() -> Counters {
-        Counters {
-            to_backend: Counter::default(),
-            to_client: Counter::default(),
-        }
-    }
-
     /// client ⇄ [proxy_client | proxy_backend] ⇄ backend
     async fn tunnel(
         idle: Option<Duration>,
@@ -308,7 +301,11 @@ mod tests {
         let (client, proxy_client) = pair().await;
         let (proxy_backend, backend) = pair().await;
         let task = tokio::spawn(async move {
-            let c = counters();
+            let (to_backend, to_client) = (Counter::default(), Counter::default());
+            let c = Counters {
+                to_backend: &to_backend,
+                to_client: &to_client,
+            };
             run(&proxy_client, &proxy_backend, idle, &c).await
         });
         (client, backend, task)
