@@ -44,15 +44,23 @@ enum Command {
     Bench(bench_cmd::BenchArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    match cli.command {
+    let result = match cli.command {
         Command::Proxy(args) => proxy_cmd::run(args),
         Command::Check(args) => proxy_cmd::check(args),
         Command::Hub(args) => hub_cmd::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench_cmd::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The chain of causes, one line: an operator's error is not a crash to debug.
+            eprintln!("tether: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 
