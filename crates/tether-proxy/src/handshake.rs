@@ -539,4 +539,60 @@ mod tests {
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSet-Cookie: s=1\r\n\r\nFRAME"
         );
     }
+
+    /// A small deterministic generator, so a failure reproduces from the printed seed.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    #[test]
+    fn mutated_and_random_heads_never_panic() {
+        let seeds: [&[u8]; 3] = [
+            WS.as_bytes(),
+            b"POST /a?b=c HTTP/1.0\r\nContent-Length: 5\r\nCookie: x=1;;=;y\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket, h2c\r\n\r\n",
+        ];
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        for round in 0..20_000 {
+            let mut input = seeds[round % seeds.len()].to_vec();
+            for _ in 0..1 + rng.next() % 8 {
+                if input.is_empty() {
+                    input.push(b'G');
+                }
+                let at = (rng.next() as usize) % input.len();
+                match rng.next() % 4 {
+                    0 => input[at] = rng.next() as u8,
+                    1 => {
+                        input.remove(at);
+                    }
+                    2 => input.insert(at, b":\r\n; ,=\0"[(rng.next() % 8) as usize]),
+                    _ => input.truncate(at.max(1)),
+                }
+            }
+            if let Ok(head) = RequestHead::parse(&input, 16) {
+                let mut out = Vec::new();
+                head.forward(
+                    &input,
+                    "::1".parse().unwrap(),
+                    round % 2 == 0,
+                    round % 3 == 0,
+                    &mut out,
+                );
+                let _ = (
+                    head.path(&input),
+                    head.cookie(&input, "x"),
+                    head.forwarded_for(&input),
+                );
+            }
+            let _ = parse_response(&input);
+            let _ = crate::client_ip::parse_proxy_header(&input);
+        }
+    }
 }
