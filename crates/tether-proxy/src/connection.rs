@@ -137,8 +137,8 @@ async fn handshake(
         }
     };
     match route(shared, client, &buf, head_len, peer_ip).await {
-        Ok(Some(upstream)) => Handshake::Forwarded(upstream),
-        Ok(None) => Handshake::Admin(buf),
+        Ok(Routed::Backend(upstream)) => Handshake::Forwarded(upstream),
+        Ok(Routed::Admin) => Handshake::Admin(buf),
         Err(Some(reject)) => {
             refuse(shared, client, reject).await;
             Handshake::Done
@@ -180,21 +180,27 @@ async fn read_proxy_header(
     }
 }
 
+/// Where a request went.
+enum Routed {
+    /// To a backend, whose response head the client already has.
+    Backend(Upstream),
+    /// Nowhere yet: it is for the admin pages under `stats_uri`.
+    Admin,
+}
+
 /// Checks the request, chooses a backend, forwards the head and relays the response head.
-/// `Ok(None)`: an admin request. `Err(None)`: the client is gone, nothing to answer.
+/// `Err(None)`: the client is gone, nothing to answer.
 async fn route(
     shared: &Shared,
     client: &mut TcpStream,
     buf: &[u8],
     head_len: usize,
     peer_ip: IpAddr,
-) -> Result<Option<Upstream>, Option<Reject>> {
+) -> Result<Routed, Option<Reject>> {
     let head =
         RequestHead::parse(&buf[..head_len], shared.config.limits.max_headers).map_err(Some)?;
-    if let Some(prefix) = shared.stats_prefix() {
-        if head.path(buf).starts_with(prefix) {
-            return Ok(None);
-        }
+    if shared.is_stats_path(head.path(buf)) {
+        return Ok(Routed::Admin);
     }
     let peer_trusted = shared.trusted.contains(peer_ip);
     let client_ip = shared.trusted.client_ip(peer_ip, &head.forwarded_for(buf));
@@ -253,7 +259,7 @@ async fn route(
         handshake::insert_header(&mut response, head.len, &line);
     }
     client.write_all(&response).await.map_err(|_| None)?;
-    Ok(Some(Upstream {
+    Ok(Routed::Backend(Upstream {
         stream: backend_stream,
         lease,
         client_ip,

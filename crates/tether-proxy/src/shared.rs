@@ -69,6 +69,14 @@ impl Shared {
         (!uri.is_empty()).then(|| uri.trim_end_matches('/'))
     }
 
+    /// True for `/_tether`, `/_tether/…` and `/_tether?…`, not for `/_tetherish`.
+    pub fn is_stats_path(&self, path: &str) -> bool {
+        self.stats_prefix().is_some_and(|prefix| {
+            path.strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?']))
+        })
+    }
+
     pub fn origin_allowed(&self, origin: Option<&[u8]>) -> bool {
         let allowed = &self.config.listen.allowed_origins;
         allowed.is_empty()

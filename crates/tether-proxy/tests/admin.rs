@@ -163,8 +163,11 @@ async fn stats_uri_serves_the_dashboard_and_api_on_the_main_listener() {
     let (status, list) = http(proxy.addr(), "GET", "/_tether/api/backends").await;
     assert_eq!(status, 200);
     assert!(list.contains("\"name\":\"b1\""), "{list}");
-    // Everything else still goes to the backends.
+    // Everything else still goes to the backends, including look-alike paths.
     assert_eq!(open(&proxy, "/ws").await.1, "b1");
+    let (status, body) = http(proxy.addr(), "GET", "/_tetherish").await;
+    assert_eq!(status, 200);
+    assert!(body.ends_with("b1"), "{body}");
 }
 
 #[tokio::test]
