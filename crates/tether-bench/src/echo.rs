@@ -142,11 +142,14 @@ async fn serve_connection(mut stream: TcpStream, name: Arc<str>, stats: Arc<Echo
             }
             _ => {
                 stats.http_requests.fetch_add(1, Ordering::Relaxed);
+                let close = header(req.headers, "connection")
+                    .is_some_and(|v| v.eq_ignore_ascii_case(b"close"));
                 let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{BACKEND_HEADER}: {name}\r\n\r\n{name}",
-                    name.len()
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{BACKEND_HEADER}: {name}\r\n{}\r\n{name}",
+                    name.len(),
+                    if close { "connection: close\r\n" } else { "" }
                 );
-                if stream.write_all(response.as_bytes()).await.is_err() {
+                if stream.write_all(response.as_bytes()).await.is_err() || close {
                     return;
                 }
                 // Requests carry no body in our tests; keep the bytes after the head for the next one.
