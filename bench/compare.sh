@@ -274,6 +274,13 @@ hub_suite() {
   done
   fanout tether-hub tether "${HUB_PORTS[@]}"
   for pid in "${mains[@]}"; do stop_pid "$pid"; done
+  forget_redis_keys "$prefix"
+}
+
+# Deletes the keys this run left in Redis (both servers' prefixes start with $1).
+forget_redis_keys() {
+  command -v redis-cli >/dev/null || return 0
+  redis-cli -u "$REDIS_URL" --scan --pattern "$1*" | xargs -r -n 500 redis-cli -u "$REDIS_URL" del >/dev/null || true
 }
 
 machine() {

@@ -8,28 +8,26 @@
 
 mod flavour;
 mod ledger;
+mod publisher;
+mod subscriber;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 
 pub use flavour::{Flavour, Incoming};
 pub use ledger::{Ledger, StepLedger, StepTally};
 
-use crate::client::{self, Buffers, Ws};
 use crate::error::BenchError;
 use crate::latency::LatencySummary;
 use crate::procstat::{Usage, WatchArgs};
 use crate::source::SourcePool;
 use crate::target::TargetUrl;
+use publisher::Publisher;
+use subscriber::subscribe_all;
 
 /// `tether bench fanout`: subscribers across hub nodes, publish rate stepped up until it fails.
 #[derive(Debug, Clone, clap::Args)]
@@ -127,16 +125,16 @@ pub struct FanoutReport {
 }
 
 /// Shared between the run and its subscriber tasks.
-struct Shared {
-    ledger: Ledger,
-    clock: Instant,
-    dropped: AtomicU64,
-    server_errors: AtomicU64,
-    first_server_error: std::sync::Mutex<Option<String>>,
+pub(crate) struct Shared {
+    pub(crate) ledger: Ledger,
+    pub(crate) clock: Instant,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) server_errors: AtomicU64,
+    pub(crate) first_server_error: std::sync::Mutex<Option<String>>,
 }
 
 impl Shared {
-    fn server_error(&self, frame: &str) {
+    pub(crate) fn server_error(&self, frame: &str) {
         self.server_errors.fetch_add(1, Ordering::Relaxed);
         let mut first = self
             .first_server_error
@@ -145,7 +143,7 @@ impl Shared {
         first.get_or_insert_with(|| frame.to_owned());
     }
 
-    fn us_since_start(&self, t: Instant) -> u64 {
+    pub(crate) fn us_since_start(&self, t: Instant) -> u64 {
         u64::try_from(t.saturating_duration_since(self.clock).as_micros()).unwrap_or(u64::MAX)
     }
 }
@@ -297,190 +295,5 @@ fn step_report(
         latency: t.latency,
         pass: t.lost == 0 && t.published > 0 && t.latency.p99_us <= bound_us,
         generator_cpu_pct: None,
-    }
-}
-
-/// Opens and subscribes every subscriber, then leaves each reading in its own task.
-async fn subscribe_all(
-    args: &FanoutArgs,
-    hubs: &[TargetUrl],
-    channel: &str,
-    sources: &SourcePool,
-    shared: &Arc<Shared>,
-) -> Result<JoinSet<()>, BenchError> {
-    let mut opening = JoinSet::new();
-    let mut running = JoinSet::new();
-    let mut next = 0;
-    while next < args.subscribers || !opening.is_empty() {
-        while next < args.subscribers && opening.len() < args.concurrency {
-            let hub = hubs[next % hubs.len()].clone();
-            let (flavour, channel, source) = (
-                args.flavour,
-                channel.to_owned(),
-                sources.for_connection(next),
-            );
-            let index = next;
-            opening.spawn(async move {
-                let url = hub.url();
-                let mut ws = client::open(&hub, &url, source, Buffers::ForMessages(256)).await?;
-                flavour.join(&mut ws, &hub).await?;
-                flavour.subscribe(&mut ws, &hub, &channel).await?;
-                Ok::<_, BenchError>((index, ws))
-            });
-            next += 1;
-        }
-        match opening.join_next().await {
-            Some(Ok(Ok((index, ws)))) => {
-                running.spawn(subscriber(ws, index, args.flavour, shared.clone()));
-            }
-            Some(Ok(Err(e))) => return Err(e),
-            Some(Err(join)) => {
-                return Err(BenchError::InvalidArgument(format!(
-                    "subscriber task failed: {join}"
-                )))
-            }
-            None => break,
-        }
-    }
-    Ok(running)
-}
-
-async fn subscriber(mut ws: Ws, index: usize, flavour: Flavour, shared: Arc<Shared>) {
-    let mut step: Option<Arc<StepLedger>> = None;
-    while let Some(frame) = ws.next().await {
-        let text = match frame {
-            Ok(Message::Text(t)) => t,
-            Ok(Message::Close(_)) | Err(_) => break,
-            Ok(_) => continue,
-        };
-        match flavour.classify(text.as_str()) {
-            Incoming::Delivery { seq, sent_us } => {
-                let latency = shared
-                    .us_since_start(Instant::now())
-                    .saturating_sub(sent_us);
-                if !step.as_ref().is_some_and(|s| s.covers(seq)) {
-                    step = shared.ledger.step_for(seq);
-                }
-                match &step {
-                    Some(s) => s.record(index, seq, latency),
-                    None => {
-                        shared.ledger.stray.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            Incoming::Ping => {
-                if ws.send(Message::text(flavour.pong())).await.is_err() {
-                    break;
-                }
-            }
-            Incoming::Error => shared.server_error(text.as_str()),
-            Incoming::Other => {}
-        }
-    }
-    shared.dropped.fetch_add(1, Ordering::Relaxed);
-}
-
-/// The one publishing session. A reader task drains what the server sends back (publish
-/// acknowledgements, Engine.IO pings) so the server never blocks on it; pongs come back
-/// through a channel because the writer half lives here.
-struct Publisher {
-    flavour: Flavour,
-    hub: TargetUrl,
-    channel_json: String,
-    sink: SplitSink<Ws, Message>,
-    pongs: mpsc::UnboundedReceiver<()>,
-    shared: Arc<Shared>,
-    _reader: tokio::task::JoinHandle<()>,
-}
-
-impl Publisher {
-    async fn connect(
-        flavour: Flavour,
-        hub: &TargetUrl,
-        channel: &str,
-        shared: &Arc<Shared>,
-    ) -> Result<Publisher, BenchError> {
-        let url = hub.url();
-        let mut ws = client::open(
-            hub,
-            &url,
-            std::net::Ipv4Addr::LOCALHOST.into(),
-            Buffers::ForMessages(256),
-        )
-        .await?;
-        flavour.join(&mut ws, hub).await?;
-        let (sink, stream) = ws.split();
-        let (ping_tx, pongs) = mpsc::unbounded_channel();
-        let reader = tokio::spawn(read_publisher_replies(
-            stream,
-            flavour,
-            ping_tx,
-            shared.clone(),
-        ));
-        Ok(Publisher {
-            flavour,
-            hub: hub.clone(),
-            channel_json: serde_json::to_string(channel).expect("a string serialises"),
-            sink,
-            pongs,
-            shared: shared.clone(),
-            _reader: reader,
-        })
-    }
-
-    /// Publishes the step's budget on schedule; returns how long it took. Messages due at the
-    /// same moment are written together and flushed once.
-    async fn run_step(
-        &mut self,
-        step: &StepLedger,
-        length: Duration,
-    ) -> Result<Duration, BenchError> {
-        let start = Instant::now();
-        let interval = Duration::from_secs_f64(1.0 / step.rate);
-        let count = step
-            .capacity
-            .min((step.rate * length.as_secs_f64()).ceil() as u64);
-        let err = |e| BenchError::ws(self.hub.addr(), e);
-        for i in 0..count {
-            let due = start + interval.mul_f64(i as f64);
-            if due > Instant::now() {
-                self.sink.flush().await.map_err(err)?;
-                while self.pongs.try_recv().is_ok() {
-                    self.sink
-                        .send(Message::text(self.flavour.pong()))
-                        .await
-                        .map_err(err)?;
-                }
-                tokio::time::sleep_until(due).await;
-            }
-            let frame = self.flavour.publish(
-                &self.channel_json,
-                step.first_seq + i,
-                self.shared.us_since_start(due),
-            );
-            self.sink.feed(Message::text(frame)).await.map_err(err)?;
-            step.published.fetch_add(1, Ordering::Relaxed);
-        }
-        self.sink.flush().await.map_err(err)?;
-        Ok(start.elapsed())
-    }
-}
-
-async fn read_publisher_replies(
-    mut stream: SplitStream<Ws>,
-    flavour: Flavour,
-    pings: mpsc::UnboundedSender<()>,
-    shared: Arc<Shared>,
-) {
-    while let Some(Ok(frame)) = stream.next().await {
-        if let Message::Text(t) = frame {
-            match flavour.classify(t.as_str()) {
-                Incoming::Ping => {
-                    let _ = pings.send(());
-                }
-                Incoming::Error => shared.server_error(t.as_str()),
-                _ => {}
-            }
-        }
     }
 }
