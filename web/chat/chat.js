@@ -257,7 +257,7 @@ $('composer').addEventListener('submit', (event) => {
   const text = $('text').value.trim();
   if (!text || !page.client) return;
   $('text').value = '';
-  const body = { user: page.name, text, mid: crypto.randomUUID(), at: Date.now() };
+  const body = { user: page.name, text, mid: messageId(), at: Date.now() };
   const li = messageItem(body);
   li.classList.add('pending');
   li.querySelector('.meta').textContent = 'sending…';
@@ -266,6 +266,13 @@ $('composer').addEventListener('submit', (event) => {
   stickToBottom();
   send(body);
 });
+
+// A random id to recognise an own message when it comes back. Not crypto.randomUUID():
+// that exists only in secure contexts, and a phone on the LAN opens the demo over plain http.
+function messageId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
 
 // The client queues a publish while it is disconnected and sends it on the next hub. A
 // publish cut off in flight may or may not have reached the hub (the client promises at

@@ -11,7 +11,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use tether_proxy::{Config, Proxy};
+use tether_hub::Broker;
+use tether_proxy::{Config, Proxy, RunningProxy};
 use tokio::signal::unix::{signal, SignalKind};
 
 mod api;
@@ -19,7 +20,7 @@ mod assets;
 mod fleet;
 mod scrape;
 
-use fleet::{Fleet, HubName};
+use fleet::{Fleet, HubName, Timings};
 
 /// Where the dashboard lives on the proxy's listener.
 const STATS_URI: &str = "/_tether/";
@@ -53,21 +54,19 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 async fn serve(args: DemoArgs) -> anyhow::Result<()> {
     let broker = tether_hub::broker_from_url(&args.broker)
         .with_context(|| format!("--broker {}", args.broker))?;
-    let fleet = Fleet::new(usize::from(args.hubs), broker, routes);
-    let hubs = fleet.start_all().await.context("starting the hubs")?;
-    let config = Config::from_toml(&proxy_config(args.listen, &hubs))
-        .context("building the proxy configuration")?;
-    let proxy = Proxy::bind(config, None)
-        .await
-        .with_context(|| format!("--listen {}", args.listen))?;
-    let proxy = Arc::new(proxy.spawn());
-    fleet.attach_proxy(proxy.clone());
-    let addr = proxy.addr();
-    tracing::info!(%addr, hubs = hubs.len(), broker = %args.broker, "demo ready");
+    let demo = Demo::start(
+        args.listen,
+        broker,
+        usize::from(args.hubs),
+        Timings::default(),
+    )
+    .await?;
+    let addr = demo.proxy.addr();
+    tracing::info!(%addr, hubs = demo.hubs.len(), broker = %args.broker, "demo ready");
     println!("tether demo is running:");
     println!("  chat       http://{addr}/");
     println!("  dashboard  http://{addr}{STATS_URI}");
-    for (name, hub) in &hubs {
+    for (name, hub) in &demo.hubs {
         println!("  {name}      {hub} (behind the proxy)");
     }
     println!("Press Ctrl-C to stop.");
@@ -81,8 +80,36 @@ async fn serve(args: DemoArgs) -> anyhow::Result<()> {
     tracing::info!("demo stopping");
     // A demo has nothing to hand over: crash the hubs, and the proxy's tunnels end with
     // the runtime.
-    fleet.abort_all();
+    demo.fleet.abort_all();
     Ok(())
+}
+
+/// The hubs and the proxy in front of them, running.
+struct Demo {
+    fleet: Arc<Fleet>,
+    proxy: Arc<RunningProxy>,
+    hubs: Vec<(HubName, SocketAddr)>,
+}
+
+impl Demo {
+    /// Starts `count` hubs on `broker`, then the proxy on `listen` in front of them.
+    async fn start(
+        listen: SocketAddr,
+        broker: Arc<dyn Broker>,
+        count: usize,
+        timings: Timings,
+    ) -> anyhow::Result<Demo> {
+        let fleet = Fleet::new(count, broker, timings, routes);
+        let hubs = fleet.start_all().await.context("starting the hubs")?;
+        let config = Config::from_toml(&proxy_config(listen, &hubs))
+            .context("building the proxy configuration")?;
+        let proxy = Proxy::bind(config, None)
+            .await
+            .with_context(|| format!("--listen {listen}"))?;
+        let proxy = Arc::new(proxy.spawn());
+        fleet.attach_proxy(proxy.clone());
+        Ok(Demo { fleet, proxy, hubs })
+    }
 }
 
 /// The routes each hub serves besides its own: the page's files and the demo API.
@@ -131,6 +158,97 @@ fall = 1
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::Method;
+    use std::time::Duration;
+    use tether_proxy::BackendState;
+    use tether_testkit::{any_port, eventually};
+
+    async fn demo_of(hubs: usize) -> Demo {
+        let broker = tether_hub::broker_from_url("memory").expect("memory broker");
+        Demo::start(any_port(), broker, hubs, Timings::quick())
+            .await
+            .expect("the demo starts")
+    }
+
+    fn proxy_state(demo: &Demo, name: &str) -> BackendState {
+        demo.proxy
+            .backends()
+            .into_iter()
+            .find(|b| b.name == name)
+            .map(|b| b.state)
+            .expect("the backend is listed")
+    }
+
+    #[tokio::test]
+    async fn page_client_and_demo_api_are_served_through_the_proxy() {
+        let demo = demo_of(3).await;
+        let proxy = demo.proxy.addr();
+        let page = scrape::request(proxy, Method::GET, "/").await.unwrap();
+        assert!(page.contains("<title>tether demo"), "{page}");
+        let client = scrape::request(proxy, Method::GET, "/tether.js")
+            .await
+            .unwrap();
+        assert!(client.contains("export class TetherClient"));
+        let report = scrape::request(proxy, Method::GET, "/api/demo/hubs")
+            .await
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+        let hubs = report["hubs"].as_array().unwrap();
+        assert_eq!(hubs.len(), 3, "{report}");
+        for hub in hubs {
+            assert_eq!(hub["state"], "running", "{report}");
+            assert_eq!(hub["counters"]["connections"], 0, "{report}");
+        }
+        demo.fleet.abort_all();
+    }
+
+    #[tokio::test]
+    async fn kill_through_the_proxy_is_refused_while_the_hub_is_down() {
+        let demo = demo_of(2).await;
+        let proxy = demo.proxy.addr();
+        let kill = "/api/demo/hubs/hub-2/kill";
+        scrape::request(proxy, Method::POST, kill).await.unwrap();
+        let again = scrape::request(proxy, Method::POST, kill)
+            .await
+            .unwrap_err();
+        assert!(matches!(again, scrape::ScrapeError::Status(409)), "{again}");
+        let unknown = scrape::request(proxy, Method::POST, "/api/demo/hubs/hub-7/kill").await;
+        assert!(matches!(unknown, Err(scrape::ScrapeError::Status(404))));
+        demo.fleet.abort_all();
+    }
+
+    #[tokio::test]
+    async fn drained_hub_leaves_the_proxy_until_it_is_back() {
+        let demo = demo_of(2).await;
+        let proxy = demo.proxy.addr();
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                proxy_state(&demo, "hub-1") == BackendState::Up
+            })
+            .await
+        );
+        scrape::request(proxy, Method::POST, "/api/demo/hubs/hub-1/drain")
+            .await
+            .unwrap();
+        assert_eq!(
+            proxy_state(&demo, "hub-1"),
+            BackendState::Draining,
+            "no new client is sent to a draining hub"
+        );
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                let back = demo
+                    .fleet
+                    .running()
+                    .iter()
+                    .any(|(n, _)| n.as_str() == "hub-1");
+                back && proxy_state(&demo, "hub-1") == BackendState::Up
+            })
+            .await,
+            "the hub restarts and the proxy takes it back"
+        );
+        demo.fleet.abort_all();
+    }
 
     #[test]
     fn proxy_config_is_valid_and_names_backends_after_hubs() {

@@ -12,18 +12,48 @@ use tether_hub::{Broker, HubConfig, HubHandle};
 use tether_proxy::RunningProxy;
 use tokio::time::Instant;
 
-/// How long a crashed hub stays down before it is started again.
-pub const RESTART_AFTER_KILL: Duration = Duration::from_secs(5);
-/// How long a drained hub stays down after its last client left.
-pub const RESTART_AFTER_DRAIN: Duration = Duration::from_secs(2);
-/// The window over which a draining hub closes its clients (1012 at random moments): short,
-/// so the demo shows the whole drain within a few seconds.
-pub const DRAIN_WINDOW: Duration = Duration::from_secs(3);
-/// The kill or drain starts this long after the request that asked for it, so the answer
-/// gets out even when the request was served by the very hub going down.
-const REPLY_FIRST: Duration = Duration::from_millis(150);
-/// How long a failed restart waits before the next attempt.
-const RESTART_RETRY: Duration = Duration::from_secs(2);
+/// How long each step of a takedown takes. The defaults are short enough that a viewer sees
+/// a hub go and come back within seconds, long enough that the page shows it happening.
+#[derive(Debug, Clone, Copy)]
+pub struct Timings {
+    /// How long a crashed hub stays down before it is started again.
+    pub restart_after_kill: Duration,
+    /// How long a drained hub stays down after its last client left.
+    pub restart_after_drain: Duration,
+    /// The window over which a draining hub closes its clients (1012 at random moments).
+    pub drain_window: Duration,
+    /// The kill or drain starts this long after the request that asked for it, so the answer
+    /// gets out even when the request was served by the very hub going down.
+    pub reply_first: Duration,
+    /// How long a failed restart waits before the next attempt.
+    pub restart_retry: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            restart_after_kill: Duration::from_secs(5),
+            restart_after_drain: Duration::from_secs(2),
+            drain_window: Duration::from_secs(3),
+            reply_first: Duration::from_millis(150),
+            restart_retry: Duration::from_secs(2),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Timings {
+    /// Steps short enough for a test, long enough to observe each state.
+    pub fn quick() -> Timings {
+        Timings {
+            restart_after_kill: Duration::from_millis(800),
+            restart_after_drain: Duration::from_millis(300),
+            drain_window: Duration::from_millis(300),
+            reply_first: Duration::from_millis(10),
+            restart_retry: Duration::from_millis(100),
+        }
+    }
+}
 
 /// A hub's name: `hub-1`, `hub-2`, … — also its backend name in the proxy, so the page and
 /// the dashboard speak of the same thing.
@@ -130,6 +160,7 @@ struct Slot {
 pub struct Fleet {
     slots: Vec<Slot>,
     broker: Arc<dyn Broker>,
+    timings: Timings,
     /// Routes every hub serves besides its own (the page, the demo API), given the fleet.
     routes: fn(Arc<Fleet>, HubName) -> axum::Router,
     /// Draining a hub also drains its backend in the proxy, so no new client is sent there
@@ -142,6 +173,7 @@ impl Fleet {
     pub fn new(
         count: usize,
         broker: Arc<dyn Broker>,
+        timings: Timings,
         routes: fn(Arc<Fleet>, HubName) -> axum::Router,
     ) -> Arc<Fleet> {
         let now = Instant::now();
@@ -154,6 +186,7 @@ impl Fleet {
                 })
                 .collect(),
             broker,
+            timings,
             routes,
             proxy: OnceLock::new(),
         })
@@ -222,8 +255,8 @@ impl Fleet {
             let mut life = lock(&slot.life);
             let back_at = Instant::now()
                 + match how {
-                    Takedown::Kill => RESTART_AFTER_KILL,
-                    Takedown::Drain => DRAIN_WINDOW + RESTART_AFTER_DRAIN,
+                    Takedown::Kill => self.timings.restart_after_kill,
+                    Takedown::Drain => self.timings.drain_window + self.timings.restart_after_drain,
                 };
             let next = match how {
                 Takedown::Kill => Life::Down { back_at },
@@ -243,23 +276,23 @@ impl Fleet {
             Takedown::Kill => {
                 tracing::warn!(hub = %slot.name, "killing hub (demo)");
                 tokio::spawn(async move {
-                    tokio::time::sleep(REPLY_FIRST).await;
+                    tokio::time::sleep(fleet.timings.reply_first).await;
                     handle.abort();
-                    tokio::time::sleep(RESTART_AFTER_KILL).await;
+                    tokio::time::sleep(fleet.timings.restart_after_kill).await;
                     fleet.restart(index).await;
                 });
             }
             Takedown::Drain => {
-                tracing::info!(hub = %slot.name, window = ?DRAIN_WINDOW, "draining hub (demo)");
+                tracing::info!(hub = %slot.name, window = ?self.timings.drain_window, "draining hub (demo)");
                 self.set_proxy_draining(&slot.name, true);
                 tokio::spawn(async move {
-                    tokio::time::sleep(REPLY_FIRST).await;
+                    tokio::time::sleep(fleet.timings.reply_first).await;
                     handle.shutdown().await;
                     let slot = &fleet.slots[index];
                     *lock(&slot.life) = Life::Down {
-                        back_at: Instant::now() + RESTART_AFTER_DRAIN,
+                        back_at: Instant::now() + fleet.timings.restart_after_drain,
                     };
-                    tokio::time::sleep(RESTART_AFTER_DRAIN).await;
+                    tokio::time::sleep(fleet.timings.restart_after_drain).await;
                     fleet.restart(index).await;
                     fleet.set_proxy_draining(&fleet.slots[index].name, false);
                 });
@@ -281,9 +314,9 @@ impl Fleet {
                 Err(error) => {
                     tracing::error!(hub = %slot.name, %error, "hub did not restart; retrying");
                     *lock(&slot.life) = Life::Down {
-                        back_at: Instant::now() + RESTART_RETRY,
+                        back_at: Instant::now() + self.timings.restart_retry,
                     };
-                    tokio::time::sleep(RESTART_RETRY).await;
+                    tokio::time::sleep(self.timings.restart_retry).await;
                 }
             }
         }
@@ -298,7 +331,7 @@ impl Fleet {
                 .get()
                 .copied()
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
-            shutdown_window: DRAIN_WINDOW,
+            shutdown_window: self.timings.drain_window,
             ..HubConfig::default()
         };
         let routes = (self.routes)(self.clone(), slot.name.clone());
@@ -327,4 +360,84 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::demo::scrape;
+    use tether_testkit::eventually;
+
+    fn no_routes(_: Arc<Fleet>, _: HubName) -> axum::Router {
+        axum::Router::new()
+    }
+
+    fn state_of(fleet: &Fleet, name: &HubName) -> HubState {
+        fleet
+            .views()
+            .into_iter()
+            .find(|v| v.name == *name)
+            .map(|v| v.state)
+            .expect("the hub is listed")
+    }
+
+    async fn fleet_of(count: usize) -> (Arc<Fleet>, Vec<(HubName, SocketAddr)>) {
+        let broker = tether_hub::broker_from_url("memory").expect("memory broker");
+        let fleet = Fleet::new(count, broker, Timings::quick(), no_routes);
+        let hubs = fleet.start_all().await.expect("hubs start");
+        (fleet, hubs)
+    }
+
+    #[tokio::test]
+    async fn killed_hub_comes_back_on_the_same_address() {
+        let (fleet, hubs) = fleet_of(2).await;
+        let (name, addr) = hubs[0].clone();
+        fleet.take_down(name.as_str(), Takedown::Kill).unwrap();
+        assert_eq!(state_of(&fleet, &name), HubState::Down);
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                scrape::hub_counters(addr).await.is_err()
+            })
+            .await,
+            "the killed hub stops answering"
+        );
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                state_of(&fleet, &name) == HubState::Running
+                    && scrape::hub_counters(addr).await.is_ok()
+            })
+            .await,
+            "the hub answers on {addr} again"
+        );
+        assert_eq!(
+            fleet.running().len(),
+            2,
+            "the fleet is back to full strength"
+        );
+        fleet.abort_all();
+    }
+
+    #[tokio::test]
+    async fn a_hub_that_is_down_cannot_be_killed_or_drained_again() {
+        let (fleet, hubs) = fleet_of(1).await;
+        let name = hubs[0].0.as_str();
+        fleet.take_down(name, Takedown::Kill).unwrap();
+        for how in [Takedown::Kill, Takedown::Drain] {
+            let refused = fleet.take_down(name, how).unwrap_err();
+            assert!(
+                matches!(refused, ActionError::NotRunning(_, HubState::Down)),
+                "{refused}"
+            );
+        }
+        fleet.abort_all();
+    }
+
+    #[tokio::test]
+    async fn unknown_hub_is_refused_by_name() {
+        let (fleet, _) = fleet_of(1).await;
+        let refused = fleet.take_down("hub-9", Takedown::Kill).unwrap_err();
+        assert!(matches!(refused, ActionError::NoSuchHub(ref n) if n == "hub-9"));
+        assert_eq!(refused.to_string(), "no hub named `hub-9`");
+        fleet.abort_all();
+    }
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{header, Request};
+use axum::http::{header, Method, Request};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpStream;
@@ -46,20 +46,27 @@ pub enum ScrapeError {
 
 /// Reads and parses `GET /metrics` of the hub at `addr`.
 pub async fn hub_counters(addr: SocketAddr) -> Result<HubCounters, ScrapeError> {
-    tokio::time::timeout(SCRAPE_TIMEOUT, fetch(addr))
+    tokio::time::timeout(SCRAPE_TIMEOUT, request(addr, Method::GET, "/metrics"))
         .await
         .map_err(|_| ScrapeError::Timeout)?
         .map(|text| parse(&text))
 }
 
-async fn fetch(addr: SocketAddr) -> Result<String, ScrapeError> {
+/// One HTTP/1.1 request on a fresh connection; the body of a 2xx answer as text.
+pub(super) async fn request(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+) -> Result<String, ScrapeError> {
     let stream = TcpStream::connect(addr)
         .await
         .map_err(ScrapeError::Connect)?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
-    let request = Request::get("/metrics")
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
         .header(header::HOST, addr.to_string())
         .body(Body::empty())?;
     let response = sender.send_request(request).await?;
