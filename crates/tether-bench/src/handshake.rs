@@ -3,7 +3,7 @@
 //! Reconnect storms are where a proxy spends on parsing, routing and connecting rather than on
 //! moving bytes. With `--watch-pid` the report gives server CPU per completed handshake.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,6 +97,8 @@ pub async fn run(args: HandshakeArgs) -> Result<HandshakeReport, BenchError> {
         args.duration
     );
     let usage = window.watch(args.watch.clone());
+    let counted = Arc::new(AtomicU64::new(0));
+    let ticker = window.report_progress("handshakes", counted.clone());
     let counter = Arc::new(AtomicUsize::new(0));
     let mut tasks = JoinSet::new();
     for _ in 0..args.concurrency {
@@ -105,6 +107,7 @@ pub async fn run(args: HandshakeArgs) -> Result<HandshakeReport, BenchError> {
             sources.clone(),
             counter.clone(),
             window,
+            counted.clone(),
         ));
     }
     let mut latency = LatencyRecorder::new();
@@ -121,6 +124,7 @@ pub async fn run(args: HandshakeArgs) -> Result<HandshakeReport, BenchError> {
             first_error = outcome.first_error;
         }
     }
+    ticker.abort();
     let watched = usage.await.unwrap_or_else(|_| Ok(Watched::default()))?;
     let server = watched.server;
     let secs = window.duration().as_secs_f64();
@@ -145,6 +149,7 @@ async fn cycle(
     sources: SourcePool,
     counter: Arc<AtomicUsize>,
     window: Window,
+    progress: Arc<AtomicU64>,
 ) -> CycleOutcome {
     let mut out = CycleOutcome {
         latency: LatencyRecorder::new(),
@@ -173,6 +178,7 @@ async fn cycle(
                 if counted {
                     out.handshakes += 1;
                     out.latency.record(done - started);
+                    progress.fetch_add(1, Ordering::Relaxed);
                 }
                 close(ws).await;
             }

@@ -4,6 +4,7 @@
 //! round-trip histogram measures latency at that load. With `--watch-pid` the server's CPU
 //! time over the window divided by the round trips gives CPU per echoed message.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -100,10 +101,12 @@ pub async fn run(args: PingpongArgs) -> Result<PingpongReport, BenchError> {
     );
     let window = Window::after(args.warmup, args.duration);
     let usage = window.watch(args.watch.clone());
+    let counted = Arc::new(AtomicU64::new(0));
+    let ticker = window.report_progress("pingpong round trips", counted.clone());
     let payload: Arc<[u8]> = (0..args.size).map(|i| i as u8).collect();
     let mut tasks = JoinSet::new();
     for ws in sessions {
-        tasks.spawn(drive(ws, payload.clone(), window));
+        tasks.spawn(drive(ws, payload.clone(), window, counted.clone()));
     }
     let mut latency = LatencyRecorder::new();
     let (mut messages, mut errors) = (0, 0);
@@ -116,6 +119,7 @@ pub async fn run(args: PingpongArgs) -> Result<PingpongReport, BenchError> {
         messages += outcome.messages;
         errors += outcome.errors;
     }
+    ticker.abort();
     let watched = usage.await.unwrap_or_else(|_| Ok(Watched::default()))?;
     let server = watched.server;
     let secs = window.duration().as_secs_f64();
@@ -163,7 +167,12 @@ async fn open_all(args: &PingpongArgs, sources: &SourcePool) -> Result<Vec<Ws>, 
     Ok(sessions)
 }
 
-async fn drive(mut ws: Ws, payload: Arc<[u8]>, window: Window) -> ConnOutcome {
+async fn drive(
+    mut ws: Ws,
+    payload: Arc<[u8]>,
+    window: Window,
+    counted: Arc<AtomicU64>,
+) -> ConnOutcome {
     let mut out = ConnOutcome {
         latency: LatencyRecorder::new(),
         messages: 0,
@@ -196,6 +205,7 @@ async fn drive(mut ws: Ws, payload: Arc<[u8]>, window: Window) -> ConnOutcome {
                 if window.contains(sent) && now < window.end {
                     out.messages += 1;
                     out.latency.record(now - sent);
+                    counted.fetch_add(1, Ordering::Relaxed);
                 }
             }
             _ => out.errors += 1,
