@@ -20,7 +20,7 @@ const get = (target, run, pick) => {
 
 const PEERS = ["haproxy", "nginx"];
 const fmt = (v, digits = 1) => {
-  if (v === null) return "n/a";
+  if (v === null || v === undefined || Number.isNaN(v)) return "n/a";
   if (Math.abs(v) >= 1000) return Math.round(v).toLocaleString("en-US");
   return v.toFixed(digits);
 };
@@ -192,6 +192,10 @@ if (fan("socketio") !== undefined || fan("tether-hub") !== undefined) {
     } else if (last) {
       out.push(`- ${t}: every step passed up to ${fmt(last.rate)} msg/s (the sweep's ceiling)`);
     }
+    if (f.dropped_subscribers > 0) out.push(`- ${t}: ${f.dropped_subscribers} subscribers were disconnected by the server`);
+    if (f.server_errors > 0) out.push(`- ${t}: ${f.server_errors} error frames, first: \`${f.first_server_error}\``);
+    const dup = f.steps.reduce((n, s) => n + s.duplicates, 0);
+    if (dup > 0) out.push(`- ${t}: ${dup} duplicate deliveries`);
   }
   out.push("");
 }
