@@ -104,6 +104,7 @@ fn args(hub: &FakeHub, subscribers: usize) -> FanoutArgs {
         factor: 2.0,
         max_rate: 50.0,
         step: Duration::from_millis(400),
+        warmup: Duration::from_millis(100),
         drain: Duration::from_millis(500),
         // Generous: this test checks accounting, never speed.
         p99_bound: Duration::from_secs(10),
@@ -115,7 +116,8 @@ fn args(hub: &FakeHub, subscribers: usize) -> FanoutArgs {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_counts_a_lost_message_when_the_hub_drops_one() {
-    let hub = fake_hubs(2, Some(3)).await;
+    // The warm-up takes seq 0..5; 10 falls in the measured step.
+    let hub = fake_hubs(2, Some(10)).await;
     let report = fanout::run(args(&hub, 6)).await.unwrap();
     assert_eq!(report.steps.len(), 1);
     let step = &report.steps[0];
@@ -125,6 +127,15 @@ async fn fanout_counts_a_lost_message_when_the_hub_drops_one() {
     assert_eq!(step.delivered, step.expected - 1);
     assert!(!step.pass, "a step with a loss never passes");
     assert_eq!(report.best_deliveries_per_sec, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_does_not_count_what_happens_during_the_warm_up() {
+    let hub = fake_hubs(1, Some(2)).await; // seq 2 is published during the warm-up
+    let report = fanout::run(args(&hub, 3)).await.unwrap();
+    let step = &report.steps[0];
+    assert_eq!((step.published, step.lost), (20, 0), "{step:?}");
+    assert!(step.pass);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

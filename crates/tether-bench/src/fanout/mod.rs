@@ -57,6 +57,10 @@ pub struct FanoutArgs {
     /// How long each step publishes.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub step: Duration,
+    /// Publishing at the first rate before the first step, not counted: the first messages
+    /// after subscribing pay for cold paths (broker subscriptions, allocations) once.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
     /// How long to wait after a step for its last deliveries; later ones count as lost.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub drain: Duration,
@@ -170,6 +174,18 @@ pub async fn run(args: FanoutArgs) -> Result<FanoutReport, BenchError> {
     let mut publisher = Publisher::connect(args.flavour, &hubs[0], &channel, &shared).await?;
     let mut steps = Vec::new();
     let mut seq = 0u64;
+    if !args.warmup.is_zero() {
+        let capacity = (args.rate * args.warmup.as_secs_f64()).ceil().max(1.0) as u64;
+        let warmup = Arc::new(StepLedger::new(args.rate, seq, capacity, args.subscribers));
+        shared.ledger.open_step(warmup.clone());
+        seq += capacity;
+        publisher.run_step(&warmup, args.warmup).await?;
+        drain(&warmup, args.drain).await;
+        crate::progress!(
+            "fanout: warm-up done ({} published, not counted)",
+            warmup.tally().published
+        );
+    }
     let mut rate = args.rate;
     while rate <= args.max_rate * (1.0 + 1e-9) {
         let capacity = (rate * args.step.as_secs_f64()).ceil().max(1.0) as u64;
