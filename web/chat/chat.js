@@ -111,6 +111,7 @@ function arrived(node) {
   $('conn-text').textContent = `connected to ${node}`;
   if (previous != null && page.lostAt != null) page.stats.reconnects += 1;
   else if (previous == null) notice(`Joined #${page.room} on ${node}`);
+  renderStats();
   renderHubs();
   updateButtons();
   refreshHubs();
