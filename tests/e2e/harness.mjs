@@ -3,10 +3,11 @@
 
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:net';
-import { mkdirSync, createWriteStream } from 'node:fs';
+import { mkdirSync, createWriteStream, existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import puppeteer from 'puppeteer-core';
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const repo = resolve(here, '../..');
@@ -87,6 +88,19 @@ export async function startDemo() {
 /** Debian's Chromium, headless; Playwright never downloads a browser here. */
 export function launchBrowser() {
   return chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, headless: true });
+}
+
+const FIREFOX = process.env.FIREFOX_BIN ?? '/usr/bin/firefox-esr';
+
+/** Whether a Firefox to test with is installed (`apt-get install -y firefox-esr`). */
+export const haveFirefox = existsSync(FIREFOX);
+
+/**
+ * Debian's Firefox, headless, driven over WebDriver BiDi by puppeteer-core (Playwright only
+ * drives its own patched Firefox builds, which we never download).
+ */
+export function launchFirefox() {
+  return puppeteer.launch({ browser: 'firefox', executablePath: FIREFOX, headless: true });
 }
 
 /**
