@@ -195,6 +195,33 @@ test('cut connection: what was said meanwhile is replayed from history, once, an
   assert.deepEqual(errors, [], 'no console errors on any page');
 });
 
+test('drained hub: the page moves to another hub and loses nothing', async () => {
+  const room = `e2e-drain-${Date.now()}`;
+  const erin = await joinRoom('erin', room);
+  const finn = await joinRoom('finn', room);
+  await say(erin.page, 'erin before the drain');
+  await waitForTexts(finn.page, ['erin before the drain']);
+
+  const drained = erin.node;
+  await erin.page.click('#drain');
+  await erin.page.waitForSelector('#messages li.notice.warn');
+  // The hub closes erin within its 3 s window; meanwhile finn talks.
+  await say(finn.page, 'finn during the drain');
+  await eventually(`erin moved off ${drained}`, async () =>
+    (await erin.page.getAttribute('#conn', 'data-state')) === 'open'
+      && /^hub-\d$/.test(await erin.page.textContent('#node'))
+      && (await erin.page.textContent('#node')) !== drained, 10000);
+  await say(erin.page, 'erin after the drain');
+  const all = ['erin before the drain', 'finn during the drain', 'erin after the drain'];
+  await waitForTexts(erin.page, all);
+  await waitForTexts(finn.page, all);
+  assertExactlyOnceInOrder(await messagesOf(erin.page), all, 'erin');
+  assertExactlyOnceInOrder(await messagesOf(finn.page), all, 'finn');
+  await erin.context.close();
+  await finn.context.close();
+  assert.deepEqual(errors, [], 'no console errors on any page');
+});
+
 test('dashboard drains a backend and enables it again', async () => {
   const context = await newUser(browser, errors, { width: 390, height: 844 });
   const page = await context.newPage();
