@@ -105,7 +105,7 @@ impl Demo {
             .context("building the proxy configuration")?;
         let proxy = Proxy::bind(config, None)
             .await
-            .with_context(|| format!("--listen {listen}"))?;
+            .with_context(|| format!("--listen {listen} (choose another with --listen ADDR)"))?;
         let proxy = Arc::new(proxy.spawn());
         fleet.attach_proxy(proxy.clone());
         Ok(Demo { fleet, proxy, hubs })
