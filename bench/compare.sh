@@ -283,6 +283,14 @@ forget_redis_keys() {
   redis-cli -u "$REDIS_URL" --scan --pattern "$1*" | xargs -r -n 500 redis-cli -u "$REDIS_URL" del >/dev/null || true
 }
 
+# The commit measured, marked when the work tree had changes.
+commit() {
+  local rev
+  rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null) || { echo unknown; return; }
+  if ! git -C "$ROOT" diff --quiet HEAD -- crates 2>/dev/null; then rev="$rev + uncommitted changes"; fi
+  echo "$rev"
+}
+
 machine() {
   local cpu
   cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
@@ -300,7 +308,7 @@ main() {
   local out=$ROOT/bench/results/latest.md
   [ "$QUICK" = 0 ] || out=$WORK/latest.md
   BENCH_DATE=$(date -u '+%Y-%m-%d %H:%M UTC') BENCH_MACHINE=$(machine) \
-    BENCH_IDLE_N=$IDLE_N BENCH_COMMAND="bench/compare.sh $*" \
+    BENCH_IDLE_N=$IDLE_N BENCH_COMMAND="bench/compare.sh $*" BENCH_COMMIT="$(commit)" \
     node "$ROOT/bench/table.js" "$RESULTS" > "$WORK/latest.md"
   cp "$RESULTS" "${out%.md}.jsonl"
   [ "$out" = "$WORK/latest.md" ] || cp "$WORK/latest.md" "$out"
