@@ -299,8 +299,9 @@ machine() {
 }
 
 main() {
-  local began=$SECONDS
+  local began=$SECONDS load_before
   build_tether
+  load_before=$(cut -d' ' -f1-3 /proc/loadavg)
   log "results in $WORK; servers on CPU $SERVER_CPU, generator and echo backends on CPU $CLIENT_CPU"
   [ "$SKIP_PROXIES" = 1 ] || proxy_suite
   [ "$SKIP_HUB" = 1 ] || hub_suite
@@ -309,6 +310,7 @@ main() {
   [ "$QUICK" = 0 ] || out=$WORK/latest.md
   BENCH_DATE=$(date -u '+%Y-%m-%d %H:%M UTC') BENCH_MACHINE=$(machine) \
     BENCH_IDLE_N=$IDLE_N BENCH_COMMAND="bench/compare.sh $*" BENCH_COMMIT="$(commit)" \
+    BENCH_LOAD="load average $load_before before, $(cut -d' ' -f1-3 /proc/loadavg) after (other processes on the machine add noise)" \
     node "$ROOT/bench/table.js" "$RESULTS" > "$WORK/latest.md"
   cp "$RESULTS" "${out%.md}.jsonl"
   [ "$out" = "$WORK/latest.md" ] || cp "$WORK/latest.md" "$out"

@@ -88,6 +88,7 @@ out.push(`# tether vs HAProxy vs nginx${runs.has("tether-hub/fanout") || runs.ha
 out.push("");
 if (process.env.BENCH_DATE) out.push(`- date: ${process.env.BENCH_DATE}`);
 if (process.env.BENCH_MACHINE) out.push(`- machine: ${process.env.BENCH_MACHINE}`);
+if (process.env.BENCH_LOAD) out.push(`- ${process.env.BENCH_LOAD}`);
 if (process.env.BENCH_COMMIT) out.push(`- tether: ${process.env.BENCH_COMMIT}`);
 if (process.env.BENCH_COMMAND) out.push(`- command: \`${process.env.BENCH_COMMAND.trim()}\``);
 out.push("");
