@@ -26,9 +26,9 @@ const page = {
   stats: { received: 0, replayed: 0, duplicates: 0, reconnects: 0 },
   lostAt: null,            // when the connection dropped (ms), for the notice
   cutting: false,          // the page is closing the connection on purpose
-  offsetAtLoss: null,      // lastOffset when it dropped
-  replayUntil: null,       // messages up to this offset after a resume are replays
-  replayDone: true,        // false between a resume's `subscribed` and its last replayed message
+  offsetAtLoss: null,      // the client's resume point when it dropped
+  resume: null,            // between a resume's `subscribed` and its last replayed message:
+                           // {top, replayed, notice, away}
 };
 
 // ---------- joining ----------
@@ -95,8 +95,15 @@ function showState({ state, delay }) {
   if (state === State.RECONNECTING || state === State.CLOSED) {
     if (page.lostAt == null && page.node != null) {
       page.lostAt = performance.now();
-      page.offsetAtLoss = page.lastOffset;
+      // The client resumes from its own last offset, which is the channel's top at the first
+      // subscribe even when nothing was shown yet; count what is missed from there.
+      page.offsetAtLoss = page.client.lastOffset(page.channel);
       $('conn').dataset.lost = String(Number($('conn').dataset.lost) + 1);
+      if (page.resume) {
+        // Lost again before the replay finished; the next hub replays from the same point.
+        page.resume.notice.textContent += ' interrupted.';
+        page.resume = null;
+      }
       if (!page.cutting) notice(`Lost ${page.node}; reconnecting through the proxy…`, 'warn');
     }
     $('node').textContent = '—';
@@ -121,25 +128,40 @@ function duration(ms) {
   return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`;
 }
 
-// After a resume the hub first says where the channel is (`offset`), then replays what came
-// after the page's last offset: those are the messages that were sent while it was away.
+// After a resume the hub first says where the channel is (`offset`, its top), then replays
+// what came after the client's last offset: the messages sent while the page was away. The
+// notice is placed now, above them, and tells how many there were once the last has arrived
+// (offsets are not contiguous across broker histories, so they are counted, not subtracted).
 function resumed({ channel, offset, recovered }) {
   if (channel !== page.channel || page.lostAt == null) return;
   const away = duration(performance.now() - page.lostAt);
   const from = page.offsetAtLoss;
-  const missed = from == null ? 0 : Math.max(0, offset - from);
-  page.replayUntil = offset;
-  page.replayDone = page.lastOffset != null && page.lastOffset >= offset;
   page.lostAt = null;
+  const li = notice(`Back on ${page.node} after ${away}; replaying what was missed…`);
+  const resume = { top: offset, replayed: 0, away, recovered, notice: li };
+  page.resume = resume;
+  if (from == null || from >= offset) finishResume();
+  // A history that does not reach back may hold nothing at all, so no replayed message will
+  // mark the end: give the replay a moment, then say what came.
+  else if (!recovered) setTimeout(() => { if (page.resume === resume) finishResume(); }, 1500);
+}
+
+function finishResume() {
+  const { replayed, away, recovered, notice: li } = page.resume;
+  page.resume = null;
+  const count = `${replayed} message${replayed === 1 ? '' : 's'}`;
   if (!recovered) {
-    notice(`Back on ${page.node} after ${away}, but history no longer reaches back that far: messages may be missing (recovered: false).`, 'bad');
-    page.replayDone = true;
-  } else if (missed === 0) {
-    notice(`Back on ${page.node} after ${away}. Nothing was sent meanwhile; nothing missing.`, 'good');
+    // The hub could not promise its history reaches back to where the page left off.
+    li.classList.add('bad');
+    li.textContent = `Back on ${page.node} after ${away}. ${count} replayed from history, but the hub says its history no longer reaches back to where you left (recovered: false): earlier messages may be missing.`;
+  } else if (replayed === 0) {
+    li.classList.add('good');
+    li.textContent = `Back on ${page.node} after ${away}. Nothing was sent meanwhile; nothing missing.`;
   } else {
-    notice(`Back on ${page.node} after ${away}. ${missed} message${missed === 1 ? '' : 's'} sent while you were away ${missed === 1 ? 'was' : 'were'} filled in from history — none lost, none twice.`, 'good');
+    li.classList.add('good');
+    li.textContent = `Back on ${page.node} after ${away}. ${count} sent while you were away ${replayed === 1 ? 'was' : 'were'} filled in from history — none lost, none twice.`;
   }
-  if (page.replayDone) resendUnsure();
+  resendUnsure();
 }
 
 // ---------- messages ----------
@@ -151,7 +173,7 @@ function show(offset, data, { history = false }) {
     renderStats();
     return;
   }
-  const replayed = !history && page.replayUntil != null && offset <= page.replayUntil;
+  const replayed = !history && page.resume != null && offset <= page.resume.top;
   page.stats.received += 1;
   if (replayed) page.stats.replayed += 1;
   const body = typeof data === 'object' && data !== null ? data : { text: String(data) };
@@ -170,10 +192,8 @@ function show(offset, data, { history = false }) {
   place(li, offset);
   page.seen.set(offset, li);
   page.lastOffset = page.lastOffset == null ? offset : Math.max(page.lastOffset, offset);
-  if (!page.replayDone && offset >= page.replayUntil) {
-    page.replayDone = true;
-    resendUnsure();
-  }
+  if (replayed) page.resume.replayed += 1;
+  if (page.resume != null && offset >= page.resume.top) finishResume();
   renderStats();
 }
 
@@ -232,6 +252,7 @@ function notice(text, tone = '') {
   li.textContent = text;
   $('messages').append(li);
   stickToBottom();
+  return li;
 }
 
 function stickToBottom() {
