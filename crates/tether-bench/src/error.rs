@@ -1,4 +1,7 @@
 //! What can go wrong while generating load, as values a caller can report.
+//!
+//! Messages name what failed; the underlying error is the `source`, so a report that walks
+//! the chain (anyhow's `{:#}`) says both without repeating either.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,21 +19,21 @@ pub enum BenchError {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// An echo listener could not bind its address.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
     /// The TCP connection to the target failed (refused, no route, out of ports).
-    #[error("connecting to {target}: {source}")]
+    #[error("cannot connect to {target}")]
     Connect {
         target: SocketAddr,
         #[source]
         source: std::io::Error,
     },
     /// The target answered the upgrade with something other than `101`, or broke the session.
-    #[error("WebSocket session with {target} failed: {source}")]
+    #[error("WebSocket session with {target} failed")]
     WebSocket {
         target: SocketAddr,
         #[source]
@@ -48,14 +51,22 @@ pub enum BenchError {
         target: SocketAddr,
         expected: &'static str,
     },
-    /// Not a single connection of the run could be opened; the last error says why.
-    #[error("no connection to {target} could be opened: {last}")]
+    /// Not a single connection of the run could be opened; the first failure says why.
+    #[error("no connection to {target} could be opened")]
     NoConnections {
         target: SocketAddr,
-        last: Box<BenchError>,
+        #[source]
+        first: Box<BenchError>,
+    },
+    /// A task of the generator itself died (a bug in the generator, not the server's fault).
+    #[error("a {what} task of the generator failed")]
+    Task {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
     },
     /// A watched process could not be read from /proc (gone, or not ours to read).
-    #[error("reading /proc/{pid}: {source}")]
+    #[error("cannot read /proc/{pid} (is the process gone?)")]
     Proc {
         pid: u32,
         #[source]
@@ -64,10 +75,39 @@ pub enum BenchError {
 }
 
 impl BenchError {
+    /// The message and every cause after it, for the one-line `first_error` of a report.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    }
+
     pub(crate) fn ws(target: SocketAddr, source: tungstenite::Error) -> BenchError {
         BenchError::WebSocket {
             target,
             source: Box::new(source),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_names_the_failure_and_its_cause_once_each() {
+        let err = BenchError::Connect {
+            target: "127.0.0.1:1".parse().unwrap(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        };
+        assert_eq!(
+            err.chain(),
+            "cannot connect to 127.0.0.1:1: connection refused"
+        );
     }
 }

@@ -186,7 +186,7 @@ async fn cycle(
                 if counted {
                     out.errors += 1;
                 }
-                out.first_error.get_or_insert_with(|| e.to_string());
+                out.first_error.get_or_insert_with(|| e.chain());
                 // A refused or timed-out server should not be hammered in a tight loop.
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }

@@ -88,12 +88,12 @@ pub async fn run(args: IdleArgs) -> Result<IdleReport, BenchError> {
     let (mut held, failed, first_error) = open_all(&args, &sources).await;
     let open_s = started.elapsed().as_secs_f64();
     if held.is_empty() {
-        return Err(BenchError::NoConnections {
-            target: args.url.addr(),
-            last: Box::new(BenchError::InvalidArgument(
-                first_error.unwrap_or_else(|| "unknown".into()),
-            )),
-        });
+        if let Some(first) = first_error {
+            return Err(BenchError::NoConnections {
+                target: args.url.addr(),
+                first: Box::new(first),
+            });
+        }
     }
     crate::progress!(
         "idle: {} open ({} failed) in {open_s:.1}s; settling {:?}, holding {:?}",
@@ -119,7 +119,7 @@ pub async fn run(args: IdleArgs) -> Result<IdleReport, BenchError> {
         sampled,
         sample_answered,
         open_s: (open_s * 100.0).round() / 100.0,
-        first_error,
+        first_error: first_error.as_ref().map(BenchError::chain),
         server_rss_bytes_per_conn: server.and_then(|u| u.rss_bytes_per(held.len() as u64)),
         server,
     })
@@ -127,7 +127,7 @@ pub async fn run(args: IdleArgs) -> Result<IdleReport, BenchError> {
 
 /// Opens the connections with bounded concurrency; failures are counted, not fatal, so a
 /// server that tops out at some number still gets a report saying where.
-async fn open_all(args: &IdleArgs, sources: &SourcePool) -> (Vec<Ws>, usize, Option<String>) {
+async fn open_all(args: &IdleArgs, sources: &SourcePool) -> (Vec<Ws>, usize, Option<BenchError>) {
     let mut held = Vec::with_capacity(args.connections);
     let mut failed = 0;
     let mut first_error = None;
@@ -151,11 +151,14 @@ async fn open_all(args: &IdleArgs, sources: &SourcePool) -> (Vec<Ws>, usize, Opt
             }
             Some(Ok(Err(e))) => {
                 failed += 1;
-                first_error.get_or_insert_with(|| e.to_string());
+                first_error.get_or_insert(e);
             }
-            Some(Err(join)) => {
+            Some(Err(source)) => {
                 failed += 1;
-                first_error.get_or_insert_with(|| join.to_string());
+                first_error.get_or_insert(BenchError::Task {
+                    what: "connection",
+                    source,
+                });
             }
             None => break,
         }

@@ -157,10 +157,11 @@ async fn open_all(args: &PingpongArgs, sources: &SourcePool) -> Result<Vec<Ws>, 
         match opened {
             Ok(Ok(ws)) => sessions.push(ws),
             Ok(Err(e)) => return Err(e),
-            Err(join) => {
-                return Err(BenchError::InvalidArgument(format!(
-                    "connection task failed: {join}"
-                )))
+            Err(source) => {
+                return Err(BenchError::Task {
+                    what: "connection",
+                    source,
+                })
             }
         }
     }

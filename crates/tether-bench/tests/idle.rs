@@ -96,3 +96,17 @@ async fn idle_sees_the_echo_backend_hold_them_and_counts_a_vanished_server() {
     };
     assert_eq!(stats_open, 50);
 }
+
+#[tokio::test]
+async fn idle_against_a_closed_port_says_no_connection_could_be_opened_and_why() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/ws", free.local_addr().unwrap());
+    drop(free);
+    let err = idle::run(args(url, 5, 2)).await.unwrap_err();
+    assert!(
+        matches!(&err, tether_bench::BenchError::NoConnections { first, .. }
+            if matches!(**first, tether_bench::BenchError::Connect { .. })),
+        "{err:?}"
+    );
+    assert!(err.chain().contains("refused"), "{}", err.chain());
+}

@@ -49,10 +49,11 @@ pub(super) async fn subscribe_all(
                 running.spawn(subscriber(ws, index, args.flavour, shared.clone()));
             }
             Some(Ok(Err(e))) => return Err(e),
-            Some(Err(join)) => {
-                return Err(BenchError::InvalidArgument(format!(
-                    "subscriber task failed: {join}"
-                )))
+            Some(Err(source)) => {
+                return Err(BenchError::Task {
+                    what: "subscriber",
+                    source,
+                })
             }
             None => break,
         }
