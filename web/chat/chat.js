@@ -1,6 +1,6 @@
 // The demo chat page: one room, every hub, nothing lost.
 //
-// All hub traffic goes through the project's JS client (clients/js, served at /tether/):
+// All hub traffic goes through the project's JS client (clients/js, served as /tether.js):
 // it keeps the last offset, reconnects with full-jitter backoff through the proxy and
 // resubscribes with `since`. This file only draws what happens and explains it: which hub
 // the page is on, when it lost it, and how many messages the next hub replayed from history.
@@ -28,7 +28,7 @@ const page = {
   cutting: false,          // the page is closing the connection on purpose
   offsetAtLoss: null,      // the client's resume point when it dropped
   resume: null,            // between a resume's `subscribed` and its last replayed message:
-                           // {top, replayed, notice, away}
+                           // {top, replayed, away, recovered, notice}
 };
 
 // ---------- joining ----------
