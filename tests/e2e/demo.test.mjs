@@ -255,9 +255,7 @@ test('dashboard drains a backend and enables it again', async () => {
   assert.deepEqual(errors, [], 'no console errors on any page');
 });
 
-test('after a dashboard request, the next request from the same browser still reaches the hubs', {
-  todo: 'tether-proxy keeps the stats_uri connection alive, so the browser reuses it for /chat.css and the admin router answers 404; admin::serve_on_main needs keep_alive(false)',
-}, async () => {
+test('after a dashboard request, the next request from the same browser still reaches the hubs', async () => {
   const context = await newUser(browser, []);
   const page = await context.newPage();
   await page.goto(`${demo.base}/_tether/`);

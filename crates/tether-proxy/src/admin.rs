@@ -160,7 +160,10 @@ pub async fn serve_on_main(shared: Arc<Shared>, stream: TcpStream, head: Vec<u8>
         inner: stream,
     });
     let service = hyper_util::service::TowerToHyperService::new(app);
+    // One request per connection: the next request on this socket may not be for the admin
+    // pages at all, and only the handshake path can route it.
     let _ = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
         .serve_connection(io, service)
         .await;
 }
