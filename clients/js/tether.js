@@ -98,17 +98,38 @@ export class TetherClient {
     this._stopped = true;
     clearTimeout(this._timer);
     this._timer = null;
+    let closed = {};
     if (this._ws) {
       const ws = this._ws;
       this._ws = null;
+      closed = closeInfo(CLIENT_CLOSED.code, CLIENT_CLOSED.reason);
       try {
-        ws.close(1000, 'client closed');
+        ws.close(CLIENT_CLOSED.code, CLIENT_CLOSED.reason);
       } catch {
         // Closing a socket that never opened throws in some runtimes; it is gone either way.
       }
     }
     this._failPublishes(new Error('client closed'));
-    this._setState(State.CLOSED);
+    this._setState(State.CLOSED, closed);
+  }
+
+  /**
+   * Drops the current connection as a network failure would, then reconnects the usual
+   * way: full-jitter backoff, then resubscribe with `since`, so the application sees every
+   * channel continue with no gap and no duplicate. No close handshake is awaited (the
+   * socket is terminated where the runtime allows it), publishes in flight reject with
+   * `code: 'disconnected'`, and the `state` event says `code: 1006` (abnormal closure,
+   * what a cut network gives) with `reason: 'reconnect()'`. Useful when the app knows the
+   * network changed, and to show or test resume. No effect before {@link connect}, after
+   * {@link close}, or while already waiting to reconnect.
+   */
+  reconnect() {
+    if (this._stopped || !this._ws) return this;
+    const ws = this._ws;
+    this._ws = null;
+    drop(ws);
+    this._onDisconnect(DROPPED.code, DROPPED.reason);
+    return this;
   }
 
   /**
@@ -153,9 +174,11 @@ export class TetherClient {
   }
 
   /**
-   * Listens to an event: `message`, `state` ({state, node, attempt, delay}), `welcome`
-   * ({node}), `subscribed` ({channel, offset, recovered}), `gap` ({channel, since,
-   * offset}), `error` (the hub's error frame). Returns a function that removes the listener.
+   * Listens to an event: `message`, `state` ({state, node, attempt, delay, code, reason}:
+   * `code` and `reason` tell why a connection ended when the state becomes `reconnecting`
+   * or `closed`, and are absent when no connection ended), `welcome` ({node}), `subscribed`
+   * ({channel, offset, recovered}), `gap` ({channel, since, offset}), `error` (the hub's
+   * error frame). Returns a function that removes the listener.
    */
   on(event, handler) {
     if (!this._listeners.has(event)) this._listeners.set(event, new Set());
@@ -176,10 +199,11 @@ export class TetherClient {
     }
   }
 
-  _setState(state, extra = {}) {
-    if (this._state === state && !extra.force) return;
+  /** Emits `state` when it changes (or with `force`, which stays out of the payload). */
+  _setState(state, { force = false, ...details } = {}) {
+    if (this._state === state && !force) return;
     this._state = state;
-    this._emit('state', { state, node: this._node, ...extra });
+    this._emit('state', { state, node: this._node, ...details });
   }
 
   _open(state) {
@@ -200,7 +224,7 @@ export class TetherClient {
     ws.onclose = (event) => {
       if (this._ws !== ws) return;
       this._ws = null;
-      this._onDisconnect(event?.code);
+      this._onDisconnect(event?.code, event?.reason);
     };
     ws.onerror = () => {
       // A close event always follows; reconnecting is decided there.
@@ -322,7 +346,8 @@ export class TetherClient {
     }
   }
 
-  _onDisconnect(code) {
+  /** The connection ended with WebSocket close `code` (and `reason`): reconnect. */
+  _onDisconnect(code, reason) {
     this._node = null;
     for (const entry of this._channels.values()) entry.live = false;
     // Publishes in flight may or may not have reached the hub: tell the caller.
@@ -334,19 +359,48 @@ export class TetherClient {
     if (this._stopped) return;
     // 1012: the node is restarting on purpose; start the backoff from the bottom.
     if (code === 1012) this._attempt = 0;
-    this._scheduleReconnect();
+    this._scheduleReconnect(closeInfo(code, reason));
   }
 
-  _scheduleReconnect() {
+  /** Waits out the next backoff delay, then opens again; `closed` joins the state event. */
+  _scheduleReconnect(closed = {}) {
     if (this._stopped) return;
     const delay = backoffDelay(this._attempt, this._options, this._random);
     this._attempt += 1;
-    this._setState(State.RECONNECTING, { attempt: this._attempt, delay, force: true });
+    this._setState(State.RECONNECTING, { attempt: this._attempt, delay, ...closed, force: true });
     clearTimeout(this._timer);
     this._timer = setTimeout(() => {
       this._timer = null;
       if (!this._stopped) this._open(State.RECONNECTING);
     }, delay);
+  }
+}
+
+/** The close `close()` sends: a normal closure the hub counts as the client leaving. */
+const CLIENT_CLOSED = Object.freeze({ code: 1000, reason: 'client closed' });
+
+/** What `reconnect()` reports: the code a browser gives a connection cut without a close frame. */
+const DROPPED = Object.freeze({ code: 1006, reason: 'reconnect()' });
+
+/** `{code, reason}` for the state event, leaving out what the runtime did not give. */
+function closeInfo(code, reason) {
+  const info = {};
+  if (typeof code === 'number') info.code = code;
+  if (typeof reason === 'string' && reason !== '') info.reason = reason;
+  return info;
+}
+
+/**
+ * Ends `ws` without waiting for the close handshake: `terminate()` where the runtime has
+ * it (the `ws` package destroys the TCP socket at once, as a cut network would), else
+ * `close()`, which browsers finish in the background. Its handlers are already ignored.
+ */
+function drop(ws) {
+  try {
+    if (typeof ws.terminate === 'function') ws.terminate();
+    else ws.close();
+  } catch {
+    // A socket that never opened may refuse to close; it is gone either way.
   }
 }
 

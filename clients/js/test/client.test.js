@@ -159,3 +159,70 @@ test('moves to another node on graceful shutdown (1012) with no message lost', a
     a.proc.kill('SIGTERM');
   });
 });
+
+/** The value of a Prometheus sample line `name{labels} value` on the hub, or null. */
+async function metric(hub, sample) {
+  const text = await (await fetch(`${hub.base}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${sample} `));
+  return line === undefined ? null : Number(line.slice(sample.length + 1));
+}
+
+test('reconnect() drops the socket like a cut network and the stream continues with no gap and no duplicate', async () => {
+  const hub = await startHub('js-reconnect');
+  // A backoff of ~300 ms, so messages published meanwhile must come back through `since`.
+  const client = new TetherClient(hub.url, { WebSocket, minDelay: 300, random: () => 0.99 });
+  const states = [];
+  client.on('state', (s) => states.push(s));
+  const subscribed = [];
+  client.on('subscribed', (s) => subscribed.push(s));
+  let welcomes = 0;
+  client.on('welcome', () => { welcomes += 1; });
+  const received = [];
+  client.onMessage((m) => received.push(m));
+  client.connect();
+  await client.subscribe('flow');
+  const published = [];
+  for (let i = 0; i < 80; i++) {
+    published.push(await publishHttp(hub, 'flow', i));
+    if (i === 20) {
+      assert.ok(await eventually(() => received.length === 21), 'live before the cut');
+      client.reconnect();
+      assert.equal(client.state, State.RECONNECTING);
+    }
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  assert.ok(await eventually(() => received.length >= published.length), `got ${received.length}`);
+  await new Promise((r) => setTimeout(r, 200));
+  assert.deepEqual(received.map((m) => m.data), [...published.keys()], 'every message once, in order');
+  assert.deepEqual(received.map((m) => m.offset), published);
+  assert.equal(welcomes, 2, 'it connected again');
+  const dropped = states.find((s) => s.state === State.RECONNECTING);
+  assert.equal(dropped?.code, 1006, JSON.stringify(states));
+  assert.equal(dropped?.reason, 'reconnect()');
+  assert.equal(subscribed.length, 2);
+  assert.equal(subscribed[1].recovered, true);
+  assert.ok(subscribed[1].offset > published[21], 'messages were published while it was away');
+  assert.equal(await metric(hub, 'tether_hub_resumes_total{outcome="recovered"}'), 1, 'it resumed with since');
+  assert.ok(await eventually(async () => (await metric(hub, 'tether_hub_connections')) === 1),
+    'the hub saw the dropped socket go at once');
+  client.close();
+  const { state, code, reason } = states.at(-1);
+  assert.deepEqual({ state, code, reason }, { state: State.CLOSED, code: 1000, reason: 'client closed' });
+  hub.proc.kill('SIGKILL');
+});
+
+test('the state event carries the close code and reason the hub sent', async () => {
+  const hub = await startHub('js-close-code', ['--shutdown-window', '100ms']);
+  const client = new TetherClient(hub.url, { WebSocket, minDelay: 50, maxDelay: 100 });
+  const states = [];
+  client.on('state', (s) => states.push(s));
+  client.connect();
+  assert.ok(await eventually(() => client.state === State.OPEN), 'connected');
+  hub.proc.kill('SIGTERM');
+  assert.ok(await eventually(() => states.some((s) => s.state === State.RECONNECTING)), 'dropped');
+  const closed = states.find((s) => s.state === State.RECONNECTING);
+  assert.equal(closed.code, 1012, JSON.stringify(closed));
+  assert.equal(closed.reason, 'node shutting down');
+  client.close();
+  hub.proc.kill('SIGKILL');
+});
