@@ -195,6 +195,26 @@ async fn recovered_is_false_when_redis_history_was_trimmed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_from_an_empty_redis_channel_is_recovered_while_nothing_was_trimmed() {
+    let hubs = redis_hubs(1, SHARED_REDIS, &unique_prefix("empty"), history()).await;
+    let (subscribed, replayed) = resume_from_empty(hubs[0].local_addr(), "empty").await;
+    assert_eq!(subscribed["recovered"], true, "{subscribed}");
+    assert_eq!(replayed, vec![json!(1), json!(2), json!(3)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_from_an_empty_redis_channel_is_not_recovered_once_trimmed() {
+    let small = HistoryPolicy {
+        size: 2,
+        ttl: Duration::from_secs(60),
+    };
+    let hubs = redis_hubs(1, SHARED_REDIS, &unique_prefix("empty-trim"), small).await;
+    let (subscribed, replayed) = resume_from_empty(hubs[0].local_addr(), "empty").await;
+    assert_eq!(subscribed["recovered"], false, "{subscribed}");
+    assert_eq!(replayed, vec![json!(2), json!(3)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_is_survived_and_every_accepted_message_arrives_once() {
     let mut redis = RedisServer::start().await;
     let prefix = unique_prefix("restart");

@@ -254,9 +254,10 @@ async fn health_and_metrics_are_served() {
     assert!(body.contains(r#""node":"h""#), "{body}");
     publish(addr, "m", json!("x")).await.unwrap();
     let mut client = Client::connect(addr).await;
-    // Offset 0 predates the channel's history, so this resume cannot be complete.
+    // Offset 0 is "saw the channel empty"; nothing was trimmed since, so this resume is
+    // complete.
     let subscribed = client.subscribe("m", Some(0)).await;
-    assert_eq!(subscribed["recovered"], false);
+    assert_eq!(subscribed["recovered"], true);
     client.messages(1).await;
     let (_, text) = http(addr, "GET", "/metrics", None, None).await;
     for needle in [
@@ -264,7 +265,7 @@ async fn health_and_metrics_are_served() {
         "tether_hub_subscriptions 1",
         r#"tether_hub_messages_in_total{source="http"} 1"#,
         "tether_hub_messages_out_total 1",
-        r#"tether_hub_resumes_total{outcome="not_recovered"} 1"#,
+        r#"tether_hub_resumes_total{outcome="recovered"} 1"#,
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
@@ -324,6 +325,35 @@ async fn recovered_is_false_when_history_was_trimmed() {
         .map(|(_, d)| d)
         .collect();
     assert_eq!(data, vec![json!(7), json!(8), json!(9)]);
+}
+
+/// A hub on the memory broker keeping `size` messages per channel.
+async fn memory_hub_keeping(size: usize) -> tether_hub::HubHandle {
+    let options = tether_hub::BrokerOptions {
+        history: HistoryPolicy {
+            size,
+            ttl: Duration::from_secs(60),
+        },
+        ..Default::default()
+    };
+    let broker = tether_hub::broker_with("memory", options).unwrap();
+    tether_hub::serve(config("h"), broker, None).await.unwrap()
+}
+
+#[tokio::test]
+async fn resume_from_an_empty_channel_is_recovered_while_nothing_was_trimmed() {
+    let hub = memory_hub_keeping(1000).await;
+    let (subscribed, replayed) = resume_from_empty(hub.local_addr(), "empty").await;
+    assert_eq!(subscribed["recovered"], true, "{subscribed}");
+    assert_eq!(replayed, vec![json!(1), json!(2), json!(3)]);
+}
+
+#[tokio::test]
+async fn resume_from_an_empty_channel_is_not_recovered_once_trimmed() {
+    let hub = memory_hub_keeping(2).await;
+    let (subscribed, replayed) = resume_from_empty(hub.local_addr(), "empty").await;
+    assert_eq!(subscribed["recovered"], false, "{subscribed}");
+    assert_eq!(replayed, vec![json!(2), json!(3)]);
 }
 
 #[tokio::test]

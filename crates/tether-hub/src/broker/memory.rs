@@ -46,6 +46,8 @@ impl State {
 
 #[derive(Default)]
 struct ChannelLog {
+    /// The offset before the first message, fixed when the first message is published.
+    base: Option<Offset>,
     top: Option<Offset>,
     retained: VecDeque<(Instant, Arc<Publication>)>,
     /// Links subscribed to this channel, with how many times each subscribed.
@@ -53,6 +55,14 @@ struct ChannelLog {
 }
 
 impl ChannelLog {
+    /// The offset of the next message; the first one fixes the history's time-based base.
+    fn next_offset(&mut self) -> Offset {
+        let base = *self.base.get_or_insert_with(Offset::fresh_base);
+        let offset = self.top.unwrap_or(base).next();
+        self.top = Some(offset);
+        offset
+    }
+
     fn trim(&mut self, policy: HistoryPolicy, now: Instant) {
         while self.retained.len() > policy.size {
             self.retained.pop_front();
@@ -97,8 +107,7 @@ impl Broker for MemoryBroker {
             state.sweep(self.policy, now);
         }
         let log = state.channels.entry(channel.clone()).or_default();
-        let offset = log.top.unwrap_or_else(Offset::fresh_base).next();
-        log.top = Some(offset);
+        let offset = log.next_offset();
         let publication = Publication::new(channel.clone(), offset, data);
         log.retained.push_back((now, publication.clone()));
         log.trim(self.policy, now);
@@ -118,7 +127,7 @@ impl Broker for MemoryBroker {
         let now = Instant::now();
         let mut state = lock(&self.state);
         let answer = match state.channels.get_mut(channel) {
-            None => History::from_retained(Offset(0), since, Vec::new()),
+            None => History::from_retained(Offset(0), None, since, Vec::new()),
             Some(log) => {
                 log.trim(self.policy, now);
                 let top = log.top.unwrap_or(Offset(0));
@@ -131,7 +140,7 @@ impl Broker for MemoryBroker {
                         .map(|(_, p)| p.clone())
                         .collect(),
                 };
-                History::from_retained(top, since, messages)
+                History::from_retained(top, log.base, since, messages)
             }
         };
         future::ready(Ok(answer)).boxed()
@@ -215,6 +224,26 @@ mod tests {
         assert!(h.recovered);
         let offsets: Vec<u64> = h.messages.iter().map(|p| p.offset.0).collect();
         assert_eq!(offsets, vec![first.0 + 2, first.0 + 3, first.0 + 4]);
+    }
+
+    #[tokio::test]
+    async fn the_base_is_fixed_by_the_first_message_and_kept() {
+        let broker = MemoryBroker::new(HistoryPolicy {
+            size: 2,
+            ttl: Duration::from_secs(60),
+        });
+        let c = ChannelName::parse("c").unwrap();
+        assert_eq!(broker.history(&c, None).await.unwrap().base, None);
+        let first = broker.publish(&c, data(1)).await.unwrap();
+        let h = broker.history(&c, Some(Offset(0))).await.unwrap();
+        assert_eq!(h.base, Some(Offset(first.0 - 1)));
+        assert!(h.recovered);
+        for n in 2..=3 {
+            broker.publish(&c, data(n)).await.unwrap();
+        }
+        let h = broker.history(&c, Some(Offset(0))).await.unwrap();
+        assert_eq!(h.base, Some(Offset(first.0 - 1)), "trimming keeps the base");
+        assert!(!h.recovered, "the first message was trimmed");
     }
 
     #[tokio::test]

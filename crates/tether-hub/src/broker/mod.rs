@@ -56,6 +56,12 @@ impl Default for BrokerOptions {
 pub struct History {
     /// The newest offset the channel has handed out (0 if it never had a message).
     pub top: Offset,
+    /// The offset just before the first message of the channel's current history (a fresh
+    /// history starts at a time-based offset, see [`Offset::fresh_base`]); `None` while the
+    /// channel has no history, or when the broker does not know it (a Redis sequence
+    /// written by an older version). It is what lets `since: 0` ("I saw this channel
+    /// empty") tell an untrimmed history from a trimmed one.
+    pub base: Option<Offset>,
     /// Whether `messages` holds every message after `since`; `false` when the history was
     /// trimmed (size or age) past `since` or restarted after data loss.
     pub recovered: bool,
@@ -68,6 +74,7 @@ impl History {
     /// and ascending (both brokers trim only from the head).
     pub fn from_retained(
         top: Offset,
+        base: Option<Offset>,
         since: Option<Offset>,
         messages: Vec<Arc<Publication>>,
     ) -> Self {
@@ -75,14 +82,24 @@ impl History {
             None => true,
             Some(since) if since == top => true,
             Some(since) if since > top => false,
-            Some(since) => messages.first().is_some_and(|m| m.offset == since.next()),
+            // The client saw the channel empty: it missed nothing only if the history still
+            // begins with its very first message. An unknown base is taken as 0, which no
+            // time-based history starts at, so the answer stays the cautious `false`.
+            Some(Offset(0)) => starts_at(&messages, base.unwrap_or(Offset(0)).next()),
+            Some(since) => starts_at(&messages, since.next()),
         };
         Self {
             top,
+            base,
             recovered,
             messages,
         }
     }
+}
+
+/// Whether the first of `messages` is the one at `offset` (nothing before it is missing).
+fn starts_at(messages: &[Arc<Publication>], offset: Offset) -> bool {
+    messages.first().is_some_and(|m| m.offset == offset)
 }
 
 /// What a node's live feed carries.
@@ -174,22 +191,72 @@ mod tests {
 
     #[test]
     fn recovered_only_when_history_reaches_since() {
+        let base = Some(Offset(3));
         let reaches = History::from_retained(
             Offset(5),
+            base,
             Some(Offset(3)),
             vec![publication(4), publication(5)],
         );
         assert!(reaches.recovered);
         let trimmed = History::from_retained(
             Offset(5),
+            Some(Offset(1)),
             Some(Offset(2)),
             vec![publication(4), publication(5)],
         );
         assert!(!trimmed.recovered);
-        let up_to_date = History::from_retained(Offset(5), Some(Offset(5)), vec![]);
+        let up_to_date = History::from_retained(Offset(5), base, Some(Offset(5)), vec![]);
         assert!(up_to_date.recovered);
-        let from_lost_history = History::from_retained(Offset(5), Some(Offset(9)), vec![]);
+        let from_lost_history = History::from_retained(Offset(5), base, Some(Offset(9)), vec![]);
         assert!(!from_lost_history.recovered);
+    }
+
+    #[test]
+    fn since_zero_is_recovered_while_history_starts_at_its_base() {
+        let base = 1_700_000_000_000_000;
+        let untrimmed = History::from_retained(
+            Offset(base + 3),
+            Some(Offset(base)),
+            Some(Offset(0)),
+            (base + 1..=base + 3).map(publication).collect(),
+        );
+        assert!(
+            untrimmed.recovered,
+            "nothing was trimmed: all 3 are replayed"
+        );
+        assert_eq!(untrimmed.messages.len(), 3);
+        let trimmed = History::from_retained(
+            Offset(base + 3),
+            Some(Offset(base)),
+            Some(Offset(0)),
+            (base + 2..=base + 3).map(publication).collect(),
+        );
+        assert!(!trimmed.recovered, "the first message was trimmed");
+        let expired = History::from_retained(
+            Offset(base + 3),
+            Some(Offset(base)),
+            Some(Offset(0)),
+            vec![],
+        );
+        assert!(!expired.recovered, "everything expired");
+        let still_empty = History::from_retained(Offset(0), None, Some(Offset(0)), vec![]);
+        assert!(still_empty.recovered);
+    }
+
+    #[test]
+    fn since_zero_with_an_unknown_base_is_not_recovered() {
+        let base = 1_700_000_000_000_000;
+        let history = History::from_retained(
+            Offset(base + 1),
+            None,
+            Some(Offset(0)),
+            vec![publication(base + 1)],
+        );
+        assert!(
+            !history.recovered,
+            "without the base nobody knows what came first"
+        );
     }
 
     #[test]

@@ -195,6 +195,19 @@ impl Client {
         answer
     }
 
+    /// Reads message frames up to and including offset `top`; returns their data.
+    pub async fn replay_until(&mut self, top: u64) -> Vec<Value> {
+        let mut out = Vec::new();
+        loop {
+            let frame = self.next().await;
+            assert_eq!(frame["type"], "message", "{frame}");
+            out.push(frame["data"].clone());
+            if frame["offset"].as_u64().unwrap() >= top {
+                return out;
+            }
+        }
+    }
+
     /// Reads `n` message frames and returns their (offset, data).
     pub async fn messages(&mut self, n: usize) -> Vec<(u64, Value)> {
         let mut out = Vec::new();
@@ -273,6 +286,28 @@ pub async fn publish(addr: SocketAddr, channel: &str, data: Value) -> Option<u64
         return None;
     }
     serde_json::from_str::<Value>(&body).ok()?["offset"].as_u64()
+}
+
+/// A client subscribes to `channel` while it is empty (offset 0), disconnects, 3 messages
+/// (data 1, 2, 3) are published, and it resubscribes with `since: 0`. Returns the second
+/// `subscribed` frame and the data replayed after it, up to the channel's top.
+pub async fn resume_from_empty(addr: SocketAddr, channel: &str) -> (Value, Vec<Value>) {
+    let mut client = Client::connect(addr).await;
+    let subscribed = client.subscribe(channel, None).await;
+    assert_eq!(
+        subscribed["offset"], 0,
+        "the channel starts empty: {subscribed}"
+    );
+    drop(client);
+    for n in 1..=3 {
+        publish(addr, channel, json!(n)).await.expect("published");
+    }
+    let mut client = Client::connect(addr).await;
+    let subscribed = client.subscribe(channel, Some(0)).await;
+    let replayed = client
+        .replay_until(subscribed["offset"].as_u64().unwrap())
+        .await;
+    (subscribed, replayed)
 }
 
 /// What a resuming client was sent, in arrival order.

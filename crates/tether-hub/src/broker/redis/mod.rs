@@ -8,6 +8,7 @@
 //! | key           | type   | holds                                               |
 //! |---------------|--------|-----------------------------------------------------|
 //! | `P:seq:C`     | string | the channel's top offset (no expiry)                |
+//! | `P:base:C`    | string | the offset its history started after (no expiry)    |
 //! | `P:hist:C`    | stream | retained messages, `MAXLEN` size, expires after ttl |
 //! | `P:live:C`    | pubsub | `"<offset> <json>"` per message                     |
 
@@ -31,11 +32,16 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 /// Assigns the offset, appends, trims, expires and publishes in one atomic step.
 /// A missing sequence starts at the server's clock in microseconds (see `Offset`);
 /// `%.0f` prints such numbers exactly, where Lua's default would use an exponent.
+/// The base key is written in the same step as the sequence it describes, with no expiry
+/// either, so the two are created, kept and lost together (a stale base left by an older
+/// version is overwritten here).
 const PUBLISH_SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('SET', KEYS[1], string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2])))
+  local base = string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+  redis.call('SET', KEYS[1], base)
+  redis.call('SET', KEYS[3], base)
 end
 local offset = string.format('%.0f', redis.call('INCR', KEYS[1]))
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-0', 't', now_ms, 'd', ARGV[1])
@@ -44,14 +50,17 @@ redis.call('PUBLISH', ARGV[4], offset .. ' ' .. ARGV[1])
 return offset
 "#;
 
-/// Returns `{top}` or, with a `since`, `{top, offset1, data1, offset2, data2, …}` for the
-/// entries after `since` that are younger than the ttl.
+/// Returns `{top, base}` or, with a `since`, `{top, base, offset1, data1, offset2, data2,
+/// …}` for the entries after `since` that are younger than the ttl. `base` is `''` when
+/// unknown (no sequence yet, or one written before the base key existed).
 const HISTORY_SCRIPT: &str = r#"
 local top = redis.call('GET', KEYS[1]) or '0'
-if ARGV[1] == '' then return {top} end
+local base = ''
+if top ~= '0' then base = redis.call('GET', KEYS[3]) or '' end
+if ARGV[1] == '' then return {top, base} end
 local t = redis.call('TIME')
 local cutoff = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[2])
-local out = {top}
+local out = {top, base}
 for _, entry in ipairs(redis.call('XRANGE', KEYS[2], '(' .. ARGV[1] .. '-0', '+')) do
   local fields = entry[2]
   local at, data
@@ -76,6 +85,9 @@ struct Keys {
 impl Keys {
     fn seq(&self, channel: &ChannelName) -> String {
         format!("{}:seq:{channel}", self.prefix)
+    }
+    fn base(&self, channel: &ChannelName) -> String {
+        format!("{}:base:{channel}", self.prefix)
     }
     fn hist(&self, channel: &ChannelName) -> String {
         format!("{}:hist:{channel}", self.prefix)
@@ -139,6 +151,7 @@ impl RedisBroker {
             .publish_script
             .key(self.keys.seq(channel))
             .key(self.keys.hist(channel))
+            .key(self.keys.base(channel))
             .arg(data.get())
             .arg(self.policy.size)
             .arg(self.policy.ttl.as_millis() as u64)
@@ -159,12 +172,14 @@ impl RedisBroker {
             .history_script
             .key(self.keys.seq(channel))
             .key(self.keys.hist(channel))
+            .key(self.keys.base(channel))
             .arg(since_arg)
             .arg(self.policy.ttl.as_millis() as u64)
             .invoke_async(&mut conn)
             .await?;
         let mut items = reply.into_iter();
         let top = parse_offset(&items.next().unwrap_or_else(|| "0".into()))?;
+        let base = parse_base(&items.next().unwrap_or_default())?;
         let mut messages = Vec::new();
         while let (Some(offset), Some(data)) = (items.next(), items.next()) {
             let data = RawValue::from_string(data)
@@ -175,7 +190,7 @@ impl RedisBroker {
                 data,
             ));
         }
-        Ok(History::from_retained(top, since, messages))
+        Ok(History::from_retained(top, base, since, messages))
     }
 }
 
@@ -183,6 +198,14 @@ fn parse_offset(text: &str) -> Result<Offset, BrokerError> {
     text.parse()
         .map(Offset)
         .map_err(|_| BrokerError::BadReply(format!("offset {text:?} is not a number")))
+}
+
+/// The history's base from its stored text; empty means unknown.
+fn parse_base(text: &str) -> Result<Option<Offset>, BrokerError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    parse_offset(text).map(Some)
 }
 
 /// Bounds a Redis round trip so a silent network cut becomes an error, not a hang.
@@ -233,5 +256,12 @@ mod tests {
         let c = ChannelName::parse("chat:room").unwrap();
         assert_eq!(keys.channel_of_live(&keys.live(&c)), Some(c));
         assert_eq!(keys.channel_of_live("t2:live:chat"), None);
+    }
+
+    #[test]
+    fn an_empty_base_is_unknown_and_a_bad_one_an_error() {
+        assert_eq!(parse_base("").unwrap(), None);
+        assert_eq!(parse_base("42").unwrap(), Some(Offset(42)));
+        assert!(matches!(parse_base("x"), Err(BrokerError::BadReply(_))));
     }
 }
