@@ -283,7 +283,11 @@ impl Dispatcher {
     /// When the broker cannot answer, nothing is delivered (that would skip the hole for
     /// good); the refill is retried shortly, and the messages stay in history meanwhile.
     async fn refill(&mut self, trigger: Option<Arc<Publication>>) {
-        match self.broker.history(&self.channel, self.last).await {
+        // With nothing delivered yet the channel was empty when this dispatcher started, so
+        // every message in its history came later: ask from 0 ("saw it empty"), not for the
+        // top alone, or the channel's first messages missed by the feed would be skipped.
+        let since = self.last.unwrap_or(Offset(0));
+        match self.broker.history(&self.channel, Some(since)).await {
             Ok(history) => {
                 if !history.recovered {
                     tracing::warn!(since = ?self.last, top = %history.top,
