@@ -80,10 +80,7 @@ async fn http_check_fails_on_a_server_that_is_not_http() {
         "[listen]\naddr = \"127.0.0.1:0\"\n[admin]\nenabled = false\n[health]\nkind = \"http\"\ninterval = \"100ms\"\ntimeout = \"150ms\"\nfall = 2\n[[backend]]\nname = \"silent\"\naddr = \"{silent_addr}\"\n[[backend]]\nname = \"b1\"\naddr = \"{}\"\n",
         backends[0].addr()
     );
-    let proxy = tether_proxy::Proxy::bind(tether_proxy::Config::from_toml(&text).unwrap(), None)
-        .await
-        .unwrap()
-        .spawn();
+    let proxy = proxy_from_toml(&text).await;
     assert!(
         eventually(Duration::from_secs(3), || async {
             state_of(&proxy, "silent") == "down"
@@ -114,10 +111,7 @@ async fn backend_answering_5xx_to_handshakes_is_taken_out_passively() {
         "[listen]\naddr = \"127.0.0.1:0\"\n[admin]\nenabled = false\n[balance]\nstrategy = \"round-robin\"\n[health]\nkind = \"none\"\ninterval = \"1h\"\nfall = 2\n[[backend]]\nname = \"broken\"\naddr = \"{broken_addr}\"\n[[backend]]\nname = \"b1\"\naddr = \"{}\"\n",
         backends[0].addr()
     );
-    let proxy = tether_proxy::Proxy::bind(tether_proxy::Config::from_toml(&text).unwrap(), None)
-        .await
-        .unwrap()
-        .spawn();
+    let proxy = proxy_from_toml(&text).await;
     let ws_head = "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
     let mut statuses = Vec::new();
     for _ in 0..8 {

@@ -135,10 +135,7 @@ async fn backend_maxconn_full_everywhere_answers_503() {
         backends[0].addr(),
         backends[1].addr()
     );
-    let proxy = tether_proxy::Proxy::bind(tether_proxy::Config::from_toml(&text).unwrap(), None)
-        .await
-        .unwrap()
-        .spawn();
+    let proxy = proxy_from_toml(&text).await;
     let (_a, first) = open(&proxy, "/ws").await;
     let (_b, second) = open(&proxy, "/ws").await;
     assert_ne!(first, second, "maxconn = 1 sends the second elsewhere");

@@ -106,10 +106,7 @@ async fn weights_are_honoured_by_consistent_hash() {
         backends[0].addr(),
         backends[1].addr()
     );
-    let proxy = tether_proxy::Proxy::bind(tether_proxy::Config::from_toml(&text).unwrap(), None)
-        .await
-        .unwrap()
-        .spawn();
+    let proxy = proxy_from_toml(&text).await;
     let mut names = Vec::new();
     for i in 0..200 {
         let (_ws, b) = open(&proxy, &format!("/ws?sid=k{i}")).await;

@@ -25,6 +25,20 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Opens a WebSocket through a proxy process that may still be starting (10 s at most).
+async fn connect_when_up(addr: std::net::SocketAddr) -> tether_testkit::Ws {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match ws_connect(addr, "/ws").await {
+            Ok((ws, _)) => return ws,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("proxy did not start: {e}"),
+        }
+    }
+}
+
 #[test]
 fn check_accepts_a_valid_config() {
     let path = write_config(
@@ -92,16 +106,7 @@ async fn sigterm_lets_tunnels_finish_and_logs_one_json_line_per_tunnel() {
             .collect::<Vec<_>>()
     });
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (mut ws, _) = loop {
-        match ws_connect(addr, "/ws").await {
-            Ok(c) => break c,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
-            Err(e) => panic!("proxy did not start: {e}"),
-        }
-    };
+    let mut ws = connect_when_up(addr).await;
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -163,16 +168,7 @@ async fn sighup_reloads_the_backend_list_without_cutting_tunnels() {
         .spawn()
         .unwrap();
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (mut ws, _) = loop {
-        match ws_connect(addr, "/ws").await {
-            Ok(c) => break c,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
-            Err(e) => panic!("proxy did not start: {e}"),
-        }
-    };
+    let mut ws = connect_when_up(addr).await;
     assert_eq!(whoami(&mut ws).await.unwrap(), "b1");
     std::fs::write(&path, config(&backends[1])).unwrap();
     Command::new("kill")

@@ -30,7 +30,12 @@ pub async fn proxy(extra: &str, backends: &[EchoServer]) -> RunningProxy {
             b.addr()
         ));
     }
-    let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    proxy_from_toml(&text).await
+}
+
+/// A proxy from a complete configuration text (for per-backend keys such as weight).
+pub async fn proxy_from_toml(text: &str) -> RunningProxy {
+    let config = Config::from_toml(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     Proxy::bind(config, None).await.expect("bind proxy").spawn()
 }
 
