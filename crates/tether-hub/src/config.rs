@@ -33,6 +33,12 @@ pub struct HubConfig {
     pub client_burst: u32,
     /// Messages queued for one client before it is closed as too slow (1013).
     pub client_queue: usize,
+    /// The shortest interval between two message writes to one client. Messages that come
+    /// sooner are held and sent together in one write when it is up; a message after a
+    /// quiet spell goes out at once. Zero writes every message as soon as it is queued. A
+    /// few milliseconds cap a busy client at one syscall and TCP segment per interval (the
+    /// kernel's per-write cost dominates fan-out) and add at most that much latency.
+    pub write_delay: Duration,
     /// Channels one connection may subscribe at once.
     pub max_subscriptions: usize,
     /// On graceful shutdown, clients are closed (1012) at random moments over this window,
@@ -52,11 +58,16 @@ impl Default for HubConfig {
             client_rate: 100,
             client_burst: 200,
             client_queue: 1024,
+            write_delay: Duration::ZERO,
             max_subscriptions: 128,
             shutdown_window: Duration::from_secs(10),
         }
     }
 }
+
+/// The longest [`HubConfig::write_delay`]: beyond it, batching stops saving anything
+/// worth the latency a realtime client sees.
+pub const MAX_WRITE_DELAY: Duration = Duration::from_secs(1);
 
 /// A setting that cannot work.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +76,8 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error("name must be 1..=64 printable characters")]
     BadName,
+    #[error("write_delay must be at most {max:?} (got {got:?}): longer would read as lag")]
+    WriteDelayTooLong { got: Duration, max: Duration },
 }
 
 impl HubConfig {
@@ -87,6 +100,12 @@ impl HubConfig {
                 return Err(ConfigError::Zero(key));
             }
         }
+        if self.write_delay > MAX_WRITE_DELAY {
+            return Err(ConfigError::WriteDelayTooLong {
+                got: self.write_delay,
+                max: MAX_WRITE_DELAY,
+            });
+        }
         Ok(())
     }
 }
@@ -105,6 +124,14 @@ mod tests {
         assert!(matches!(
             config.validate(),
             Err(ConfigError::Zero("client_queue"))
+        ));
+        let config = HubConfig {
+            write_delay: Duration::from_secs(2),
+            ..Default::default()
+        };
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::WriteDelayTooLong { .. })
         ));
     }
 }

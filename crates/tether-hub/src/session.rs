@@ -88,6 +88,7 @@ impl Session {
         let mut pong_deadline: Option<Instant> = None;
         let mut drain_at: Option<Instant> = drain_moment(*lifecycle.borrow_and_update());
         let overflow = self.overflow.clone();
+        let mut batch = Batch::new(self.node.config.write_delay);
 
         while let Flow::Continue = flow {
             flow = tokio::select! {
@@ -102,7 +103,14 @@ impl Session {
                         None => Flow::Drop(CloseReason::ClientClosed),
                     }
                 }
-                Some(p) = queue.recv() => self.deliver_batch(&mut ws, p, &mut queue).await,
+                Some(p) = queue.recv(), if !batch.is_gathering() => match batch.hold(p) {
+                    Some(p) => self.deliver(&mut ws, p, &mut queue, &mut batch).await,
+                    None => Flow::Continue,
+                },
+                _ = sleep_until_some(batch.due()) => match batch.release() {
+                    Some(p) => self.deliver(&mut ws, p, &mut queue, &mut batch).await,
+                    None => Flow::Continue,
+                },
                 _ = overflow.notified() => Flow::Close(CLOSE_TRY_AGAIN, "slow consumer", CloseReason::SlowConsumer),
                 _ = ping.tick() => {
                     pong_deadline.get_or_insert(Instant::now() + self.node.config.ping_timeout);
@@ -334,6 +342,20 @@ impl Session {
         }
     }
 
+    /// Writes a batch and notes whether the queue still holds more, which then goes out
+    /// without another delay: those messages have waited already.
+    async fn deliver(
+        &mut self,
+        ws: &mut WebSocket,
+        first: Arc<Publication>,
+        queue: &mut mpsc::Receiver<Arc<Publication>>,
+        batch: &mut Batch,
+    ) -> Flow {
+        let flow = self.deliver_batch(ws, first, queue).await;
+        batch.wrote(!queue.is_empty());
+        flow
+    }
+
     /// Writes `first` and whatever else is already queued, flushing once. A client that
     /// does not read for a whole ping timeout is dropped as too slow: a blocked write would
     /// otherwise hold the session (and its queue) forever.
@@ -430,6 +452,63 @@ async fn close_politely(ws: &mut WebSocket, code: u16, reason: &'static str) {
         }
     })
     .await;
+}
+
+/// Spaces a session's message writes at least the node's write delay apart. A message that
+/// finds the last write older than that goes out at once, so a quiet channel adds no
+/// latency; one that comes sooner is held until the interval is up, and everything queued
+/// by then goes out in the same write. A busy client thus costs one syscall per interval
+/// rather than one per message, and no message waits longer than the delay.
+struct Batch {
+    delay: Duration,
+    /// The message being held and when it is due.
+    held: Option<(Arc<Publication>, Instant)>,
+    last_write: Option<Instant>,
+    /// The last write left messages queued; they are written without waiting again.
+    backlogged: bool,
+}
+
+impl Batch {
+    fn new(delay: Duration) -> Self {
+        Self {
+            delay,
+            held: None,
+            last_write: None,
+            backlogged: false,
+        }
+    }
+
+    fn is_gathering(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// Takes a newly dequeued message: returns it when it should be written now, or holds it.
+    fn hold(&mut self, p: Arc<Publication>) -> Option<Arc<Publication>> {
+        let due = match self.last_write {
+            Some(at) if !self.delay.is_zero() && !self.backlogged => at + self.delay,
+            _ => return Some(p),
+        };
+        if due <= Instant::now() {
+            return Some(p);
+        }
+        self.held = Some((p, due));
+        None
+    }
+
+    /// When the held message is due to be written.
+    fn due(&self) -> Option<Instant> {
+        self.held.as_ref().map(|(_, at)| *at)
+    }
+
+    fn release(&mut self) -> Option<Arc<Publication>> {
+        self.held.take().map(|(p, _)| p)
+    }
+
+    /// A batch was written; `backlogged` when the queue still holds more.
+    fn wrote(&mut self, backlogged: bool) {
+        self.last_write = Some(Instant::now());
+        self.backlogged = backlogged;
+    }
 }
 
 /// When this connection closes during a drain: a random moment within the window, so a

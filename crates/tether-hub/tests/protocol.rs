@@ -452,3 +452,50 @@ async fn aborted_node_drops_clients_and_its_address_can_be_served_again() {
     .await;
     assert_eq!(Client::connect(again.local_addr()).await.node, "second");
 }
+
+#[tokio::test]
+async fn write_delay_spaces_writes_and_sends_what_gathered_together() {
+    let delay = Duration::from_secs(1);
+    let hub = memory_hub(HubConfig {
+        write_delay: delay,
+        ..config("h")
+    })
+    .await;
+    let addr = hub.local_addr();
+    let mut client = Client::connect(addr).await;
+    // Control answers are never held: the subscribe is confirmed at once.
+    client.subscribe("batched", None).await;
+    let started = tokio::time::Instant::now();
+    let mut arrivals = Vec::new();
+    let mut data = Vec::new();
+    publish(addr, "batched", json!({"n": 0})).await.unwrap();
+    // The first message finds no recent write, so it goes out at once...
+    data.push(client.messages(1).await.remove(0).1);
+    arrivals.push(started.elapsed());
+    // ...and the next ones, published right after, wait for the interval and come together.
+    for n in 1..5 {
+        publish(addr, "batched", json!({"n": n})).await.unwrap();
+    }
+    let all_published = started.elapsed();
+    assert!(
+        all_published < delay / 2,
+        "publishing 5 messages took {all_published:?}; the test needs them inside one interval"
+    );
+    for _ in 1..5 {
+        data.push(client.messages(1).await.remove(0).1);
+        arrivals.push(started.elapsed());
+    }
+    assert_eq!(data, (0..5).map(|n| json!({"n": n})).collect::<Vec<_>>());
+    assert!(
+        arrivals[0] < delay / 2,
+        "the first message was held: {arrivals:?}"
+    );
+    assert!(
+        arrivals[1] >= arrivals[0] + delay - Duration::from_millis(50),
+        "the second write came before the interval was up: {arrivals:?}"
+    );
+    assert!(
+        arrivals[4] - arrivals[1] < delay / 2,
+        "messages queued within one interval came apart: {arrivals:?}"
+    );
+}

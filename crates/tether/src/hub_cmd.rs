@@ -48,6 +48,10 @@ pub struct HubArgs {
     /// Messages queued for one client before it is closed as too slow (1013).
     #[arg(long, default_value_t = 1024)]
     client_queue: usize,
+    /// Shortest interval between two message writes to one client (e.g. 10ms): messages
+    /// arriving sooner go out together when it is up. 0 writes each message at once.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    write_delay: Duration,
     /// Channels one connection may subscribe at once.
     #[arg(long, default_value_t = 128)]
     max_subscriptions: usize,
@@ -68,6 +72,7 @@ impl HubArgs {
             client_rate: self.client_rate,
             client_burst: self.client_burst,
             client_queue: self.client_queue,
+            write_delay: self.write_delay,
             max_subscriptions: self.max_subscriptions,
             shutdown_window: self.shutdown_window,
         }
