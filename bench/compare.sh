@@ -7,9 +7,11 @@
 #   --skip-proxies  only the hub fan-out comparison
 #   --skip-hub      only the proxy comparison
 #   --no-build      use the existing release binary
+#   --rounds N      measure every proxy N times, in turn, and report medians (default 3)
 # Environment: CARGO_TARGET_DIR (where the release binary is built), TETHER_BIN (use this
 # binary instead), SERVER_CPU (0) and CLIENT_CPU (1): servers under test are pinned to one CPU,
 # the load generator and echo backends to the other. REDIS_URL (redis://127.0.0.1:6379).
+# WRITE_DELAY (10ms): the hub's --write-delay for its second, batched fan-out run.
 #
 # Runs unattended in under 10 minutes on a 2-core machine. Needs root only to install
 # haproxy/nginx when they are missing.
@@ -19,23 +21,31 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
-QUICK=0 SKIP_PROXIES=0 SKIP_HUB=0 BUILD=1
-for arg in "$@"; do
+WRITE_DELAY=${WRITE_DELAY:-10ms}
+QUICK=0 SKIP_PROXIES=0 SKIP_HUB=0 BUILD=1 ROUNDS=
+ARGS=("$@")
+while [ $# -gt 0 ]; do
+  arg=$1; shift
   case "$arg" in
+    --rounds) ROUNDS=${1:?--rounds needs a number}; shift ;;
     --quick) QUICK=1 ;;
     --skip-proxies) SKIP_PROXIES=1 ;;
     --skip-hub) SKIP_HUB=1 ;;
     --no-build) BUILD=0 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "compare.sh: unknown argument $arg (see --help)" >&2; exit 2 ;;
   esac
 done
 
+# Three short rounds, each measuring every target once in turn, give medians that one long
+# run per target cannot: on a shared machine a burst of outside load lands on one target.
 if [ "$QUICK" = 1 ]; then
-  DUR=2s WARM=500ms IDLE_N=1000 HS_DUR=2s STEP=2s MAX_RATE=80 SUBS=200
+  DUR=2s WARM=500ms IDLE_N=1000 HS_DUR=2s STEP=2s MAX_RATE=80 SUBS=200 ROUNDS=${ROUNDS:-1}
 else
-  DUR=8s WARM=2s IDLE_N=8000 HS_DUR=5s STEP=5s MAX_RATE=20000 SUBS=1000
+  DUR=5s WARM=1s IDLE_N=8000 HS_DUR=4s STEP=4s MAX_RATE=20000 SUBS=1000 ROUNDS=${ROUNDS:-3}
 fi
+case "$ROUNDS" in ''|*[!0-9]*|0) echo "compare.sh: --rounds must be a positive number" >&2; exit 2 ;; esac
+ROUND=1
 
 # Ports: echo backends, the three proxies, tether's admin, hub nodes.
 ECHO_PORTS=(19001 19002 19003)
@@ -115,13 +125,13 @@ build_tether() {
 run_bench() {
   local target=$1 run=$2 line
   shift 2
-  log "$target: $run"
+  log "$target: $run (round $ROUND/$ROUNDS)"
   if line=$(taskset -c "$CLIENT_CPU" "$TETHER" bench --threads 1 "$@" 2>>"$WORK/bench.log"); then
-    printf '{"target":"%s","run":"%s","result":%s}\n' "$target" "$run" "$line" >> "$RESULTS"
+    printf '{"target":"%s","run":"%s","round":%s,"result":%s}\n' "$target" "$run" "$ROUND" "$line" >> "$RESULTS"
   else
     log "$target: $run failed (see $WORK/bench.log):"
     tail -n 3 "$WORK/bench.log" >&2
-    printf '{"target":"%s","run":"%s","result":null}\n' "$target" "$run" >> "$RESULTS"
+    printf '{"target":"%s","run":"%s","round":%s,"result":null}\n' "$target" "$run" "$ROUND" >> "$RESULTS"
   fi
 }
 
@@ -218,21 +228,24 @@ proxy_suite() {
   install_peers
   write_configs
   start_echo_backends
-  SERVER_PIDS=()
-  measure direct "ws://127.0.0.1:${ECHO_PORTS[0]}/ws"
-
-  start_server haproxy "$PORT_HAPROXY" haproxy -db -f "$WORK/haproxy.cfg"
-  measure haproxy "ws://127.0.0.1:$PORT_HAPROXY/ws"
-  stop_pid "$SERVER_MAIN"
-
-  start_server nginx "$PORT_NGINX" nginx -p "$WORK/nginx" -c "$WORK/nginx.conf"
-  measure nginx "ws://127.0.0.1:$PORT_NGINX/ws"
-  stop_pid "$SERVER_MAIN"
-
   "$TETHER" check --config "$WORK/tether.toml" >&2
-  start_server tether "$PORT_TETHER" "$TETHER" proxy --config "$WORK/tether.toml"
-  measure tether "ws://127.0.0.1:$PORT_TETHER/ws"
-  stop_pid "$SERVER_MAIN"
+  for ROUND in $(seq "$ROUNDS"); do
+    SERVER_PIDS=()
+    measure direct "ws://127.0.0.1:${ECHO_PORTS[0]}/ws"
+
+    start_server haproxy "$PORT_HAPROXY" haproxy -db -f "$WORK/haproxy.cfg"
+    measure haproxy "ws://127.0.0.1:$PORT_HAPROXY/ws"
+    stop_pid "$SERVER_MAIN"
+
+    start_server nginx "$PORT_NGINX" nginx -p "$WORK/nginx" -c "$WORK/nginx.conf"
+    measure nginx "ws://127.0.0.1:$PORT_NGINX/ws"
+    stop_pid "$SERVER_MAIN"
+
+    start_server tether "$PORT_TETHER" "$TETHER" proxy --config "$WORK/tether.toml"
+    measure tether "ws://127.0.0.1:$PORT_TETHER/ws"
+    stop_pid "$SERVER_MAIN"
+  done
+  ROUND=1
 }
 
 # fanout TARGET FLAVOUR PORTS... — the rising-rate fan-out run against two hub nodes.
@@ -263,18 +276,30 @@ hub_suite() {
   fanout socketio socketio "${SIO_PORTS[@]}"
   for pid in "${mains[@]}"; do stop_pid "$pid"; done
 
-  mains=(); i=1
+  start_hubs "$prefix-hub"
+  fanout tether-hub tether "${HUB_PORTS[@]}"
+  for pid in "${HUB_MAINS[@]}"; do stop_pid "$pid"; done
+  # Again with a write delay: what a busy deployment would set (see README, "Hub tuning").
+  start_hubs "$prefix-hub-batched" --write-delay "$WRITE_DELAY"
+  fanout tether-hub-batched tether "${HUB_PORTS[@]}"
+  for pid in "${HUB_MAINS[@]}"; do stop_pid "$pid"; done
+  forget_redis_keys "$prefix"
+}
+
+# start_hubs PREFIX [HUB ARGS...] — two tether hub nodes on the shared Redis; HUB_MAINS holds
+# their PIDs.
+start_hubs() {
+  local prefix=$1 port i=1
+  shift
+  HUB_MAINS=()
   for port in "${HUB_PORTS[@]}"; do
     # The per-client frame rate limit guards against abusive clients; the benchmark's one
     # publisher is meant to go fast (Socket.IO has no such limit), so it is lifted here.
     start_server "hub$i" "$port" "$TETHER" hub --listen "127.0.0.1:$port" --name "hub$i" \
-      --broker "$REDIS_URL/0" --redis-prefix "$prefix-hub" \
-      --client-rate 1000000 --client-burst 1000000
-    mains+=("$SERVER_MAIN"); i=$((i + 1))
+      --broker "$REDIS_URL/0" --redis-prefix "$prefix" \
+      --client-rate 1000000 --client-burst 1000000 "$@"
+    HUB_MAINS+=("$SERVER_MAIN"); i=$((i + 1))
   done
-  fanout tether-hub tether "${HUB_PORTS[@]}"
-  for pid in "${mains[@]}"; do stop_pid "$pid"; done
-  forget_redis_keys "$prefix"
 }
 
 # Deletes the keys this run left in Redis (both servers' prefixes start with $1).
@@ -309,7 +334,7 @@ main() {
   local out=$ROOT/bench/results/latest.md
   [ "$QUICK" = 0 ] || out=$WORK/latest.md
   BENCH_DATE=$(date -u '+%Y-%m-%d %H:%M UTC') BENCH_MACHINE=$(machine) \
-    BENCH_IDLE_N=$IDLE_N BENCH_COMMAND="bench/compare.sh $*" BENCH_COMMIT="$(commit)" \
+    BENCH_IDLE_N=$IDLE_N BENCH_WRITE_DELAY=$WRITE_DELAY BENCH_COMMAND="bench/compare.sh ${ARGS[*]}" BENCH_COMMIT="$(commit)" \
     BENCH_LOAD="load average $load_before before, $(cut -d' ' -f1-3 /proc/loadavg) after (other processes on the machine add noise)" \
     node "$ROOT/bench/table.js" "$RESULTS" > "$WORK/latest.md"
   cp "$RESULTS" "${out%.md}.jsonl"
@@ -318,4 +343,4 @@ main() {
   log "done in $((SECONDS - began)) s; table written to $out"
 }
 
-main "$@"; exit $?  # one line: edits to this file during a run cannot change it
+main; exit $?  # one line: edits to this file during a run cannot change it

@@ -9,14 +9,29 @@
 
 const fs = require("node:fs");
 
-const lines = fs.readFileSync(process.argv[2], "utf8").split("\n").filter(Boolean);
-const runs = new Map(lines.map((l) => JSON.parse(l)).map((r) => [`${r.target}/${r.run}`, r.result]));
-const get = (target, run, pick) => {
-  const r = runs.get(`${target}/${run}`);
-  if (!r) return null;
-  const v = pick(r);
-  return typeof v === "number" && Number.isFinite(v) ? v : null;
+const lines = fs.readFileSync(process.argv[2], "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l));
+// Every round's result per target and run, in order; `runs` keeps the last round's (used for
+// the checks and the fan-out curve), `get` takes the median over the rounds.
+const rounds = new Map();
+for (const r of lines) {
+  const key = `${r.target}/${r.run}`;
+  if (!rounds.has(key)) rounds.set(key, []);
+  rounds.get(key).push(r.result);
+}
+const runs = new Map([...rounds].map(([k, rs]) => [k, rs[rs.length - 1]]));
+const ROUNDS = Math.max(0, ...[...rounds.values()].map((rs) => rs.length));
+const median = (xs) => {
+  if (!xs.length) return null;
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 };
+const values = (target, run, pick) =>
+  (rounds.get(`${target}/${run}`) || [])
+    .filter(Boolean)
+    .map(pick)
+    .filter((v) => typeof v === "number" && Number.isFinite(v));
+const get = (target, run, pick) => median(values(target, run, pick));
 
 const PEERS = ["haproxy", "nginx"];
 const fmt = (v, digits = 1) => {
@@ -25,10 +40,14 @@ const fmt = (v, digits = 1) => {
   return v.toFixed(digits);
 };
 const ratio = (a, b) => (a === null || b === null || b === 0 ? null : a / b);
+// Added latency: the median over rounds of (proxied − direct), each pair from the same round.
 const added = (target, run, field) => {
-  const t = get(target, run, (r) => r.latency[field]);
-  const d = get("direct", run, (r) => r.latency[field]);
-  return t === null || d === null ? null : t - d;
+  const t = rounds.get(`${target}/${run}`) || [];
+  const d = rounds.get(`direct/${run}`) || [];
+  const diffs = t
+    .map((r, i) => (r && d[i] ? r.latency[field] - d[i].latency[field] : null))
+    .filter((v) => typeof v === "number" && Number.isFinite(v));
+  return median(diffs);
 };
 
 // Each row: label, value per target, and how tether's figure is judged against the peers.
@@ -84,13 +103,14 @@ const rows = [
 ];
 
 const out = [];
-out.push(`# tether vs HAProxy vs nginx${runs.has("tether-hub/fanout") || runs.has("socketio/fanout") ? " · tether hub vs Socket.IO" : ""}`);
+out.push(`# tether vs HAProxy vs nginx${[...runs.keys()].some((k) => k.endsWith("/fanout")) ? " · tether hub vs Socket.IO" : ""}`);
 out.push("");
 if (process.env.BENCH_DATE) out.push(`- date: ${process.env.BENCH_DATE}`);
 if (process.env.BENCH_MACHINE) out.push(`- machine: ${process.env.BENCH_MACHINE}`);
 if (process.env.BENCH_LOAD) out.push(`- ${process.env.BENCH_LOAD}`);
 if (process.env.BENCH_COMMIT) out.push(`- tether: ${process.env.BENCH_COMMIT}`);
 if (process.env.BENCH_COMMAND) out.push(`- command: \`${process.env.BENCH_COMMAND.trim()}\``);
+if (ROUNDS > 1) out.push(`- every proxy figure is the median of ${ROUNDS} rounds (each round measures every target once, in turn)`);
 out.push("");
 
 const haveProxies = ["direct", ...PEERS, "tether"].some((t) => runs.has(`${t}/lat1`));
@@ -143,44 +163,49 @@ if (haveProxies) {
 }
 
 const fan = (t) => runs.get(`${t}/fanout`);
-if (fan("socketio") !== undefined || fan("tether-hub") !== undefined) {
-  out.push("| hub fan-out (2 nodes, shared Redis) | Socket.IO + Redis adapter | tether hub | tether/Socket.IO | target | met |");
-  out.push("|---|---:|---:|---:|---|:-:|");
+// The hub servers compared: Socket.IO, tether hub as shipped, and tether hub with the write
+// delay compare.sh sets (BENCH_WRITE_DELAY).
+const HUBS = [
+  ["socketio", "Socket.IO + Redis adapter"],
+  ["tether-hub", "tether hub (defaults)"],
+  ["tether-hub-batched", `tether hub, write_delay ${process.env.BENCH_WRITE_DELAY || "?"}`],
+].filter(([t]) => fan(t) !== undefined);
+const TETHER_HUBS = HUBS.filter(([t]) => t !== "socketio");
+if (HUBS.length) {
+  const head = HUBS.map(([, name]) => name);
+  const vs = TETHER_HUBS.map(([, name]) => `${name} / Socket.IO`);
+  out.push(`| hub fan-out (2 nodes, shared Redis) | ${[...head, ...vs].join(" | ")} | target | met |`);
+  out.push(`|---|${[...head, ...vs].map(() => "---:").join("|")}|---|:-:|`);
   const best = (t) => (fan(t) ? fan(t).best_deliveries_per_sec : null);
   const bestStep = (t) => (fan(t) ? fan(t).steps.find((s) => s.pass && s.deliveries_per_sec === fan(t).best_deliveries_per_sec) : null);
-  const r = ratio(best("tether-hub"), best("socketio"));
-  const subs = fan("tether-hub")?.subscribers ?? fan("socketio")?.subscribers ?? "?";
-  out.push(
-    `| highest deliveries/s with p99 ≤ 50 ms and zero loss (${subs} subscribers) | ${fmt(best("socketio"))} | ` +
-      `${fmt(best("tether-hub"))} | ${fmt(r, 2)} | ≥ 10 × Socket.IO | ${r !== null && r >= 10 ? "yes" : "no"} |`,
-  );
-  const p99 = (t) => (bestStep(t) ? bestStep(t).latency.p99_us / 1000 : null);
-  out.push(`| p99 at that rate, ms | ${fmt(p99("socketio"))} | ${fmt(p99("tether-hub"))} | | | |`);
-  const rate = (t) => (fan(t) ? fan(t).best_rate : null);
-  out.push(`| publish rate at that step, msg/s | ${fmt(rate("socketio"))} | ${fmt(rate("tether-hub"))} | | | |`);
-  const sustained = (t) => (fan(t) ? fan(t).best_sustained_deliveries_per_sec : null);
-  out.push(
-    `| highest deliveries/s with zero loss and p99 ≤ 1 s | ${fmt(sustained("socketio"))} | ${fmt(sustained("tether-hub"))} | ` +
-      `${fmt(ratio(sustained("tether-hub"), sustained("socketio")), 2)} | | |`,
-  );
+  const ratios = TETHER_HUBS.map(([t]) => ratio(best(t), best("socketio")));
+  const subs = HUBS.map(([t]) => fan(t)?.subscribers).find((n) => n) ?? "?";
+  const row = (label, pick, withRatios) =>
+    `| ${label} | ${HUBS.map(([t]) => fmt(pick(t))).join(" | ")} | ` +
+    (withRatios ? ratios.map((r) => fmt(r, 2)).join(" | ") : TETHER_HUBS.map(() => "").join(" | "));
+  const met = ratios.some((r) => r !== null && r >= 10);
+  out.push(`${row(`highest deliveries/s with p99 ≤ 50 ms and zero loss (${subs} subscribers)`, best, true)} | ≥ 10 × Socket.IO | ${met ? "yes" : "no"} |`);
+  out.push(`${row("p99 at that rate, ms", (t) => (bestStep(t) ? bestStep(t).latency.p99_us / 1000 : null), false)} | | |`);
+  out.push(`${row("publish rate at that step, msg/s", (t) => (fan(t) ? fan(t).best_rate : null), false)} | | |`);
+  out.push(`${row("highest deliveries/s with zero loss and p99 ≤ 1 s", (t) => (fan(t) ? fan(t).best_sustained_deliveries_per_sec : null), false)} | | |`);
   out.push("");
-  // The whole curve: each step's rate with both servers' results side by side.
-  const rates = [...new Set(["socketio", "tether-hub"].flatMap((t) => (fan(t) ? fan(t).steps.map((s) => s.rate) : [])))].sort((a, b) => a - b);
+  // The whole curve: each step's rate with every server's result side by side.
+  const rates = [...new Set(HUBS.flatMap(([t]) => (fan(t) ? fan(t).steps.map((s) => s.rate) : [])))].sort((a, b) => a - b);
   if (rates.length) {
-    out.push("| publish rate, msg/s | Socket.IO deliveries/s | p50 / p99, ms | lost | tether hub deliveries/s | p50 / p99, ms | lost |");
-    out.push("|---:|---:|---:|---:|---:|---:|---:|");
+    out.push(`| publish rate, msg/s | ${HUBS.map(([, name]) => `${name}: deliveries/s | p50 / p99, ms | lost`).join(" | ")} |`);
+    out.push(`|---:|${HUBS.map(() => "---:|---:|---:").join("|")}|`);
     const cell = (t, r) => {
       const s = fan(t) ? fan(t).steps.find((x) => x.rate === r) : null;
       if (!s) return "– | – | –";
       const mark = s.pass ? "" : " ✗";
       return `${fmt(s.deliveries_per_sec)}${mark} | ${fmt(s.latency.p50_us / 1000)} / ${fmt(s.latency.p99_us / 1000)} | ${s.lost}`;
     };
-    for (const r of rates) out.push(`| ${fmt(r)} | ${cell("socketio", r)} | ${cell("tether-hub", r)} |`);
+    for (const r of rates) out.push(`| ${fmt(r)} | ${HUBS.map(([t]) => cell(t, r)).join(" | ")} |`);
     out.push("");
     out.push("✗: the step failed the pass rule (p99 > 50 ms or a message lost).");
     out.push("");
   }
-  for (const t of ["socketio", "tether-hub"]) {
+  for (const [t] of HUBS) {
     const f = fan(t);
     if (f === null) out.push(`- ${t}: fan-out run failed`);
     if (!f) continue;
