@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -75,6 +75,13 @@ impl Session {
     async fn serve(mut self, mut ws: WebSocket, mut queue: mpsc::Receiver<Arc<Publication>>) {
         let _guard = self.node.session_guard();
         let mut lifecycle = self.node.lifecycle.subscribe();
+        let mut drain_at: Option<Instant> = drain_moment(*lifecycle.borrow_and_update());
+        // The two rare events are waited on by futures made once, not once per loop turn:
+        // making and dropping a `Notified` takes the notifier's lock, and the loop turns for
+        // every write batch.
+        let overflow = self.overflow.clone();
+        let mut overflowed = std::pin::pin!(overflow.notified());
+        let mut lifecycle_changed = std::pin::pin!(next_lifecycle(lifecycle));
         let welcome = ServerFrame::Welcome {
             node: self.node.name(),
         };
@@ -86,8 +93,6 @@ impl Session {
         let ping_every = self.node.config.ping_interval;
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         let mut pong_deadline: Option<Instant> = None;
-        let mut drain_at: Option<Instant> = drain_moment(*lifecycle.borrow_and_update());
-        let overflow = self.overflow.clone();
         let mut batch = Batch::new(self.node.config.write_delay);
 
         while let Flow::Continue = flow {
@@ -111,7 +116,7 @@ impl Session {
                     Some(p) => self.deliver(&mut ws, p, &mut queue, &mut batch).await,
                     None => Flow::Continue,
                 },
-                _ = overflow.notified() => Flow::Close(CLOSE_TRY_AGAIN, "slow consumer", CloseReason::SlowConsumer),
+                _ = &mut overflowed => Flow::Close(CLOSE_TRY_AGAIN, "slow consumer", CloseReason::SlowConsumer),
                 _ = ping.tick() => {
                     pong_deadline.get_or_insert(Instant::now() + self.node.config.ping_timeout);
                     match tokio::time::timeout(SMALL_WRITE_LIMIT, ws.send(Message::Ping(Default::default()))).await {
@@ -120,10 +125,11 @@ impl Session {
                     }
                 }
                 _ = sleep_until_some(pong_deadline) => Flow::Drop(CloseReason::PingTimeout),
-                changed = lifecycle.changed() => match changed.map(|()| *lifecycle.borrow_and_update()) {
-                    Ok(Lifecycle::Aborted) | Err(_) => Flow::Drop(CloseReason::Aborted),
-                    Ok(state) => {
+                (state, receiver) = &mut lifecycle_changed => match state {
+                    Some(Lifecycle::Aborted) | None => Flow::Drop(CloseReason::Aborted),
+                    Some(state) => {
                         drain_at = drain_at.or(drain_moment(state));
+                        lifecycle_changed.set(next_lifecycle(receiver));
                         Flow::Continue
                     }
                 },
@@ -521,6 +527,18 @@ fn drain_moment(state: Lifecycle) -> Option<Instant> {
         }
         Lifecycle::Running | Lifecycle::Aborted => None,
     }
+}
+
+/// The node's next lifecycle state (`None` once the node is gone), with the receiver back
+/// to wait for the one after.
+async fn next_lifecycle(
+    mut lifecycle: watch::Receiver<Lifecycle>,
+) -> (Option<Lifecycle>, watch::Receiver<Lifecycle>) {
+    let state = match lifecycle.changed().await {
+        Ok(()) => Some(*lifecycle.borrow_and_update()),
+        Err(_) => None,
+    };
+    (state, lifecycle)
 }
 
 async fn sleep_until_some(at: Option<Instant>) {
