@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::balance::Ring;
 use crate::config::BackendConfig;
-use crate::metrics::{BackendLabel, BytesLabels, Direction, Metrics};
+use crate::metrics::{BackendLabel, BytesLabels, Direction, HandshakeLabels, Metrics};
 
 /// The position of a backend in one [`BackendSet`] snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -53,6 +53,9 @@ pub struct BackendMetrics {
     pub bytes_to_backend: Counter,
     pub bytes_to_client: Counter,
     pub failures: Counter,
+    /// `tether_handshakes_total{status="101"}` of this backend, looked up on first use (so
+    /// the series appears with the first upgrade, as before) and then kept.
+    switched: OnceLock<Counter>,
 }
 
 impl BackendMetrics {
@@ -75,6 +78,23 @@ impl BackendMetrics {
             bytes_to_backend: bytes(Direction::ClientToBackend),
             bytes_to_client: bytes(Direction::BackendToClient),
             failures: metrics.backend_failures.get_or_create(&label).clone(),
+            switched: OnceLock::new(),
+        }
+    }
+
+    /// Counts a handshake answered with `status`. A `101` touches only this backend's own
+    /// counter; other statuses are rare and go through the label map.
+    pub fn record_handshake(&self, metrics: &Metrics, name: &str, status: u16) {
+        let counter = |status| {
+            metrics.handshakes.get_or_create(&HandshakeLabels {
+                backend: name.to_owned(),
+                status,
+            })
+        };
+        if status == 101 {
+            self.switched.get_or_init(|| counter(101).clone()).inc();
+        } else {
+            counter(status).inc();
         }
     }
 }

@@ -188,9 +188,19 @@ fn range_in(buf: &[u8], part: &[u8]) -> Range<usize> {
 impl RequestHead {
     /// Parses and checks a request head (`buf[..len]` must be the complete head).
     pub fn parse(buf: &[u8], max_headers: usize) -> Result<RequestHead, Reject> {
-        let mut storage = vec![httparse::EMPTY_HEADER; max_headers];
-        let mut req = httparse::Request::new(&mut storage);
-        match req.parse(buf) {
+        // The header table lives on the stack for the default limit (64): no allocation and
+        // no initialisation of slots the head does not use.
+        const INLINE: usize = 64;
+        let mut inline = [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; INLINE];
+        let mut heap = Vec::new();
+        let storage = if max_headers <= INLINE {
+            &mut inline[..max_headers]
+        } else {
+            heap.resize_with(max_headers, std::mem::MaybeUninit::uninit);
+            &mut heap[..]
+        };
+        let mut req = httparse::Request::new(&mut []);
+        match req.parse_with_uninit_headers(buf, storage) {
             Ok(httparse::Status::Complete(_)) => {}
             Ok(httparse::Status::Partial) => return Err(Reject::BadRequest("incomplete head")),
             Err(httparse::Error::TooManyHeaders) => {

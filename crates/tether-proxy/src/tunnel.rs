@@ -91,8 +91,14 @@ enum Side {
 
 impl Direction<'_> {
     /// Moves bytes until the source would block, or finishes. `Ready(Ok)` means EOF was
-    /// forwarded; an error names the side that failed.
-    fn poll_pump(&mut self, cx: &mut Context<'_>, activity: &mut bool) -> Poll<Result<(), Side>> {
+    /// forwarded; an error names the side that failed. `last` says the other direction has
+    /// already finished, so the tunnel ends with this EOF.
+    fn poll_pump(
+        &mut self,
+        cx: &mut Context<'_>,
+        activity: &mut bool,
+        last: bool,
+    ) -> Poll<Result<(), Side>> {
         loop {
             match &mut self.flow {
                 Flow::Finished => return Poll::Ready(Ok(())),
@@ -124,8 +130,14 @@ impl Direction<'_> {
                     match result {
                         Ok(None) => {
                             // EOF: pass the half-close on; the other direction may still flow.
+                            // When it already ended, both sockets are closed next, and the
+                            // close sends this FIN: the `shutdown` call would be one more
+                            // syscall for nothing (the peer's EOF was read, so its receive
+                            // queue is empty and the close is orderly, not a reset).
                             *activity = true;
-                            let _ = socket2::SockRef::from(self.dst).shutdown(Shutdown::Write);
+                            if !last {
+                                let _ = socket2::SockRef::from(self.dst).shutdown(Shutdown::Write);
+                            }
                             self.flow = Flow::Finished;
                         }
                         Ok(Some(Ok(()))) => *activity = true,
@@ -215,7 +227,8 @@ pub async fn run(
     let mut error = None;
     let reason = poll_fn(|cx| {
         let mut activity = false;
-        let up_done = match up.poll_pump(cx, &mut activity) {
+        let down_finished = matches!(down.flow, Flow::Finished);
+        let up_done = match up.poll_pump(cx, &mut activity, down_finished) {
             Poll::Ready(Ok(())) => true,
             Poll::Ready(Err(side)) => {
                 return Poll::Ready(blame(
@@ -227,7 +240,7 @@ pub async fn run(
             }
             Poll::Pending => false,
         };
-        let down_done = match down.poll_pump(cx, &mut activity) {
+        let down_done = match down.poll_pump(cx, &mut activity, up_done) {
             Poll::Ready(Ok(())) => true,
             Poll::Ready(Err(side)) => {
                 return Poll::Ready(blame(
