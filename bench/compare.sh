@@ -241,7 +241,8 @@ proxy_suite() {
     measure nginx "ws://127.0.0.1:$PORT_NGINX/ws"
     stop_pid "$SERVER_MAIN"
 
-    start_server tether "$PORT_TETHER" "$TETHER" proxy --config "$WORK/tether.toml"
+    # Access logs off, as the peers run: nginx has `access_log off`, HAProxy logs errors only.
+    start_server tether "$PORT_TETHER" env TETHER_LOG=warn "$TETHER" proxy --config "$WORK/tether.toml"
     measure tether "ws://127.0.0.1:$PORT_TETHER/ws"
     stop_pid "$SERVER_MAIN"
   done
