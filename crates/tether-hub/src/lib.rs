@@ -22,6 +22,7 @@ mod node;
 pub mod protocol;
 mod server;
 mod session;
+mod write_batch;
 
 pub use broker::{broker_from_url, broker_with, Broker, BrokerError, BrokerOptions, HistoryPolicy};
 pub use config::{ConfigError, HubConfig};

@@ -21,6 +21,7 @@ use crate::node::{Lifecycle, Node};
 use crate::protocol::{
     ChannelName, ClientFrame, ErrorCode, Offset, ProtocolError, Publication, ServerFrame,
 };
+use crate::write_batch::WriteBatch;
 
 /// Close codes the hub sends.
 const CLOSE_POLICY: u16 = 1008;
@@ -93,7 +94,7 @@ impl Session {
         let ping_every = self.node.config.ping_interval;
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         let mut pong_deadline: Option<Instant> = None;
-        let mut batch = Batch::new(self.node.config.write_delay);
+        let mut batch = WriteBatch::new(self.node.config.write_delay);
 
         while let Flow::Continue = flow {
             flow = tokio::select! {
@@ -355,7 +356,7 @@ impl Session {
         ws: &mut WebSocket,
         first: Arc<Publication>,
         queue: &mut mpsc::Receiver<Arc<Publication>>,
-        batch: &mut Batch,
+        batch: &mut WriteBatch<Arc<Publication>>,
     ) -> Flow {
         let flow = self.deliver_batch(ws, first, queue).await;
         batch.wrote(!queue.is_empty());
@@ -458,63 +459,6 @@ async fn close_politely(ws: &mut WebSocket, code: u16, reason: &'static str) {
         }
     })
     .await;
-}
-
-/// Spaces a session's message writes at least the node's write delay apart. A message that
-/// finds the last write older than that goes out at once, so a quiet channel adds no
-/// latency; one that comes sooner is held until the interval is up, and everything queued
-/// by then goes out in the same write. A busy client thus costs one syscall per interval
-/// rather than one per message, and no message waits longer than the delay.
-struct Batch {
-    delay: Duration,
-    /// The message being held and when it is due.
-    held: Option<(Arc<Publication>, Instant)>,
-    last_write: Option<Instant>,
-    /// The last write left messages queued; they are written without waiting again.
-    backlogged: bool,
-}
-
-impl Batch {
-    fn new(delay: Duration) -> Self {
-        Self {
-            delay,
-            held: None,
-            last_write: None,
-            backlogged: false,
-        }
-    }
-
-    fn is_gathering(&self) -> bool {
-        self.held.is_some()
-    }
-
-    /// Takes a newly dequeued message: returns it when it should be written now, or holds it.
-    fn hold(&mut self, p: Arc<Publication>) -> Option<Arc<Publication>> {
-        let due = match self.last_write {
-            Some(at) if !self.delay.is_zero() && !self.backlogged => at + self.delay,
-            _ => return Some(p),
-        };
-        if due <= Instant::now() {
-            return Some(p);
-        }
-        self.held = Some((p, due));
-        None
-    }
-
-    /// When the held message is due to be written.
-    fn due(&self) -> Option<Instant> {
-        self.held.as_ref().map(|(_, at)| *at)
-    }
-
-    fn release(&mut self) -> Option<Arc<Publication>> {
-        self.held.take().map(|(p, _)| p)
-    }
-
-    /// A batch was written; `backlogged` when the queue still holds more.
-    fn wrote(&mut self, backlogged: bool) {
-        self.last_write = Some(Instant::now());
-        self.backlogged = backlogged;
-    }
 }
 
 /// When this connection closes during a drain: a random moment within the window, so a
