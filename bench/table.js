@@ -128,22 +128,26 @@ if (haveProxies) {
   }
   out.push("");
   const checks = [];
+  // Checks look at every round, not only the last: a round that failed or lost tunnels
+  // must show even when the medians look fine.
+  const all = (t, run) => rounds.get(`${t}/${run}`) || [];
   for (const t of [...PEERS, "tether"]) {
-    const idle = runs.get(`${t}/idle`);
-    if (idle) {
+    all(t, "idle").forEach((idle, i) => {
+      if (!idle) return;
       checks.push(
-        `${t}: ${idle.opened}/${idle.requested} idle tunnels opened, ${idle.still_open} still open after the hold, ` +
-          `${idle.sample_answered}/${idle.sampled} sampled answered`,
+        `${t}${ROUNDS > 1 ? ` (round ${i + 1})` : ""}: ${idle.opened}/${idle.requested} idle tunnels opened, ` +
+          `${idle.still_open} still open after the hold, ${idle.sample_answered}/${idle.sampled} sampled answered`,
       );
-    }
+    });
     const errors = ["lat1", "lat64", "tput", "handshake"]
-      .map((run) => [run, runs.get(`${t}/${run}`)])
-      .filter(([, r]) => r && r.errors > 0)
-      .map(([run, r]) => `${run}: ${r.errors} errors`);
+      .map((run) => [run, all(t, run).reduce((n, r) => n + (r ? r.errors || 0 : 0), 0)])
+      .filter(([, n]) => n > 0)
+      .map(([run, n]) => `${run}: ${n} errors`);
     if (errors.length) checks.push(`${t}: ${errors.join(", ")}`);
-    const failed = ["lat1", "lat64", "tput", "handshake", "idle"].filter(
-      (run) => runs.has(`${t}/${run}`) && runs.get(`${t}/${run}`) === null,
-    );
+    const failed = ["lat1", "lat64", "tput", "handshake", "idle"]
+      .map((run) => [run, all(t, run).filter((r) => r === null).length])
+      .filter(([, n]) => n > 0)
+      .map(([run, n]) => `${run} (${n} of ${all(t, run).length})`);
     if (failed.length) checks.push(`${t}: runs failed: ${failed.join(", ")}`);
   }
   const gen = ["direct", ...PEERS, "tether"]
