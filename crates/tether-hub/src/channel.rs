@@ -6,16 +6,20 @@
 //! last offset it delivered, drops repeats, and when an offset skips ahead (a pub/sub
 //! message lost in a reconnect) or the feed announces a resync, it refills the hole from the
 //! broker's history before going on.
+//!
+//! The dispatcher hands its subscribers batches, not single messages: whatever the feed
+//! brought in one go. A burst thus costs each subscriber one queue operation and one wake.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::broker::{Broker, BrokerError, BrokerEvent, Link};
+use crate::mailbox::{Batch, Postbox, Posted};
 use crate::metrics::{BrokerOp, Metrics};
 use crate::protocol::{ChannelName, Offset, Publication};
 
@@ -36,13 +40,12 @@ impl std::fmt::Display for SessionId {
     }
 }
 
-/// How a dispatcher reaches one session: a bounded queue, and a bell rung when the queue
-/// overflowed and the session was dropped from the channel (it must close: it lost messages).
+/// How a dispatcher reaches one session. A session whose inbox overflows is dropped from
+/// the channel (its [`Postbox`] tells it to close: it lost messages).
 #[derive(Debug, Clone)]
 pub struct Subscriber {
     pub id: SessionId,
-    pub queue: mpsc::Sender<Arc<Publication>>,
-    pub overflow: Arc<Notify>,
+    pub postbox: Postbox,
 }
 
 enum Command {
@@ -87,7 +90,7 @@ impl Channels {
     }
 
     /// Adds `subscriber` to `channel`. Once this returns `Ok`, every publication of the
-    /// channel from then on reaches the subscriber's queue.
+    /// channel from then on reaches the subscriber's inbox.
     pub async fn join(
         &self,
         channel: &ChannelName,
@@ -138,6 +141,7 @@ impl Channels {
             last: None,
             started: false,
             retry_at: None,
+            pending: Vec::new(),
         };
         let span = tracing::debug_span!("channel", %channel);
         tokio::spawn(dispatcher.run(rx).instrument(span));
@@ -199,12 +203,15 @@ struct Dispatcher {
     broker: Arc<dyn Broker>,
     metrics: Arc<Metrics>,
     subscribers: Vec<Subscriber>,
-    /// The last offset handed to subscribers; `None` until the channel has a message.
+    /// The last offset accepted for the subscribers (handed over, or in `pending`); `None`
+    /// until the channel has a message.
     last: Option<Offset>,
     /// Whether the link is subscribed and `last` initialised.
     started: bool,
     /// When to try again a refill that failed (the broker was unreachable).
     retry_at: Option<tokio::time::Instant>,
+    /// Accepted, in offset order, and not yet handed over.
+    pending: Vec<Arc<Publication>>,
 }
 
 /// Sleeps until `at`, or forever when there is nothing to wait for.
@@ -218,6 +225,10 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
 /// How long a dispatcher waits before retrying a failed refill.
 const REFILL_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// Commands a dispatcher takes from its queue before handing over what they brought: enough
+/// to fold a burst into one batch, few enough that the first of them does not wait long.
+const COMMANDS_PER_TURN: usize = 256;
+
 impl Dispatcher {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         loop {
@@ -227,26 +238,39 @@ impl Dispatcher {
                 _ = sleep_until_some(retry_at) => {
                     self.retry_at = None;
                     self.refill(None).await;
+                    self.hand_over();
                     continue;
                 }
             };
             let Some(command) = command else { break };
-            match command {
-                Command::Join(subscriber, ack) => {
-                    let result = self
-                        .start()
-                        .await
-                        .map(|()| self.subscribers.push(subscriber));
-                    let _ = ack.send(result);
+            self.handle(command).await;
+            // What else the feed already brought joins the same batch.
+            for _ in 1..COMMANDS_PER_TURN {
+                match commands.try_recv() {
+                    Ok(command) => self.handle(command).await,
+                    Err(_) => break,
                 }
-                Command::Leave(id) => self.subscribers.retain(|s| s.id != id),
-                Command::Deliver(p) if self.started => self.accept(p).await,
-                Command::Resync if self.started => self.refill(None).await,
-                Command::Deliver(_) | Command::Resync => {}
             }
+            self.hand_over();
         }
         if self.started {
             self.link.unsubscribe(&self.channel);
+        }
+    }
+
+    async fn handle(&mut self, command: Command) {
+        match command {
+            Command::Join(subscriber, ack) => {
+                let result = self
+                    .start()
+                    .await
+                    .map(|()| self.subscribers.push(subscriber));
+                let _ = ack.send(result);
+            }
+            Command::Leave(id) => self.subscribers.retain(|s| s.id != id),
+            Command::Deliver(p) if self.started => self.accept(p).await,
+            Command::Resync if self.started => self.refill(None).await,
+            Command::Deliver(_) | Command::Resync => {}
         }
     }
 
@@ -313,16 +337,20 @@ impl Dispatcher {
         }
     }
 
+    /// Accepts `p` for the subscribers: it goes out with the next hand-over.
     fn fan_out(&mut self, p: Arc<Publication>) {
         self.last = Some(p.offset);
+        self.pending.push(p);
+    }
+
+    /// Gives every subscriber the pending messages as one batch, dropping those whose
+    /// inbox overflowed (they were told to close) or whose session ended.
+    fn hand_over(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let batch: Batch = self.pending.drain(..).collect();
         self.subscribers
-            .retain(|s| match s.queue.try_send(p.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    s.overflow.notify_one();
-                    false
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            });
+            .retain(|s| s.postbox.post(&batch) == Posted::Queued);
     }
 }

@@ -17,12 +17,14 @@ mod api;
 pub mod broker;
 mod channel;
 pub mod config;
+mod mailbox;
 pub mod metrics;
 mod node;
+mod pacer;
 pub mod protocol;
+mod publishing;
 mod server;
 mod session;
-mod write_batch;
 
 pub use broker::{broker_from_url, broker_with, Broker, BrokerError, BrokerOptions, HistoryPolicy};
 pub use config::{ConfigError, HubConfig};

@@ -11,17 +11,17 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::channel::{SessionId, Subscriber};
+use crate::mailbox::{self, Batch, Mailbox, Postbox};
 use crate::metrics::{CloseReason, Resume, Source};
 use crate::node::{Lifecycle, Node};
-use crate::protocol::{
-    ChannelName, ClientFrame, ErrorCode, Offset, ProtocolError, Publication, ServerFrame,
-};
-use crate::write_batch::WriteBatch;
+use crate::pacer::Pacer;
+use crate::protocol::{ChannelName, ClientFrame, ErrorCode, Offset, ProtocolError, ServerFrame};
+use crate::publishing::{Outcome, Publishes};
 
 /// Close codes the hub sends.
 const CLOSE_POLICY: u16 = 1008;
@@ -31,23 +31,23 @@ const CLOSE_TRY_AGAIN: u16 = 1013;
 /// How long writing a single small frame (an answer, a ping) may block.
 const SMALL_WRITE_LIMIT: Duration = Duration::from_secs(10);
 
-/// How many queued messages one write batch takes before flushing.
+/// Messages one write takes from the inbox before flushing (a whole batch is always taken).
 const WRITE_BATCH: usize = 64;
 
 /// Runs a connection until it ends.
 pub async fn run(ws: WebSocket, node: Arc<Node>) {
     let id = SessionId::next();
     let span = tracing::info_span!("session", id = %id, node = %node.name());
-    let (queue_tx, queue) = mpsc::channel(node.config.client_queue);
+    let (postbox, inbox) = mailbox::mailbox(node.config.client_queue);
     let session = Session {
         id,
         bucket: TokenBucket::new(node.config.client_rate, node.config.client_burst),
         node,
         subscriptions: HashMap::new(),
-        queue_tx,
-        overflow: Arc::new(Notify::new()),
+        postbox,
+        publishes: Publishes::default(),
     };
-    session.serve(ws, queue).instrument(span).await;
+    session.serve(ws, inbox).instrument(span).await;
 }
 
 struct Session {
@@ -55,8 +55,10 @@ struct Session {
     node: Arc<Node>,
     /// Subscribed channels and the last offset sent on each.
     subscriptions: HashMap<ChannelName, Offset>,
-    queue_tx: mpsc::Sender<Arc<Publication>>,
-    overflow: Arc<Notify>,
+    /// Handed to the channels this session joins.
+    postbox: Postbox,
+    /// The client's publishes not yet answered.
+    publishes: Publishes,
     bucket: TokenBucket,
 }
 
@@ -73,14 +75,14 @@ enum Flow {
 struct Gone;
 
 impl Session {
-    async fn serve(mut self, mut ws: WebSocket, mut queue: mpsc::Receiver<Arc<Publication>>) {
+    async fn serve(mut self, mut ws: WebSocket, mut inbox: Mailbox) {
         let _guard = self.node.session_guard();
         let mut lifecycle = self.node.lifecycle.subscribe();
         let mut drain_at: Option<Instant> = drain_moment(*lifecycle.borrow_and_update());
         // The two rare events are waited on by futures made once, not once per loop turn:
         // making and dropping a `Notified` takes the notifier's lock, and the loop turns for
         // every write batch.
-        let overflow = self.overflow.clone();
+        let overflow = inbox.overflow();
         let mut overflowed = std::pin::pin!(overflow.notified());
         let mut lifecycle_changed = std::pin::pin!(next_lifecycle(lifecycle));
         let welcome = ServerFrame::Welcome {
@@ -94,11 +96,12 @@ impl Session {
         let ping_every = self.node.config.ping_interval;
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         let mut pong_deadline: Option<Instant> = None;
-        let mut batch = WriteBatch::new(self.node.config.write_delay);
+        let mut pacer = Pacer::new(self.node.config.write_delay);
 
         while let Flow::Continue = flow {
             flow = tokio::select! {
-                frame = ws.recv() => {
+                // With too many publishes outstanding the client is not read: back-pressure.
+                frame = ws.recv(), if !self.publishes.is_full() => {
                     pong_deadline = None;
                     match frame {
                         Some(Ok(frame)) => self.on_frame(&mut ws, frame).await,
@@ -109,12 +112,14 @@ impl Session {
                         None => Flow::Drop(CloseReason::ClientClosed),
                     }
                 }
-                Some(p) = queue.recv(), if !batch.is_gathering() => match batch.hold(p) {
-                    Some(p) => self.deliver(&mut ws, p, &mut queue, &mut batch).await,
-                    None => Flow::Continue,
-                },
-                _ = sleep_until_some(batch.due()) => match batch.release() {
-                    Some(p) => self.deliver(&mut ws, p, &mut queue, &mut batch).await,
+                outcome = self.publishes.next(), if !self.publishes.is_empty() => {
+                    self.answer_publish(&mut ws, outcome).await
+                }
+                Some(batch) = inbox.recv(), if pacer.may_take() => {
+                    self.deliver(&mut ws, batch, &mut inbox, &mut pacer).await
+                }
+                () = pacer.rested(), if !pacer.may_take() => match inbox.try_recv() {
+                    Some(batch) => self.deliver(&mut ws, batch, &mut inbox, &mut pacer).await,
                     None => Flow::Continue,
                 },
                 _ = &mut overflowed => Flow::Close(CLOSE_TRY_AGAIN, "slow consumer", CloseReason::SlowConsumer),
@@ -148,6 +153,17 @@ impl Session {
         tracing::debug!(?reason, "disconnected");
         self.node.metrics.disconnect(reason);
         self.leave_all();
+        self.settle_publishes().await;
+    }
+
+    /// Lets the publishes the client started finish, though nobody is left to answer: a
+    /// request may already be with the broker, and cutting it off would leave it unknown
+    /// whether it was published.
+    async fn settle_publishes(&mut self) {
+        while !self.publishes.is_empty() {
+            let outcome = self.publishes.next().await;
+            self.note_publish_failure(&outcome);
+        }
     }
 
     fn leave_all(&mut self) {
@@ -199,7 +215,7 @@ impl Session {
             }
             Ok(ClientFrame::Unsubscribe { channel }) => self.unsubscribe(ws, &channel).await,
             Ok(ClientFrame::Publish { channel, data, id }) => {
-                self.publish(ws, &channel, data, id.as_deref()).await
+                self.publish(ws, &channel, data, id).await
             }
         }
     }
@@ -233,11 +249,10 @@ impl Session {
         }
         let subscriber = Subscriber {
             id: self.id,
-            queue: self.queue_tx.clone(),
-            overflow: self.overflow.clone(),
+            postbox: self.postbox.clone(),
         };
         // Join first, read history second: whatever is published in between is both in
-        // the history and in the queue, and the offset check below keeps one copy.
+        // the history and in the inbox, and the offset check below keeps one copy.
         if let Err(error) = self.node.channels.join(&name, subscriber).await {
             tracing::warn!(%error, channel = %name, "subscribe failed");
             let error = ProtocolError::new(
@@ -311,19 +326,33 @@ impl Session {
         }
     }
 
+    /// Starts publishing; the answer goes out when the broker has replied (see
+    /// [`Publishes`]).
     async fn publish(
         &mut self,
         ws: &mut WebSocket,
         channel: &str,
         data: Box<RawValue>,
-        id: Option<&RawValue>,
+        id: Option<Box<RawValue>>,
     ) -> Flow {
         let name = match ChannelName::parse(channel) {
             Ok(name) => name,
-            Err(error) => return self.reply_error(ws, &error, Some(channel), id).await,
+            Err(error) => {
+                return self
+                    .reply_error(ws, &error, Some(channel), id.as_deref())
+                    .await
+            }
         };
         self.node.metrics.message_in(Source::Ws);
-        match self.node.broker.publish(&name, data).await {
+        self.publishes.start(&*self.node.broker, name, data, id);
+        Flow::Continue
+    }
+
+    async fn answer_publish(&mut self, ws: &mut WebSocket, outcome: Outcome) -> Flow {
+        self.note_publish_failure(&outcome);
+        let channel = outcome.channel.as_str();
+        let id = outcome.id.as_deref();
+        match outcome.result {
             Ok(offset) => {
                 let published = ServerFrame::Published {
                     channel,
@@ -336,10 +365,6 @@ impl Session {
                 }
             }
             Err(error) => {
-                self.node
-                    .metrics
-                    .broker_error(crate::metrics::BrokerOp::Publish);
-                tracing::warn!(%error, channel = %name, "publish failed");
                 let error = ProtocolError::new(
                     ErrorCode::BrokerUnavailable,
                     format!("not published: {error}"),
@@ -349,70 +374,87 @@ impl Session {
         }
     }
 
-    /// Writes a batch and notes whether the queue still holds more, which then goes out
-    /// without another delay: those messages have waited already.
+    fn note_publish_failure(&self, outcome: &Outcome) {
+        if let Err(error) = &outcome.result {
+            self.node
+                .metrics
+                .broker_error(crate::metrics::BrokerOp::Publish);
+            tracing::warn!(%error, channel = %outcome.channel, "publish failed");
+        }
+    }
+
+    /// Writes `first` and whatever else the inbox already holds, flushing once, then rests
+    /// as the pacer says. A client that does not read for a whole ping timeout is dropped
+    /// as too slow: a blocked write would otherwise hold the session (and its inbox)
+    /// forever.
     async fn deliver(
         &mut self,
         ws: &mut WebSocket,
-        first: Arc<Publication>,
-        queue: &mut mpsc::Receiver<Arc<Publication>>,
-        batch: &mut WriteBatch<Arc<Publication>>,
-    ) -> Flow {
-        let flow = self.deliver_batch(ws, first, queue).await;
-        batch.wrote(!queue.is_empty());
-        flow
-    }
-
-    /// Writes `first` and whatever else is already queued, flushing once. A client that
-    /// does not read for a whole ping timeout is dropped as too slow: a blocked write would
-    /// otherwise hold the session (and its queue) forever.
-    async fn deliver_batch(
-        &mut self,
-        ws: &mut WebSocket,
-        first: Arc<Publication>,
-        queue: &mut mpsc::Receiver<Arc<Publication>>,
+        first: Batch,
+        inbox: &mut Mailbox,
+        pacer: &mut Pacer,
     ) -> Flow {
         let limit = self.node.config.ping_timeout;
-        match tokio::time::timeout(limit, self.write_batch(ws, first, queue)).await {
+        let flow = match tokio::time::timeout(limit, self.write_batches(ws, first, inbox)).await {
             Ok(flow) => flow,
             Err(_) => {
                 tracing::info!("client stopped reading; dropping it");
                 Flow::Drop(CloseReason::SlowConsumer)
             }
-        }
+        };
+        pacer.wrote(inbox.has_waiting());
+        flow
     }
 
-    async fn write_batch(
+    async fn write_batches(
         &mut self,
         ws: &mut WebSocket,
-        first: Arc<Publication>,
-        queue: &mut mpsc::Receiver<Arc<Publication>>,
+        first: Batch,
+        inbox: &mut Mailbox,
     ) -> Flow {
         let mut next = Some(first);
-        let mut taken = 0;
-        while let Some(p) = next.take() {
-            if let Some(last) = self.subscriptions.get_mut(&p.channel) {
-                if p.offset > *last {
-                    *last = p.offset;
-                    if ws.feed(Message::Text(p.frame.clone())).await.is_err() {
-                        return Flow::Drop(CloseReason::Error);
-                    }
-                    self.node.metrics.messages_out.inc();
-                }
+        let mut written = 0;
+        while let Some(batch) = next.take() {
+            match self.feed_batch(ws, &batch).await {
+                Ok(n) => written += n,
+                Err(Gone) => return Flow::Drop(CloseReason::Error),
             }
-            taken += 1;
-            if taken < WRITE_BATCH {
-                next = queue.try_recv().ok();
+            if written < WRITE_BATCH {
+                next = inbox.try_recv();
             }
         }
+        self.node.metrics.messages_out.inc_by(written as u64);
         match ws.flush().await {
             Ok(()) => Flow::Continue,
             Err(_) => Flow::Drop(CloseReason::Error),
         }
     }
 
+    /// Buffers the messages of `batch` this client has not had yet (history replayed at
+    /// subscribe may already hold some), returning how many.
+    async fn feed_batch(&mut self, ws: &mut WebSocket, batch: &Batch) -> Result<usize, Gone> {
+        let Some(channel) = batch.first().map(|p| &p.channel) else {
+            return Ok(0);
+        };
+        // Unsubscribed since the batch was posted: nothing of it is wanted.
+        let Some(last) = self.subscriptions.get_mut(channel) else {
+            return Ok(0);
+        };
+        // A batch is in offset order: what this client already has is a prefix of it.
+        let new = &batch[batch.partition_point(|p| p.offset <= *last)..];
+        for p in new {
+            ws.feed(Message::Text(p.frame.clone()))
+                .await
+                .map_err(|_| Gone)?;
+            *last = p.offset;
+        }
+        Ok(new.len())
+    }
+
+    /// Takes `&mut self` though it only reads: the session holds futures that are not
+    /// `Sync`, and a shared borrow of it held across an await would make it not `Send`.
     async fn reply_error(
-        &self,
+        &mut self,
         ws: &mut WebSocket,
         error: &ProtocolError,
         channel: Option<&str>,

@@ -95,11 +95,11 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl Broker for MemoryBroker {
-    fn publish<'a>(
-        &'a self,
-        channel: &'a ChannelName,
+    fn publish(
+        &self,
+        channel: &ChannelName,
         data: Box<RawValue>,
-    ) -> BoxFuture<'a, Result<Offset, BrokerError>> {
+    ) -> BoxFuture<'static, Result<Offset, BrokerError>> {
         let now = Instant::now();
         let mut state = lock(&self.state);
         state.since_sweep += 1;

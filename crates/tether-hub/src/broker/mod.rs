@@ -115,8 +115,9 @@ pub enum BrokerEvent {
 }
 
 /// Why a broker operation failed. Every variant is transient from the hub's point of view:
-/// the operation is answered with an error and retried by whoever asked.
-#[derive(Debug, thiserror::Error)]
+/// the operation is answered with an error and retried by whoever asked. Clone, because one
+/// failed round trip can fail a whole batch of publishes.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
     #[error("unsupported broker URL {0:?}: expected \"memory\" or \"redis://host:port/db\"")]
     UnsupportedUrl(String),
@@ -135,11 +136,15 @@ pub enum BrokerError {
 pub trait Broker: Send + Sync + 'static {
     /// Assigns the next offset of `channel`, stores the message in history and fans it out
     /// to every link subscribed to the channel, in offset order.
-    fn publish<'a>(
-        &'a self,
-        channel: &'a ChannelName,
+    ///
+    /// The message is handed to the broker by this call, not when the future is first
+    /// polled: publishes called in sequence are numbered in that sequence, however many
+    /// are awaited at once.
+    fn publish(
+        &self,
+        channel: &ChannelName,
         data: Box<RawValue>,
-    ) -> BoxFuture<'a, Result<Offset, BrokerError>>;
+    ) -> BoxFuture<'static, Result<Offset, BrokerError>>;
 
     /// The channel's top offset and, with `since`, the retained messages after it.
     fn history<'a>(

@@ -12,7 +12,7 @@
 //! | `P:hist:C`    | stream | retained messages, `MAXLEN` size, expires after ttl |
 //! | `P:live:C`    | pubsub | `"<offset> <json>"` per message                     |
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -25,6 +25,7 @@ use super::{Broker, BrokerError, BrokerEvent, BrokerOptions, History, HistoryPol
 use crate::protocol::{ChannelName, Offset, Publication};
 
 mod feed;
+mod publisher;
 
 /// How long one Redis command may take before the caller is told the broker is down.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
@@ -78,7 +79,7 @@ return out
 
 /// Key names for one prefix.
 #[derive(Debug, Clone)]
-struct Keys {
+pub(super) struct Keys {
     prefix: Arc<str>,
 }
 
@@ -102,63 +103,62 @@ impl Keys {
     }
 }
 
-/// A broker backed by one Redis server (or anything speaking its protocol).
-pub struct RedisBroker {
+/// The command connection, made on first use, so building the broker needs neither a
+/// runtime nor a live Redis; the manager reconnects by itself afterwards.
+#[derive(Clone)]
+pub(super) struct Connector {
     client: ::redis::Client,
-    /// Connected on first use, so building the broker needs neither a runtime nor a live
-    /// Redis; the manager reconnects by itself afterwards.
-    commands: OnceCell<ConnectionManager>,
-    keys: Keys,
-    policy: HistoryPolicy,
-    publish_script: Script,
-    history_script: Script,
+    manager: Arc<OnceCell<ConnectionManager>>,
 }
 
-impl RedisBroker {
-    pub fn new(url: &str, options: BrokerOptions) -> Result<Self, BrokerError> {
-        Ok(Self {
-            client: ::redis::Client::open(url)?,
-            commands: OnceCell::new(),
-            keys: Keys {
-                prefix: options.redis_prefix.into(),
-            },
-            policy: options.history,
-            publish_script: Script::new(PUBLISH_SCRIPT),
-            history_script: Script::new(HISTORY_SCRIPT),
-        })
-    }
-
-    async fn connection(&self) -> Result<ConnectionManager, BrokerError> {
+impl Connector {
+    async fn get(&self) -> Result<ConnectionManager, BrokerError> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(COMMAND_TIMEOUT))
             .set_response_timeout(Some(COMMAND_TIMEOUT))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let manager = self
-            .commands
+            .manager
             .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config))
             .await?;
         Ok(manager.clone())
     }
+}
 
-    async fn publish_inner(
-        &self,
-        channel: &ChannelName,
-        data: Box<RawValue>,
-    ) -> Result<Offset, BrokerError> {
-        let mut conn = self.connection().await?;
-        let offset: String = self
-            .publish_script
-            .key(self.keys.seq(channel))
-            .key(self.keys.hist(channel))
-            .key(self.keys.base(channel))
-            .arg(data.get())
-            .arg(self.policy.size)
-            .arg(self.policy.ttl.as_millis() as u64)
-            .arg(self.keys.live(channel))
-            .invoke_async(&mut conn)
-            .await?;
-        parse_offset(&offset)
+/// A broker backed by one Redis server (or anything speaking its protocol).
+pub struct RedisBroker {
+    client: ::redis::Client,
+    connector: Connector,
+    /// Started by the first publish (it needs a runtime).
+    publisher: OnceLock<publisher::Publisher>,
+    keys: Keys,
+    policy: HistoryPolicy,
+    history_script: Script,
+}
+
+impl RedisBroker {
+    pub fn new(url: &str, options: BrokerOptions) -> Result<Self, BrokerError> {
+        let client = ::redis::Client::open(url)?;
+        Ok(Self {
+            connector: Connector {
+                client: client.clone(),
+                manager: Arc::new(OnceCell::new()),
+            },
+            client,
+            publisher: OnceLock::new(),
+            keys: Keys {
+                prefix: options.redis_prefix.into(),
+            },
+            policy: options.history,
+            history_script: Script::new(HISTORY_SCRIPT),
+        })
+    }
+
+    fn publisher(&self) -> &publisher::Publisher {
+        self.publisher.get_or_init(|| {
+            publisher::Publisher::spawn(self.connector.clone(), self.keys.clone(), self.policy)
+        })
     }
 
     async fn history_inner(
@@ -166,7 +166,7 @@ impl RedisBroker {
         channel: &ChannelName,
         since: Option<Offset>,
     ) -> Result<History, BrokerError> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.connector.get().await?;
         let since_arg = since.map(|s| s.0.to_string()).unwrap_or_default();
         let reply: Vec<String> = self
             .history_script
@@ -218,12 +218,12 @@ async fn bounded<T>(
 }
 
 impl Broker for RedisBroker {
-    fn publish<'a>(
-        &'a self,
-        channel: &'a ChannelName,
+    fn publish(
+        &self,
+        channel: &ChannelName,
         data: Box<RawValue>,
-    ) -> BoxFuture<'a, Result<Offset, BrokerError>> {
-        bounded(self.publish_inner(channel, data)).boxed()
+    ) -> BoxFuture<'static, Result<Offset, BrokerError>> {
+        self.publisher().publish(channel, data)
     }
 
     fn history<'a>(
