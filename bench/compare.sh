@@ -2,12 +2,14 @@
 # Side-by-side benchmark: tether proxy vs HAProxy vs nginx (and direct), and tether hub vs
 # Socket.IO with its Redis adapter. Prints one table and writes it to bench/results/latest.md.
 #
-# Usage: bench/compare.sh [--quick] [--skip-proxies] [--skip-hub] [--no-build]
+# Usage: bench/compare.sh [--quick] [--skip-proxies] [--skip-hub] [--no-build] [--instructions]
 #   --quick         short runs (smoke test of the script, numbers not meaningful)
 #   --skip-proxies  only the hub fan-out comparison
 #   --skip-hub      only the proxy comparison
 #   --no-build      use the existing release binary
 #   --rounds N      measure every proxy N times, in turn, and report medians (default 3)
+#   --instructions  also count each proxy's user-space instructions per round trip under
+#                   callgrind: deterministic where CPU time on a shared machine is not (~3 min)
 # Environment: CARGO_TARGET_DIR (where the release binary is built), TETHER_BIN (use this
 # binary instead), SERVER_CPU (0) and CLIENT_CPU (1): servers under test are pinned to one CPU,
 # the load generator and echo backends to the other. REDIS_URL (redis://127.0.0.1:6379).
@@ -22,7 +24,7 @@ SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 WRITE_DELAY=${WRITE_DELAY:-10ms}
-QUICK=0 SKIP_PROXIES=0 SKIP_HUB=0 BUILD=1 ROUNDS=
+QUICK=0 SKIP_PROXIES=0 SKIP_HUB=0 BUILD=1 ROUNDS= INSTRUCTIONS=0
 ARGS=("$@")
 while [ $# -gt 0 ]; do
   arg=$1; shift
@@ -32,7 +34,8 @@ while [ $# -gt 0 ]; do
     --skip-proxies) SKIP_PROXIES=1 ;;
     --skip-hub) SKIP_HUB=1 ;;
     --no-build) BUILD=0 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    --instructions) INSTRUCTIONS=1 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "compare.sh: unknown argument $arg (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -56,6 +59,7 @@ WORK=$(mktemp -d /tmp/tether-compare.XXXXXX)
 RESULTS=$WORK/results.jsonl
 : > "$RESULTS"
 STARTED=()   # PIDs this script started; stopped on exit, one by one.
+ECHO_RUNNING=0
 
 log() { printf '[compare %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -144,6 +148,7 @@ start_echo_backends() {
     > "$WORK/echo.out" 2> "$WORK/echo.log" &
   STARTED+=($!)
   for port in "${ECHO_PORTS[@]}"; do wait_port "$port"; done
+  ECHO_RUNNING=1
 }
 
 write_configs() {
@@ -259,6 +264,80 @@ fanout() {
     --stop-above 1s
 }
 
+# instructions_suite — each proxy's user-space instructions per echoed round trip, counted by
+# callgrind. Each proxy runs twice under valgrind, with pingpong load for 1 s and for 6 s;
+# (instructions of the long run − the short one) ÷ (round trips of the long run − the short
+# one) cancels start-up and shutdown. The kernel's share is not counted, and instructions are
+# not cycles, but the count does not move with the machine's load.
+instructions_suite() {
+  install_peers
+  install_valgrind
+  write_configs
+  # valgrind keeps a few descriptors for itself: HAProxy refuses to start if it cannot get
+  # all it asks for.
+  sed "s/ulimit-n .*/ulimit-n $((FD_LIMIT - 100))/" "$WORK/haproxy.cfg" > "$WORK/haproxy-callgrind.cfg"
+  # nginx's worker runs as an unprivileged user and writes its own profile.
+  chmod 711 "$WORK"
+  mkdir -p -m 1777 "$WORK/callgrind"
+  [ "$ECHO_RUNNING" = 1 ] || start_echo_backends
+  count_instructions haproxy "$PORT_HAPROXY" haproxy -db -f "$WORK/haproxy-callgrind.cfg"
+  count_instructions nginx "$PORT_NGINX" nginx -p "$WORK/nginx" -c "$WORK/nginx.conf"
+  count_instructions tether "$PORT_TETHER" "$TETHER" proxy --config "$WORK/tether.toml"
+}
+
+install_valgrind() {
+  command -v valgrind >/dev/null && return
+  log "installing valgrind from Debian's packages"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q valgrind
+}
+
+# count_instructions TARGET PORT COMMAND... — stores {short, long} runs of TARGET.
+count_instructions() {
+  local target=$1 port=$2 short long
+  shift 2
+  log "$target: instructions (callgrind)"
+  short=$(callgrind_run "$target" "$port" 1s "$@")
+  long=$(callgrind_run "$target" "$port" 6s "$@")
+  printf '{"target":"%s","run":"instructions","round":1,"result":{"short":%s,"long":%s}}\n' \
+    "$target" "$short" "$long" >> "$RESULTS"
+}
+
+# callgrind_run TARGET PORT DURATION COMMAND... — prints {"instructions":N,"round_trips":M} of
+# one run under callgrind (null when it failed).
+callgrind_run() {
+  local target=$1 port=$2 dur=$3 pid line out instructions
+  shift 3
+  out=$WORK/callgrind-$target-$dur.log
+  # Every process of the server (nginx: master and worker) prints its total at exit.
+  TETHER_LOG=warn taskset -c "$SERVER_CPU" valgrind --tool=callgrind \
+    --callgrind-out-file="$WORK/callgrind/$target-$dur.%p" "$@" > "$out" 2>&1 &
+  pid=$!
+  STARTED+=("$pid")
+  # Under valgrind start-up is slow: HAProxy alone takes ~20 s to load its CA store.
+  local i
+  for i in $(seq 600); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+    sleep 0.1
+  done
+  sleep 1
+  line=$(taskset -c "$CLIENT_CPU" "$TETHER" bench --threads 1 pingpong --url "ws://127.0.0.1:$port/ws" \
+    --connections 16 --size 64 --duration "$dur" --warmup 0s 2>>"$WORK/bench.log") || line=
+  # Every process of it (nginx's worker too) is told to stop, and each prints its total as
+  # it exits; a kill -9 would lose them, so wait for all of them to be gone.
+  local pattern="callgrind-out-file=$WORK/callgrind/$target-$dur"
+  pkill -TERM -f "$pattern" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  for i in $(seq 300); do pgrep -f "$pattern" >/dev/null || break; sleep 0.1; done
+  instructions=$(awk '/Collected :/ {s += $4} END {print s + 0}' "$out")
+  if [ -z "$line" ] || [ "$instructions" = 0 ]; then
+    log "$target: callgrind run of $dur failed (see $out)"
+    echo null; return
+  fi
+  printf '{"instructions":%s,"round_trips":%s}\n' "$instructions" \
+    "$(printf '%s' "$line" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).messages))')"
+}
+
 hub_suite() {
   local prefix="tether-bench-$$" port i mains=()
   if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
@@ -330,6 +409,7 @@ main() {
   load_before=$(cut -d' ' -f1-3 /proc/loadavg)
   log "results in $WORK; servers on CPU $SERVER_CPU, generator and echo backends on CPU $CLIENT_CPU"
   [ "$SKIP_PROXIES" = 1 ] || proxy_suite
+  [ "$INSTRUCTIONS" = 0 ] || instructions_suite
   [ "$SKIP_HUB" = 1 ] || hub_suite
   mkdir -p "$ROOT/bench/results"
   local out=$ROOT/bench/results/latest.md

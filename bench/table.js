@@ -166,6 +166,27 @@ if (haveProxies) {
   }
 }
 
+// User-space instructions per round trip (compare.sh --instructions): the long callgrind run
+// minus the short one, so start-up and shutdown cancel.
+const instructions = (t) => {
+  const r = runs.get(`${t}/instructions`);
+  if (!r || !r.short || !r.long) return null;
+  const trips = r.long.round_trips - r.short.round_trips;
+  const spent = r.long.instructions - r.short.instructions;
+  return trips > 0 && spent > 0 ? spent / trips : null;
+};
+if ([...PEERS, "tether"].some((t) => runs.has(`${t}/instructions`))) {
+  const v = Object.fromEntries([...PEERS, "tether"].map((t) => [t, instructions(t)]));
+  const r = PEERS.map((p) => ratio(v.tether, v[p]));
+  out.push("| callgrind (16 conn × 64 B) | HAProxy | nginx | tether | tether/HAProxy | tether/nginx |");
+  out.push("|---|---:|---:|---:|---:|---:|");
+  out.push(
+    `| user-space instructions per round trip (kernel not counted) | ${fmt(v.haproxy, 0)} | ${fmt(v.nginx, 0)} | ` +
+      `${fmt(v.tether, 0)} | ${fmt(r[0], 2)} | ${fmt(r[1], 2)} |`,
+  );
+  out.push("");
+}
+
 const fan = (t) => runs.get(`${t}/fanout`);
 // The hub servers compared: Socket.IO, tether hub as shipped, and tether hub with the write
 // delay compare.sh sets (BENCH_WRITE_DELAY).
