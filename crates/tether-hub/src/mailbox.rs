@@ -5,10 +5,10 @@
 //! batch rather than per message. The bound still counts messages, not batches: it is what
 //! says how far a client may fall behind before it is dropped as too slow.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
 use crate::protocol::Publication;
 
@@ -16,11 +16,19 @@ use crate::protocol::Publication;
 /// the channel on this node: handing it over clones a pointer, not the messages.
 pub type Batch = Arc<[Arc<Publication>]>;
 
+/// What a session takes from its inbox.
+#[derive(Debug)]
+pub enum Inbound {
+    Messages(Batch),
+    /// A dispatcher found the inbox full: the session lost messages and must close.
+    Overflowed,
+}
+
 /// What became of a batch handed to a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Posted {
     Queued,
-    /// The session's queue is full: it was told to close, and must leave the channel.
+    /// The session's inbox is full: it was told to close, and must leave the channel.
     Overflowed,
     /// The session is gone.
     Closed,
@@ -30,6 +38,8 @@ struct Bound {
     /// Messages in batches posted and not yet taken.
     queued: AtomicUsize,
     limit: usize,
+    /// Set for good by the first post that did not fit.
+    overflowed: AtomicBool,
 }
 
 /// The dispatchers' end of a session's inbox.
@@ -37,7 +47,6 @@ struct Bound {
 pub struct Postbox {
     batches: mpsc::UnboundedSender<Batch>,
     bound: Arc<Bound>,
-    overflow: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Postbox {
@@ -50,14 +59,17 @@ impl std::fmt::Debug for Postbox {
 }
 
 impl Postbox {
-    /// Queues `batch` unless that would put more than the limit in the queue; then the
-    /// session's overflow bell rings instead (it lost messages and must close).
+    /// Queues `batch` unless that would put more than the limit in the inbox; then the
+    /// session is marked as overflowed instead, and woken by an empty batch to find out.
+    /// Folding the overflow into the inbox keeps a second thing to wait on out of the
+    /// session's loop, which turns at every delivery.
     pub fn post(&self, batch: &Batch) -> Posted {
         let n = batch.len();
         let before = self.bound.queued.fetch_add(n, Ordering::AcqRel);
         if before + n > self.bound.limit {
             self.bound.queued.fetch_sub(n, Ordering::AcqRel);
-            self.overflow.notify_one();
+            self.bound.overflowed.store(true, Ordering::Release);
+            let _ = self.batches.send(Batch::from([]));
             return Posted::Overflowed;
         }
         match self.batches.send(batch.clone()) {
@@ -71,7 +83,6 @@ impl Postbox {
 pub struct Mailbox {
     batches: mpsc::UnboundedReceiver<Batch>,
     bound: Arc<Bound>,
-    overflow: Arc<Notify>,
 }
 
 /// An inbox holding at most `limit` messages.
@@ -80,30 +91,26 @@ pub fn mailbox(limit: usize) -> (Postbox, Mailbox) {
     let bound = Arc::new(Bound {
         queued: AtomicUsize::new(0),
         limit,
+        overflowed: AtomicBool::new(false),
     });
-    let overflow = Arc::new(Notify::new());
     let postbox = Postbox {
         batches: tx,
         bound: bound.clone(),
-        overflow: overflow.clone(),
     };
-    let mailbox = Mailbox {
-        batches: rx,
-        bound,
-        overflow,
-    };
+    let mailbox = Mailbox { batches: rx, bound };
     (postbox, mailbox)
 }
 
 impl Mailbox {
-    /// The next batch; never `None` while the session holds its own [`Postbox`].
-    pub async fn recv(&mut self) -> Option<Batch> {
+    /// The next batch, or the news that the inbox overflowed; never `None` while the
+    /// session holds its own [`Postbox`].
+    pub async fn recv(&mut self) -> Option<Inbound> {
         let batch = self.batches.recv().await?;
         Some(self.taken(batch))
     }
 
-    /// A batch already waiting, if any.
-    pub fn try_recv(&mut self) -> Option<Batch> {
+    /// What is already waiting, if anything.
+    pub fn try_recv(&mut self) -> Option<Inbound> {
         let batch = self.batches.try_recv().ok()?;
         Some(self.taken(batch))
     }
@@ -113,14 +120,13 @@ impl Mailbox {
         self.bound.queued.load(Ordering::Acquire) > 0
     }
 
-    /// Rung when a dispatcher found the queue full.
-    pub fn overflow(&self) -> Arc<Notify> {
-        self.overflow.clone()
-    }
-
-    fn taken(&self, batch: Batch) -> Batch {
+    fn taken(&self, batch: Batch) -> Inbound {
         self.bound.queued.fetch_sub(batch.len(), Ordering::AcqRel);
-        batch
+        if self.bound.overflowed.load(Ordering::Acquire) {
+            Inbound::Overflowed
+        } else {
+            Inbound::Messages(batch)
+        }
     }
 }
 
@@ -139,29 +145,42 @@ mod tests {
             .collect()
     }
 
+    fn messages(inbound: Option<Inbound>) -> usize {
+        match inbound {
+            Some(Inbound::Messages(batch)) => batch.len(),
+            other => panic!("expected messages, got {other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn the_bound_counts_messages_not_batches() {
         let (postbox, mut mailbox) = mailbox(5);
         assert_eq!(postbox.post(&batch(1..=3)), Posted::Queued);
-        assert_eq!(postbox.post(&batch(4..=6)), Posted::Overflowed);
         assert_eq!(postbox.post(&batch(4..=5)), Posted::Queued);
-        assert_eq!(mailbox.recv().await.unwrap().len(), 3);
+        assert_eq!(messages(mailbox.recv().await), 3);
         // Taking a batch makes room for as many messages as it held.
         assert_eq!(postbox.post(&batch(6..=8)), Posted::Queued);
-        assert_eq!(mailbox.try_recv().unwrap().len(), 2);
-        assert_eq!(mailbox.try_recv().unwrap().len(), 3);
+        assert_eq!(messages(mailbox.try_recv()), 2);
+        assert_eq!(messages(mailbox.try_recv()), 3);
         assert!(mailbox.try_recv().is_none());
     }
 
     #[tokio::test]
-    async fn an_overflow_rings_the_bell() {
-        let (postbox, mailbox) = mailbox(1);
-        let overflow = mailbox.overflow();
-        let rung = overflow.notified();
+    async fn an_overflow_wakes_the_session_and_ends_its_deliveries() {
+        let (postbox, mut mailbox) = mailbox(5);
+        assert_eq!(postbox.post(&batch(1..=3)), Posted::Queued);
+        assert_eq!(postbox.post(&batch(4..=6)), Posted::Overflowed);
+        // Even what fitted before is not delivered: the session lost messages after it.
+        assert!(matches!(mailbox.try_recv(), Some(Inbound::Overflowed)));
+        // The overflow itself wakes a session waiting on an empty inbox.
+        let (postbox, mut mailbox) = super::mailbox(1);
+        let waiting = tokio::spawn(async move { mailbox.recv().await });
         assert_eq!(postbox.post(&batch(1..=2)), Posted::Overflowed);
-        tokio::time::timeout(std::time::Duration::from_secs(1), rung)
+        let woken = tokio::time::timeout(std::time::Duration::from_secs(1), waiting)
             .await
-            .expect("the overflow bell was not rung");
+            .expect("the overflow did not wake the session")
+            .unwrap();
+        assert!(matches!(woken, Some(Inbound::Overflowed)));
     }
 
     #[tokio::test]

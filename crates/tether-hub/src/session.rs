@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::channel::{SessionId, Subscriber};
-use crate::mailbox::{self, Batch, Mailbox, Postbox};
+use crate::mailbox::{self, Batch, Inbound, Mailbox, Postbox};
 use crate::metrics::{CloseReason, Resume, Source};
 use crate::node::{Lifecycle, Node};
 use crate::pacer::Pacer;
@@ -79,11 +79,8 @@ impl Session {
         let _guard = self.node.session_guard();
         let mut lifecycle = self.node.lifecycle.subscribe();
         let mut drain_at: Option<Instant> = drain_moment(*lifecycle.borrow_and_update());
-        // The two rare events are waited on by futures made once, not once per loop turn:
-        // making and dropping a `Notified` takes the notifier's lock, and the loop turns for
-        // every write batch.
-        let overflow = inbox.overflow();
-        let mut overflowed = std::pin::pin!(overflow.notified());
+        // A lifecycle change is rare, and waited on by a future made once, not once per loop
+        // turn: the loop turns for every write batch.
         let mut lifecycle_changed = std::pin::pin!(next_lifecycle(lifecycle));
         let welcome = ServerFrame::Welcome {
             node: self.node.name(),
@@ -115,14 +112,16 @@ impl Session {
                 outcome = self.publishes.next(), if !self.publishes.is_empty() => {
                     self.answer_publish(&mut ws, outcome).await
                 }
-                Some(batch) = inbox.recv(), if pacer.may_take() => {
-                    self.deliver(&mut ws, batch, &mut inbox, &mut pacer).await
-                }
+                Some(inbound) = inbox.recv(), if pacer.may_take() => match inbound {
+                    Inbound::Messages(batch) => self.deliver(&mut ws, batch, &mut inbox, &mut pacer).await,
+                    Inbound::Overflowed => slow_consumer(),
+                },
+                // A resting session learns of an overflow when the rest ends (≤ write delay).
                 () = pacer.rested(), if !pacer.may_take() => match inbox.try_recv() {
-                    Some(batch) => self.deliver(&mut ws, batch, &mut inbox, &mut pacer).await,
+                    Some(Inbound::Messages(batch)) => self.deliver(&mut ws, batch, &mut inbox, &mut pacer).await,
+                    Some(Inbound::Overflowed) => slow_consumer(),
                     None => Flow::Continue,
                 },
-                _ = &mut overflowed => Flow::Close(CLOSE_TRY_AGAIN, "slow consumer", CloseReason::SlowConsumer),
                 _ = ping.tick() => {
                     pong_deadline.get_or_insert(Instant::now() + self.node.config.ping_timeout);
                     match tokio::time::timeout(SMALL_WRITE_LIMIT, ws.send(Message::Ping(Default::default()))).await {
@@ -420,7 +419,11 @@ impl Session {
                 Err(Gone) => return Flow::Drop(CloseReason::Error),
             }
             if written < WRITE_BATCH {
-                next = inbox.try_recv();
+                next = match inbox.try_recv() {
+                    Some(Inbound::Messages(batch)) => Some(batch),
+                    Some(Inbound::Overflowed) => return slow_consumer(),
+                    None => None,
+                };
             }
         }
         self.node.metrics.messages_out.inc_by(written as u64);
@@ -481,6 +484,12 @@ async fn send(ws: &mut WebSocket, text: Utf8Bytes) -> Result<(), Gone> {
         Ok(Ok(())) => Ok(()),
         _ => Err(Gone),
     }
+}
+
+/// The client could not keep up: its inbox overflowed and it lost messages. It is closed
+/// with 1013 and resumes from its last offset.
+fn slow_consumer() -> Flow {
+    Flow::Close(CLOSE_TRY_AGAIN, "slow consumer", CloseReason::SlowConsumer)
 }
 
 /// Sends a close frame and waits briefly for the client's answer, so the code arrives
