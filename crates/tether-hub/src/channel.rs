@@ -7,6 +7,9 @@
 //! message lost in a reconnect) or the feed announces a resync, it refills the hole from the
 //! broker's history before going on.
 //!
+//! The dispatchers, and the task routing the broker's feed to them, run on the broker lane
+//! (see `lane`): a publication is handed out without waiting behind the node's writes.
+//!
 //! The dispatcher hands its subscribers batches, not single messages: whatever the feed
 //! brought in one go. A burst thus costs each subscriber one queue operation and one wake.
 
@@ -80,7 +83,7 @@ impl Channels {
             metrics,
             router: Mutex::new(None),
         });
-        let router = tokio::spawn(route(Arc::downgrade(&channels), events));
+        let router = crate::lane::spawn(route(Arc::downgrade(&channels), events));
         *channels.router.lock().unwrap_or_else(|p| p.into_inner()) = Some(router);
         channels
     }
@@ -144,7 +147,7 @@ impl Channels {
             pending: Vec::new(),
         };
         let span = tracing::debug_span!("channel", %channel);
-        tokio::spawn(dispatcher.run(rx).instrument(span));
+        crate::lane::spawn(dispatcher.run(rx).instrument(span));
         Entry {
             members: 0,
             commands,

@@ -17,6 +17,7 @@ mod api;
 pub mod broker;
 mod channel;
 pub mod config;
+mod lane;
 mod mailbox;
 pub mod metrics;
 mod node;

@@ -1,9 +1,10 @@
 //! One node's live feed from Redis pub/sub, kept alive across Redis restarts and cuts.
 //!
-//! A single task owns the pub/sub connection and the node's subscription counts. When the
-//! connection dies (or stops answering pings) it reconnects with backoff, subscribes again
-//! to every channel the node still wants, and emits [`BrokerEvent::Resync`] so the node
-//! refills whatever was published while it was away from history.
+//! A single task, on the broker lane (see `lane`), owns the pub/sub connection and the
+//! node's subscription counts. When the connection dies (or stops answering pings) it
+//! reconnects with backoff, subscribes again to every channel the node still wants, and
+//! emits [`BrokerEvent::Resync`] so the node refills whatever was published while it was
+//! away from history.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -64,7 +65,7 @@ pub(super) fn spawn(
         commands: command_rx,
         events,
     };
-    tokio::spawn(feed.run());
+    crate::lane::spawn(feed.run());
     (RedisLink { commands }, event_rx)
 }
 

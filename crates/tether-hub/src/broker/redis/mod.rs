@@ -121,7 +121,15 @@ impl Connector {
                     .set_response_timeout(Some(COMMAND_TIMEOUT))
                     .set_number_of_retries(1)
                     .set_max_delay(Duration::from_millis(500));
-                ConnectionManager::new_with_config(self.client.clone(), config)
+                // Made on the broker lane, so the task that reads Redis's replies lives
+                // there too, whoever asks first (see `lane`).
+                let connect = ConnectionManager::new_with_config(self.client.clone(), config);
+                async move {
+                    match crate::lane::spawn(connect).await {
+                        Ok(connected) => connected.map_err(BrokerError::from),
+                        Err(_) => Err(BrokerError::Disconnected),
+                    }
+                }
             })
             .await?;
         Ok(manager.clone())

@@ -31,7 +31,7 @@ pub(super) struct Publisher {
 }
 
 impl Publisher {
-    /// Starts the publishing task; must be called within a Tokio runtime.
+    /// Starts the publishing task on the broker lane (see `lane`).
     pub(super) fn spawn(connector: Connector, keys: Keys, policy: HistoryPolicy) -> Self {
         let (queue, requests) = mpsc::unbounded_channel();
         let task = Task {
@@ -40,7 +40,7 @@ impl Publisher {
             policy,
             script: Script::new(PUBLISH_SCRIPT),
         };
-        tokio::spawn(task.run(requests));
+        crate::lane::spawn(task.run(requests));
         Self { queue }
     }
 
