@@ -211,6 +211,10 @@ if (HUBS.length) {
   const met = ratios.some((r) => r !== null && r >= 10);
   out.push(`${row(`highest deliveries/s with p99 ≤ 50 ms and zero loss (${subs} subscribers)`, best, true)} | ≥ 10 × Socket.IO | ${met ? "yes" : "no"} |`);
   out.push(`${row("p99 at that rate, ms", (t) => (bestStep(t) ? bestStep(t).latency.p99_us / 1000 : null), false)} | | |`);
+  // Where the p99 comes from: the way in (first delivery) or the pass over all subscribers.
+  const stepMs = (t, key) => (bestStep(t)?.[key] ? bestStep(t)[key].p50_us / 1000 : null);
+  out.push(`${row("first delivery of a message at that rate, p50 ms (publish → broker → first write)", (t) => stepMs(t, "first_delivery"), false)} | | |`);
+  out.push(`${row("last delivery of a message at that rate, p50 ms", (t) => stepMs(t, "last_delivery"), false)} | | |`);
   out.push(`${row("publish rate at that step, msg/s", (t) => (fan(t) ? fan(t).best_rate : null), false)} | | |`);
   out.push(`${row("highest deliveries/s with zero loss and p99 ≤ 1 s", (t) => (fan(t) ? fan(t).best_sustained_deliveries_per_sec : null), false)} | | |`);
   out.push("");

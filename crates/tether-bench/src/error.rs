@@ -65,6 +65,12 @@ pub enum BenchError {
         #[source]
         source: tokio::task::JoinError,
     },
+    /// The generator could not start a thread or runtime of its own.
+    #[error("cannot start a generator thread")]
+    Runtime(#[source] std::io::Error),
+    /// The publisher's thread ended while a step was asked of it (its task panicked).
+    #[error("the publisher thread ended before its step was done")]
+    PublisherGone,
     /// A watched process could not be read from /proc (gone, or not ours to read).
     #[error("cannot read /proc/{pid} (is the process gone?)")]
     Proc {

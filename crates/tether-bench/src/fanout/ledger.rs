@@ -2,6 +2,11 @@
 //!
 //! Loss is counted exactly, not estimated: after a step drains, every bit still clear is a
 //! message one subscriber never got.
+//!
+//! Each message also keeps the latency of its first and of its last delivery. The first says
+//! how long the way in took (publisher → hub → broker → the node's first write); last − first
+//! is the pass of writes over every subscriber. Together they say which of the two makes a
+//! step's p99.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -22,6 +27,9 @@ pub struct StepLedger {
     delivered: AtomicU64,
     duplicates: AtomicU64,
     latency: Mutex<LatencyRecorder>,
+    /// Per message of the step: the lowest and the highest latency of its deliveries (µs).
+    first_us: Vec<AtomicU64>,
+    last_us: Vec<AtomicU64>,
 }
 
 /// A step's counts once it has drained.
@@ -33,6 +41,10 @@ pub struct StepTally {
     pub lost: u64,
     pub duplicates: u64,
     pub latency: LatencySummary,
+    /// Over the messages delivered at least once: the latency of each one's first delivery,
+    /// and of its last.
+    pub first_delivery: LatencySummary,
+    pub last_delivery: LatencySummary,
 }
 
 impl StepLedger {
@@ -48,6 +60,8 @@ impl StepLedger {
             delivered: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             latency: Mutex::new(LatencyRecorder::new()),
+            first_us: (0..capacity).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            last_us: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -70,6 +84,9 @@ impl StepLedger {
             return;
         }
         self.delivered.fetch_add(1, Ordering::Relaxed);
+        let message = (seq - self.first_seq) as usize;
+        self.first_us[message].fetch_min(latency_us, Ordering::Relaxed);
+        self.last_us[message].fetch_max(latency_us, Ordering::Relaxed);
         if let Ok(mut latency) = self.latency.lock() {
             latency.record_us(latency_us);
         }
@@ -88,6 +105,7 @@ impl StepLedger {
     pub fn tally(&self) -> StepTally {
         let delivered = self.delivered.load(Ordering::Relaxed);
         let expected = self.expected();
+        let (first_delivery, last_delivery) = self.first_and_last();
         StepTally {
             published: self.published.load(Ordering::Relaxed),
             expected,
@@ -99,7 +117,22 @@ impl StepLedger {
                 .lock()
                 .map(|l| l.summary())
                 .unwrap_or_else(|p| p.into_inner().summary()),
+            first_delivery,
+            last_delivery,
         }
+    }
+
+    /// Percentiles of the first and of the last delivery of each message delivered at all.
+    fn first_and_last(&self) -> (LatencySummary, LatencySummary) {
+        let (mut first, mut last) = (LatencyRecorder::new(), LatencyRecorder::new());
+        for (lo, hi) in self.first_us.iter().zip(&self.last_us) {
+            let lo = lo.load(Ordering::Relaxed);
+            if lo != u64::MAX {
+                first.record_us(lo);
+                last.record_us(hi.load(Ordering::Relaxed));
+            }
+        }
+        (first.summary(), last.summary())
     }
 }
 
@@ -141,6 +174,24 @@ mod tests {
         step.record(1, 102, 10);
         let t = step.tally();
         assert_eq!((t.expected, t.delivered, t.lost), (6, 5, 1));
+    }
+
+    #[test]
+    fn each_message_keeps_its_first_and_last_delivery() {
+        let step = StepLedger::new(10.0, 0, 2, 3);
+        step.published.store(2, Ordering::Relaxed);
+        for (subscriber, latency) in [(0, 900), (1, 100), (2, 500)] {
+            step.record(subscriber, 0, latency);
+        }
+        step.record(0, 1, 300);
+        let t = step.tally();
+        // Message 0: first 100, last 900; message 1: first = last = 300.
+        assert_eq!(t.first_delivery.samples, 2);
+        assert_eq!(
+            (t.first_delivery.p50_us, t.first_delivery.max_us),
+            (100, 300)
+        );
+        assert_eq!((t.last_delivery.p50_us, t.last_delivery.max_us), (300, 900));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::latency::LatencySummary;
 use crate::procstat::{Usage, WatchArgs};
 use crate::source::SourcePool;
 use crate::target::TargetUrl;
-use publisher::Publisher;
+use publisher::PublisherThread;
 use subscriber::subscribe_all;
 
 /// `tether bench fanout`: subscribers across hub nodes, publish rate stepped up until it fails.
@@ -92,6 +92,12 @@ pub struct StepReport {
     pub duplicates: u64,
     pub deliveries_per_sec: f64,
     pub latency: LatencySummary,
+    /// Per message, the latency of its first delivery: publisher → hub → broker → the
+    /// node's first write. What the way in costs.
+    pub first_delivery: LatencySummary,
+    /// Per message, the latency of its last delivery; last − first is the pass of writes
+    /// over all subscribers.
+    pub last_delivery: LatencySummary,
     pub pass: bool,
     /// The generator's CPU use over the step and its drain, % of one CPU. Near 100 with
     /// `--threads 1` means the generator, not the hub, was the limit.
@@ -171,7 +177,7 @@ pub async fn run(args: FanoutArgs) -> Result<FanoutReport, BenchError> {
         args.subscribers,
         hubs.len()
     );
-    let mut publisher = Publisher::connect(args.flavour, &hubs[0], &channel, &shared).await?;
+    let publisher = PublisherThread::start(args.flavour, &hubs[0], &channel, &shared).await?;
     let mut steps = Vec::new();
     let mut seq = 0u64;
     if !args.warmup.is_zero() {
@@ -200,10 +206,12 @@ pub async fn run(args: FanoutArgs) -> Result<FanoutReport, BenchError> {
         let mut report = step_report(&step, elapsed, args.step, args.p99_bound);
         report.generator_cpu_pct = generator.map(|u| u.cpu_pct_over(began.elapsed()));
         crate::progress!(
-            "fanout: rate {:.0}/s → {:.0} deliveries/s, p99 {} µs, lost {}, generator CPU {:.0}% {}",
+            "fanout: rate {:.0}/s → {:.0} deliveries/s, p99 {} µs (first delivery p50 {} µs, last p50 {} µs), lost {}, generator CPU {:.0}% {}",
             report.rate,
             report.deliveries_per_sec,
             report.latency.p99_us,
+            report.first_delivery.p50_us,
+            report.last_delivery.p50_us,
             report.lost,
             report.generator_cpu_pct.unwrap_or(0.0),
             if report.pass { "PASS" } else { "FAIL" }
@@ -309,6 +317,8 @@ fn step_report(
         duplicates: t.duplicates,
         deliveries_per_sec: (t.delivered as f64 / elapsed.as_secs_f64().max(secs)).round(),
         latency: t.latency,
+        first_delivery: t.first_delivery,
+        last_delivery: t.last_delivery,
         pass: t.lost == 0 && t.published > 0 && t.latency.p99_us <= bound_us,
         generator_cpu_pct: None,
     }

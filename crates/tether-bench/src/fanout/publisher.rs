@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -15,6 +15,100 @@ use super::{Flavour, Incoming, Shared, StepLedger};
 use crate::client::{self, Buffers, Ws};
 use crate::error::BenchError;
 use crate::target::TargetUrl;
+
+/// The publisher on a thread and runtime of its own.
+///
+/// Latency is counted from the moment a message was due, so a publish sent late is charged
+/// to the server. On the subscribers' thread the publisher's timer would fire only between
+/// bursts of their reads (a pass over a thousand sockets takes milliseconds), and the
+/// generator's own load would show up as the server's latency. Its own thread is woken by
+/// the kernel when the timer is due, whatever the subscribers are doing.
+pub(super) struct PublisherThread {
+    orders: mpsc::UnboundedSender<StepOrder>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// One step for the publisher thread to run, and where to say how long it took.
+struct StepOrder {
+    step: Arc<StepLedger>,
+    length: Duration,
+    done: oneshot::Sender<Result<Duration, BenchError>>,
+}
+
+impl PublisherThread {
+    /// Connects the publisher from its own thread; returns once it has joined the channel.
+    pub(super) async fn start(
+        flavour: Flavour,
+        hub: &TargetUrl,
+        channel: &str,
+        shared: &Arc<Shared>,
+    ) -> Result<Self, BenchError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(BenchError::Runtime)?;
+        let (hub, channel, shared) = (hub.clone(), channel.to_owned(), shared.clone());
+        let (orders, mut order_rx) = mpsc::unbounded_channel::<StepOrder>();
+        let (connected_tx, connected) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("bench-publisher".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let mut publisher =
+                        match Publisher::connect(flavour, &hub, &channel, &shared).await {
+                            Ok(p) => {
+                                let _ = connected_tx.send(Ok(()));
+                                p
+                            }
+                            Err(e) => {
+                                let _ = connected_tx.send(Err(e));
+                                return;
+                            }
+                        };
+                    while let Some(order) = order_rx.recv().await {
+                        let result = publisher.run_step(&order.step, order.length).await;
+                        let _ = order.done.send(result);
+                    }
+                })
+            })
+            .map_err(BenchError::Runtime)?;
+        let this = Self {
+            orders,
+            thread: Some(thread),
+        };
+        connected.await.unwrap_or(Err(BenchError::PublisherGone))?;
+        Ok(this)
+    }
+
+    /// Publishes `step`'s budget on schedule; returns how long it took.
+    pub(super) async fn run_step(
+        &self,
+        step: &Arc<StepLedger>,
+        length: Duration,
+    ) -> Result<Duration, BenchError> {
+        let (done, finished) = oneshot::channel();
+        let order = StepOrder {
+            step: step.clone(),
+            length,
+            done,
+        };
+        self.orders
+            .send(order)
+            .map_err(|_| BenchError::PublisherGone)?;
+        finished.await.unwrap_or(Err(BenchError::PublisherGone))
+    }
+}
+
+impl Drop for PublisherThread {
+    fn drop(&mut self) {
+        // Closing the order queue ends the thread's loop; its connection closes with it.
+        let (orders, _) = mpsc::unbounded_channel();
+        drop(std::mem::replace(&mut self.orders, orders));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
 
 /// The one publishing session. A reader task drains what the server sends back (publish
 /// acknowledgements, Engine.IO pings) so the server never blocks on it; pongs come back
