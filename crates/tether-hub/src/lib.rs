@@ -24,6 +24,7 @@ mod node;
 mod pacer;
 pub mod protocol;
 mod publishing;
+mod read_gate;
 mod server;
 mod session;
 

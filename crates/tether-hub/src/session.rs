@@ -22,6 +22,7 @@ use crate::node::{Lifecycle, Node};
 use crate::pacer::Pacer;
 use crate::protocol::{ChannelName, ClientFrame, ErrorCode, Offset, ProtocolError, ServerFrame};
 use crate::publishing::{Outcome, Publishes};
+use crate::read_gate::ReadGate;
 
 /// Close codes the hub sends.
 const CLOSE_POLICY: u16 = 1008;
@@ -94,11 +95,12 @@ impl Session {
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         let mut pong_deadline: Option<Instant> = None;
         let mut pacer = Pacer::new(self.node.config.write_delay);
+        let reader = ReadGate::new();
 
         while let Flow::Continue = flow {
             flow = tokio::select! {
                 // With too many publishes outstanding the client is not read: back-pressure.
-                frame = ws.recv(), if !self.publishes.is_full() => {
+                frame = reader.recv(&mut ws), if !self.publishes.is_full() => {
                     pong_deadline = None;
                     match frame {
                         Some(Ok(frame)) => self.on_frame(&mut ws, frame).await,

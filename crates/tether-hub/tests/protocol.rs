@@ -106,6 +106,49 @@ async fn flooding_client_is_closed_with_1008_and_the_node_keeps_serving() {
     other.subscribe("still-up", None).await;
 }
 
+/// The session reads its client only when the socket signals input (`read_gate`); a
+/// session woken over and over to write must still notice and answer what the client sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_frames_are_answered_while_the_session_is_busy_writing() {
+    let hub = memory_hub(config("h")).await;
+    let addr = hub.local_addr();
+    let mut busy = Client::connect(addr).await;
+    busy.subscribe("stream", None).await;
+    // A steady stream (one message every 2 ms) rather than a flood: the other tests of this
+    // file share the machine.
+    let streaming = tokio::spawn(async move {
+        let mut publisher = Client::connect(addr).await;
+        for n in 0..2_500 {
+            publisher
+                .send(json!({"type": "publish", "channel": "stream", "data": {"n": n}}))
+                .await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        publisher
+    });
+    let (mut messages, mut answered) = (0, 0);
+    for k in 0..20 {
+        busy.send(json!({"type": "subscribe", "channel": format!("side-{k}")}))
+            .await;
+        // Messages keep coming in between; the answer must be among them.
+        loop {
+            let frame = busy.next().await;
+            match frame["type"].as_str() {
+                Some("message") => messages += 1,
+                Some("subscribed") => {
+                    answered += 1;
+                    break;
+                }
+                _ => panic!("unexpected frame {frame}"),
+            }
+        }
+    }
+    assert_eq!(answered, 20);
+    // The answers came while the channel was being written to.
+    assert!(messages > 0, "no message arrived between the answers");
+    streaming.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_that_stops_reading_is_dropped_and_others_get_every_message() {
     let hub = memory_hub(HubConfig {
