@@ -24,9 +24,9 @@ mod node;
 mod pacer;
 pub mod protocol;
 mod publishing;
-mod read_gate;
 mod server;
 mod session;
+mod wake_gate;
 
 pub use broker::{broker_from_url, broker_with, Broker, BrokerError, BrokerOptions, HistoryPolicy};
 pub use config::{ConfigError, HubConfig};

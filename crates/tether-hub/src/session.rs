@@ -5,11 +5,12 @@
 //! made exact: anything at or below it is a duplicate and dropped.
 
 use std::collections::HashMap;
+use std::future::{poll_fn, Future};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -22,7 +23,7 @@ use crate::node::{Lifecycle, Node};
 use crate::pacer::Pacer;
 use crate::protocol::{ChannelName, ClientFrame, ErrorCode, Offset, ProtocolError, ServerFrame};
 use crate::publishing::{Outcome, Publishes};
-use crate::read_gate::ReadGate;
+use crate::wake_gate::WakeGate;
 
 /// Close codes the hub sends.
 const CLOSE_POLICY: u16 = 1008;
@@ -95,12 +96,17 @@ impl Session {
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         let mut pong_deadline: Option<Instant> = None;
         let mut pacer = Pacer::new(self.node.config.write_delay);
-        let reader = ReadGate::new();
+        // The sources that rarely fire are polled only when they did (see `wake_gate`).
+        let (reading, ticking, watching) = (
+            WakeGate::default(),
+            WakeGate::default(),
+            WakeGate::default(),
+        );
 
         while let Flow::Continue = flow {
             flow = tokio::select! {
                 // With too many publishes outstanding the client is not read: back-pressure.
-                frame = reader.recv(&mut ws), if !self.publishes.is_full() => {
+                frame = poll_fn(|cx| reading.poll(cx, |cx| ws.poll_next_unpin(cx))), if !self.publishes.is_full() => {
                     pong_deadline = None;
                     match frame {
                         Some(Ok(frame)) => self.on_frame(&mut ws, frame).await,
@@ -124,15 +130,15 @@ impl Session {
                     Some(Inbound::Overflowed) => slow_consumer(),
                     None => Flow::Continue,
                 },
-                _ = ping.tick() => {
+                _ = poll_fn(|cx| ticking.poll(cx, |cx| ping.poll_tick(cx))) => {
                     pong_deadline.get_or_insert(Instant::now() + self.node.config.ping_timeout);
                     match tokio::time::timeout(SMALL_WRITE_LIMIT, ws.send(Message::Ping(Default::default()))).await {
                         Ok(Ok(())) => Flow::Continue,
                         _ => Flow::Drop(CloseReason::Error),
                     }
                 }
-                _ = sleep_until_some(pong_deadline) => Flow::Drop(CloseReason::PingTimeout),
-                (state, receiver) = &mut lifecycle_changed => match state {
+                _ = sleep_until_some(pong_deadline), if pong_deadline.is_some() => Flow::Drop(CloseReason::PingTimeout),
+                (state, receiver) = poll_fn(|cx| watching.poll(cx, |cx| lifecycle_changed.as_mut().poll(cx))) => match state {
                     Some(Lifecycle::Aborted) | None => Flow::Drop(CloseReason::Aborted),
                     Some(state) => {
                         drain_at = drain_at.or(drain_moment(state));
@@ -140,7 +146,7 @@ impl Session {
                         Flow::Continue
                     }
                 },
-                _ = sleep_until_some(drain_at) => Flow::Close(CLOSE_RESTART, "node shutting down", CloseReason::Shutdown),
+                _ = sleep_until_some(drain_at), if drain_at.is_some() => Flow::Close(CLOSE_RESTART, "node shutting down", CloseReason::Shutdown),
             };
         }
         let reason = match flow {
