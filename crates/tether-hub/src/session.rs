@@ -4,12 +4,12 @@
 //! sent" the single place where the seam between replayed history and the live stream is
 //! made exact: anything at or below it is a duplicate and dropped.
 
-use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use foldhash::{HashMap, HashMapExt};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
 use tokio::sync::watch;
@@ -55,7 +55,9 @@ pub async fn run(ws: WebSocket, node: Arc<Node>) {
 struct Session {
     id: SessionId,
     node: Arc<Node>,
-    /// Subscribed channels and the last offset sent on each.
+    /// Subscribed channels and the last offset sent on each. Looked up once per batch
+    /// written, so hashed with foldhash, not SipHash: it holds at most `max_subscriptions`
+    /// names, all of the client's own choosing, so colliding names would slow only itself.
     subscriptions: HashMap<ChannelName, Offset>,
     /// Handed to the channels this session joins.
     postbox: Postbox,
