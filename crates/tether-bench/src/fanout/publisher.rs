@@ -24,7 +24,8 @@ use crate::target::TargetUrl;
 /// generator's own load would show up as the server's latency. Its own thread is woken by
 /// the kernel when the timer is due, whatever the subscribers are doing.
 pub(super) struct PublisherThread {
-    orders: mpsc::UnboundedSender<StepOrder>,
+    /// Taken on drop: closing it ends the thread's loop.
+    orders: Option<mpsc::UnboundedSender<StepOrder>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -73,7 +74,7 @@ impl PublisherThread {
             })
             .map_err(BenchError::Runtime)?;
         let this = Self {
-            orders,
+            orders: Some(orders),
             thread: Some(thread),
         };
         connected.await.unwrap_or(Err(BenchError::PublisherGone))?;
@@ -93,6 +94,8 @@ impl PublisherThread {
             done,
         };
         self.orders
+            .as_ref()
+            .ok_or(BenchError::PublisherGone)?
             .send(order)
             .map_err(|_| BenchError::PublisherGone)?;
         finished.await.unwrap_or(Err(BenchError::PublisherGone))
@@ -102,8 +105,7 @@ impl PublisherThread {
 impl Drop for PublisherThread {
     fn drop(&mut self) {
         // Closing the order queue ends the thread's loop; its connection closes with it.
-        let (orders, _) = mpsc::unbounded_channel();
-        drop(std::mem::replace(&mut self.orders, orders));
+        drop(self.orders.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
