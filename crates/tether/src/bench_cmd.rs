@@ -11,7 +11,8 @@ use tether_bench::{LoadMode, Report};
 /// Load generator and echo backend for benchmarks (results as one JSON line on stdout).
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Runtime worker threads for the generator (1 runs everything on the calling thread).
+    /// Runtime worker threads for the generator (1 runs its tasks on the calling thread;
+    /// fanout's publisher always has a thread of its own, so its timer is on time).
     /// Default: one per CPU the process may use.
     #[arg(long, global = true)]
     threads: Option<usize>,
@@ -34,7 +35,8 @@ enum Mode {
     /// handshake with --watch-pid.
     Handshake(tether_bench::handshake::HandshakeArgs),
     /// Hub fan-out: subscribers across nodes, publish rate stepped up; deliveries/s, end-to-end
-    /// latency and lost messages per step, best passing step.
+    /// latency (and each message's first and last delivery) and lost messages per step, best
+    /// passing step.
     Fanout(tether_bench::fanout::FanoutArgs),
 }
 
