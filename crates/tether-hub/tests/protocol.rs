@@ -106,7 +106,7 @@ async fn flooding_client_is_closed_with_1008_and_the_node_keeps_serving() {
     other.subscribe("still-up", None).await;
 }
 
-/// The session reads its client only when the socket signals input (`read_gate`); a
+/// The session reads its client only when the socket signals input (`wake_gate`); a
 /// session woken over and over to write must still notice and answer what the client sends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_frames_are_answered_while_the_session_is_busy_writing() {
