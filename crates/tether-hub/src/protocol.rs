@@ -130,6 +130,12 @@ pub enum ClientFrame {
         data: Box<RawValue>,
         id: Option<Box<RawValue>>,
     },
+    /// An application-level liveness check, answered with `pong` (echoing `id`). Browsers
+    /// cannot see WebSocket pings, so a browser client needs a frame of its own to learn
+    /// whether a quiet connection is still alive.
+    Ping {
+        id: Option<Box<RawValue>>,
+    },
 }
 
 /// Every field any client frame may carry. Parsed as a plain struct rather than a tagged
@@ -169,6 +175,7 @@ impl ClientFrame {
                 since: envelope.since,
             }),
             "unsubscribe" => Ok(ClientFrame::Unsubscribe { channel: channel? }),
+            "ping" => Ok(ClientFrame::Ping { id: envelope.id }),
             "publish" => Ok(ClientFrame::Publish {
                 channel: channel?,
                 data: envelope.data.ok_or_else(|| {
@@ -178,7 +185,9 @@ impl ClientFrame {
             }),
             kind => Err(ProtocolError::new(
                 ErrorCode::UnknownType,
-                format!("unknown frame type {kind:?}; expected subscribe, unsubscribe or publish"),
+                format!(
+                    "unknown frame type {kind:?}; expected subscribe, unsubscribe, publish or ping"
+                ),
             )),
         }
     }
@@ -207,6 +216,11 @@ pub enum ServerFrame<'a> {
     Published {
         channel: &'a str,
         offset: Offset,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+    },
+    /// The answer to a client's `ping`.
+    Pong {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RawValue>,
     },

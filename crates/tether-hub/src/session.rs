@@ -226,6 +226,12 @@ impl Session {
             Ok(ClientFrame::Publish { channel, data, id }) => {
                 self.publish(ws, &channel, data, id).await
             }
+            Ok(ClientFrame::Ping { id }) => {
+                match send(ws, ServerFrame::Pong { id: id.as_deref() }.encode()).await {
+                    Ok(()) => Flow::Continue,
+                    Err(Gone) => Flow::Drop(CloseReason::Error),
+                }
+            }
         }
     }
 
