@@ -11,7 +11,7 @@ use futures_util::future::{self, BoxFuture, FutureExt};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
-use super::{Broker, BrokerError, BrokerEvent, History, HistoryPolicy, Link};
+use super::{paginate, Broker, BrokerError, BrokerEvent, History, HistoryPolicy, Link, Page};
 use crate::protocol::{ChannelName, Offset, Publication};
 
 type LinkId = u64;
@@ -119,28 +119,29 @@ impl Broker for MemoryBroker {
         future::ready(Ok(offset)).boxed()
     }
 
-    fn history<'a>(
+    fn history_page<'a>(
         &'a self,
         channel: &'a ChannelName,
         since: Option<Offset>,
+        page: Page,
     ) -> BoxFuture<'a, Result<History, BrokerError>> {
         let now = Instant::now();
         let mut state = lock(&self.state);
         let answer = match state.channels.get_mut(channel) {
-            None => History::from_retained(Offset(0), None, since, Vec::new()),
+            None => History::from_retained(Offset(0), None, since, Vec::new(), false),
             Some(log) => {
                 log.trim(self.policy, now);
                 let top = log.top.unwrap_or(Offset(0));
-                let messages = match since {
-                    None => Vec::new(),
-                    Some(since) => log
-                        .retained
-                        .iter()
-                        .filter(|(_, p)| p.offset > since)
-                        .map(|(_, p)| p.clone())
-                        .collect(),
+                let (messages, more) = match since {
+                    None => (Vec::new(), false),
+                    Some(since) => {
+                        // Retained messages are in offset order: skip to the first after
+                        // `since` rather than walk the whole history.
+                        let first = log.retained.partition_point(|(_, p)| p.offset <= since);
+                        paginate(log.retained.range(first..).map(|(_, p)| p), page)
+                    }
                 };
-                History::from_retained(top, log.base, since, messages)
+                History::from_retained(top, log.base, since, messages, more)
             }
         };
         future::ready(Ok(answer)).boxed()
@@ -266,6 +267,37 @@ mod tests {
             state.channels[&quiet].top.is_some(),
             "the top offset is kept"
         );
+    }
+
+    #[tokio::test]
+    async fn history_is_read_page_by_page_from_since() {
+        let broker = MemoryBroker::new(HistoryPolicy::default());
+        let c = ChannelName::parse("c").unwrap();
+        let first = broker.publish(&c, data(1)).await.unwrap();
+        for n in 2..=7 {
+            broker.publish(&c, data(n)).await.unwrap();
+        }
+        let page = Page {
+            messages: std::num::NonZeroUsize::new(3).unwrap(),
+            ..Page::DEFAULT
+        };
+        let mut since = Offset(0);
+        let mut pages = Vec::new();
+        loop {
+            let h = broker.history_page(&c, Some(since), page).await.unwrap();
+            assert!(h.recovered, "nothing was trimmed");
+            let offsets: Vec<u64> = h
+                .messages
+                .iter()
+                .map(|p| p.offset.0 - first.0 + 1)
+                .collect();
+            pages.push(offsets);
+            match h.messages.last() {
+                Some(last) if h.more => since = last.offset,
+                _ => break,
+            }
+        }
+        assert_eq!(pages, vec![vec![1, 2, 3], vec![4, 5, 6], vec![7]]);
     }
 
     #[tokio::test]

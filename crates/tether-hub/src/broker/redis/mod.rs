@@ -21,7 +21,7 @@ use futures_util::future::{BoxFuture, FutureExt};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, OnceCell};
 
-use super::{Broker, BrokerError, BrokerEvent, BrokerOptions, History, HistoryPolicy, Link};
+use super::{Broker, BrokerError, BrokerEvent, BrokerOptions, History, HistoryPolicy, Link, Page};
 use crate::protocol::{ChannelName, Offset, Publication};
 
 mod feed;
@@ -51,28 +51,51 @@ redis.call('PUBLISH', ARGV[4], offset .. ' ' .. ARGV[1])
 return offset
 "#;
 
-/// Returns `{top, base}` or, with a `since`, `{top, base, offset1, data1, offset2, data2,
-/// …}` for the entries after `since` that are younger than the ttl. `base` is `''` when
-/// unknown (no sequence yet, or one written before the base key existed).
+/// Returns `{top, base, more}` or, with a `since`, `{top, base, more, offset1, data1,
+/// offset2, data2, …}` for the entries after `since` that are younger than the ttl, one page
+/// of them: at most `ARGV[3]` entries and `ARGV[4]` bytes of data (but at least one entry).
+/// `more` is `'1'` when the page limit left entries out. `base` is `''` when unknown (no
+/// sequence yet, or one written before the base key existed).
+///
+/// The stream is walked in small `XRANGE … COUNT` steps, so what the script holds at once
+/// is one step and the page it builds, never the whole history.
 const HISTORY_SCRIPT: &str = r#"
 local top = redis.call('GET', KEYS[1]) or '0'
 local base = ''
 if top ~= '0' then base = redis.call('GET', KEYS[3]) or '' end
-if ARGV[1] == '' then return {top, base} end
+if ARGV[1] == '' then return {top, base, '0'} end
 local t = redis.call('TIME')
 local cutoff = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[2])
-local out = {top, base}
-for _, entry in ipairs(redis.call('XRANGE', KEYS[2], '(' .. ARGV[1] .. '-0', '+')) do
-  local fields = entry[2]
-  local at, data
-  for i = 1, #fields, 2 do
-    if fields[i] == 't' then at = tonumber(fields[i + 1]) end
-    if fields[i] == 'd' then data = fields[i + 1] end
+local max_n = tonumber(ARGV[3])
+local max_bytes = tonumber(ARGV[4])
+local out = {top, base, '0'}
+local n, bytes = 0, 0
+local start = '(' .. ARGV[1] .. '-0'
+local full = false
+while not full do
+  local step = math.min(max_n - n + 1, 16)
+  local entries = redis.call('XRANGE', KEYS[2], start, '+', 'COUNT', step)
+  for _, entry in ipairs(entries) do
+    local fields = entry[2]
+    local at, data
+    for i = 1, #fields, 2 do
+      if fields[i] == 't' then at = tonumber(fields[i + 1]) end
+      if fields[i] == 'd' then data = fields[i + 1] end
+    end
+    if at and data and at >= cutoff then
+      if n >= max_n or (n > 0 and bytes + #data > max_bytes) then
+        out[3] = '1'
+        full = true
+        break
+      end
+      table.insert(out, string.match(entry[1], '^(%d+)'))
+      table.insert(out, data)
+      n = n + 1
+      bytes = bytes + #data
+    end
+    start = '(' .. entry[1]
   end
-  if at and data and at >= cutoff then
-    table.insert(out, string.match(entry[1], '^(%d+)'))
-    table.insert(out, data)
-  end
+  if #entries < step then break end
 end
 return out
 "#;
@@ -175,6 +198,7 @@ impl RedisBroker {
         &self,
         channel: &ChannelName,
         since: Option<Offset>,
+        page: Page,
     ) -> Result<History, BrokerError> {
         let mut conn = self.connector.get().await?;
         let since_arg = since.map(|s| s.0.to_string()).unwrap_or_default();
@@ -185,11 +209,14 @@ impl RedisBroker {
             .key(self.keys.base(channel))
             .arg(since_arg)
             .arg(self.policy.ttl.as_millis() as u64)
+            .arg(page.messages.get())
+            .arg(page.bytes.get())
             .invoke_async(&mut conn)
             .await?;
         let mut items = reply.into_iter();
         let top = parse_offset(&items.next().unwrap_or_else(|| "0".into()))?;
         let base = parse_base(&items.next().unwrap_or_default())?;
+        let more = items.next().is_some_and(|more| more == "1");
         let mut messages = Vec::new();
         while let (Some(offset), Some(data)) = (items.next(), items.next()) {
             let data = RawValue::from_string(data)
@@ -200,7 +227,7 @@ impl RedisBroker {
                 data,
             ));
         }
-        Ok(History::from_retained(top, base, since, messages))
+        Ok(History::from_retained(top, base, since, messages, more))
     }
 }
 
@@ -236,12 +263,13 @@ impl Broker for RedisBroker {
         self.publisher().publish(channel, data)
     }
 
-    fn history<'a>(
+    fn history_page<'a>(
         &'a self,
         channel: &'a ChannelName,
         since: Option<Offset>,
+        page: Page,
     ) -> BoxFuture<'a, Result<History, BrokerError>> {
-        bounded(self.history_inner(channel, since)).boxed()
+        bounded(self.history_inner(channel, since, page)).boxed()
     }
 
     fn attach(&self) -> (Arc<dyn Link>, mpsc::UnboundedReceiver<BrokerEvent>) {
