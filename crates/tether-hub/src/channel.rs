@@ -307,31 +307,39 @@ impl Dispatcher {
     }
 
     /// Delivers what history holds after `last`, then `trigger` if history did not have it.
-    /// When the broker cannot answer, nothing is delivered (that would skip the hole for
-    /// good); the refill is retried shortly, and the messages stay in history meanwhile.
+    /// History is read a page at a time, each page handed over before the next is read,
+    /// so a long hole costs one page in memory, not the whole of it.
+    /// When the broker cannot answer, nothing more is delivered (that would skip the hole
+    /// for good); the refill is retried shortly, and the messages stay in history meanwhile.
     async fn refill(&mut self, trigger: Option<Arc<Publication>>) {
-        // With nothing delivered yet the channel was empty when this dispatcher started, so
-        // every message in its history came later: ask from 0 ("saw it empty"), not for the
-        // top alone, or the channel's first messages missed by the feed would be skipped.
-        let since = self.last.unwrap_or(Offset(0));
-        match self.broker.history(&self.channel, Some(since)).await {
-            Ok(history) => {
-                if !history.recovered {
-                    tracing::warn!(since = ?self.last, top = %history.top,
-                        "history does not reach back to the last delivered offset; continuing after the gap");
+        loop {
+            // With nothing delivered yet the channel was empty when this dispatcher started,
+            // so every message in its history came later: ask from 0 ("saw it empty"), not
+            // for the top alone, or the channel's first messages missed by the feed would
+            // be skipped.
+            let since = self.last.unwrap_or(Offset(0));
+            let history = match self.broker.history(&self.channel, Some(since)).await {
+                Ok(history) => history,
+                Err(error) => {
+                    self.metrics.broker_error(BrokerOp::History);
+                    tracing::warn!(%error, "could not refill from history; retrying");
+                    self.retry_at = Some(tokio::time::Instant::now() + REFILL_RETRY);
+                    return;
                 }
-                for p in history.messages {
-                    if self.last.is_none_or(|last| p.offset > last) {
-                        self.fan_out(p);
-                    }
+            };
+            if !history.recovered {
+                tracing::warn!(since = ?self.last, top = %history.top,
+                    "history does not reach back to the last delivered offset; continuing after the gap");
+            }
+            for p in history.messages {
+                if self.last.is_none_or(|last| p.offset > last) {
+                    self.fan_out(p);
                 }
             }
-            Err(error) => {
-                self.metrics.broker_error(BrokerOp::History);
-                tracing::warn!(%error, "could not refill from history; retrying");
-                self.retry_at = Some(tokio::time::Instant::now() + REFILL_RETRY);
-                return;
+            if !history.more {
+                break;
             }
+            self.hand_over();
         }
         if let Some(p) = trigger {
             if self.last.is_none_or(|last| p.offset > last) {

@@ -24,6 +24,7 @@ mod node;
 mod pacer;
 pub mod protocol;
 mod publishing;
+mod replay;
 mod server;
 mod session;
 mod wake_gate;
