@@ -7,10 +7,17 @@
 //!
 //! | key           | type   | holds                                               |
 //! |---------------|--------|-----------------------------------------------------|
-//! | `P:seq:C`     | string | the channel's top offset (no expiry)                |
-//! | `P:base:C`    | string | the offset its history started after (no expiry)    |
+//! | `P:seq:C`     | string | the channel's top offset, expires after ttl         |
+//! | `P:base:C`    | string | the offset its history started after, same expiry   |
 //! | `P:hist:C`    | stream | retained messages, `MAXLEN` size, expires after ttl |
 //! | `P:live:C`    | pubsub | `"<offset> <json>"` per message                     |
+//!
+//! Every publish pushes the expiry of all three keys to now + ttl, so a channel nobody
+//! publishes to leaves nothing behind once its history has expired (100 000 channels
+//! published once used to leave 200 000 keys for good). A channel published to again
+//! after that starts a fresh history at the current time in microseconds (see
+//! [`Offset::fresh_base`]), above every offset it had before, and a resume from an old
+//! offset is answered `recovered: false`.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -33,9 +40,9 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 /// Assigns the offset, appends, trims, expires and publishes in one atomic step.
 /// A missing sequence starts at the server's clock in microseconds (see `Offset`);
 /// `%.0f` prints such numbers exactly, where Lua's default would use an exponent.
-/// The base key is written in the same step as the sequence it describes, with no expiry
-/// either, so the two are created, kept and lost together (a stale base left by an older
-/// version is overwritten here).
+/// The base key is written in the same step as the sequence it describes, and both expire
+/// with the history, so the three are created, kept and lost together (a stale base left
+/// by an older version is overwritten here).
 const PUBLISH_SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -47,6 +54,8 @@ end
 local offset = string.format('%.0f', redis.call('INCR', KEYS[1]))
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-0', 't', now_ms, 'd', ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
 redis.call('PUBLISH', ARGV[4], offset .. ' ' .. ARGV[1])
 return offset
 "#;
