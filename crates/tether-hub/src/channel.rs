@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::broker::{Broker, BrokerError, BrokerEvent, Link};
+use crate::broker::{Broker, BrokerError, BrokerEvent, Feed, Link};
 use crate::mailbox::{Batch, Postbox, Posted};
 use crate::metrics::{BrokerOp, Metrics};
 use crate::protocol::{ChannelName, Offset, Publication};
@@ -181,7 +181,7 @@ impl Drop for Channels {
 }
 
 /// Hands the node's broker feed to the channel tasks.
-async fn route(channels: Weak<Channels>, mut events: mpsc::UnboundedReceiver<BrokerEvent>) {
+async fn route(channels: Weak<Channels>, mut events: Feed) {
     while let Some(event) = events.recv().await {
         let Some(channels) = channels.upgrade() else {
             return;
@@ -192,6 +192,13 @@ async fn route(channels: Weak<Channels>, mut events: mpsc::UnboundedReceiver<Bro
                 channels.send(&channel, Command::Deliver(p));
             }
             BrokerEvent::Resync => channels.resync_all(),
+            BrokerEvent::Overflowed => {
+                tracing::warn!(
+                    "node fell behind its broker feed; refilling every channel from history"
+                );
+                channels.metrics.feed_overflows.inc();
+                channels.resync_all();
+            }
             BrokerEvent::Lost(reason) => {
                 tracing::warn!(%reason, "broker feed lost");
                 channels.metrics.broker_error(BrokerOp::Feed);

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::{self, BoxFuture, FutureExt};
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
 
+use super::feed::{self, Feed, FeedLimit, FeedSender};
 use super::{paginate, Broker, BrokerError, BrokerEvent, History, HistoryPolicy, Link, Page};
 use crate::protocol::{ChannelName, Offset, Publication};
 
@@ -20,6 +20,7 @@ type LinkId = u64;
 pub struct MemoryBroker {
     state: Arc<Mutex<State>>,
     policy: HistoryPolicy,
+    feed_limit: FeedLimit,
     /// Starts the sweeper on first use (it needs a runtime; building the broker does not).
     sweeper: Once,
 }
@@ -64,7 +65,7 @@ struct ChannelLog {
     top: Option<Offset>,
     retained: VecDeque<(Instant, Arc<Publication>)>,
     /// Links subscribed to this channel, with how many times each subscribed.
-    links: HashMap<LinkId, (usize, mpsc::UnboundedSender<BrokerEvent>)>,
+    links: HashMap<LinkId, (usize, FeedSender)>,
 }
 
 impl ChannelLog {
@@ -100,8 +101,15 @@ impl MemoryBroker {
         Self {
             state: Arc::new(Mutex::new(State::default())),
             policy,
+            feed_limit: FeedLimit::DEFAULT,
             sweeper: Once::new(),
         }
+    }
+
+    /// Bounds each node's feed by `limit` instead of [`FeedLimit::DEFAULT`].
+    pub fn with_feed_limit(mut self, limit: FeedLimit) -> Self {
+        self.feed_limit = limit;
+        self
     }
 
     /// How many channels the broker holds state for (retained history or subscribers).
@@ -188,8 +196,8 @@ impl Broker for MemoryBroker {
         future::ready(Ok(answer)).boxed()
     }
 
-    fn attach(&self) -> (Arc<dyn Link>, mpsc::UnboundedReceiver<BrokerEvent>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    fn attach(&self) -> (Arc<dyn Link>, Feed) {
+        let (tx, rx) = feed::feed(self.feed_limit);
         let id = {
             let mut state = lock(&self.state);
             state.next_link += 1;
@@ -210,7 +218,7 @@ impl Broker for MemoryBroker {
 
 struct MemoryLink {
     id: LinkId,
-    tx: mpsc::UnboundedSender<BrokerEvent>,
+    tx: FeedSender,
     state: Arc<Mutex<State>>,
 }
 
@@ -370,6 +378,6 @@ mod tests {
         }
         link.unsubscribe(&a);
         broker.publish(&a, data(3)).await.unwrap();
-        assert!(feed.try_recv().is_err());
+        assert!(feed.try_recv().is_none());
     }
 }

@@ -11,12 +11,14 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
 
 use crate::protocol::{ChannelName, Offset, Publication};
 
+pub mod feed;
 pub mod memory;
 pub mod redis;
+
+pub use feed::{Feed, FeedLimit};
 
 /// How much history each channel keeps: at most `size` messages, none older than `ttl`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +43,8 @@ pub struct BrokerOptions {
     /// Prefix of every Redis key and pub/sub channel, so deployments and tests can share a
     /// Redis without seeing each other.
     pub redis_prefix: String,
+    /// How much each node's feed holds before it overflows into a resync (see `feed`).
+    pub feed: FeedLimit,
 }
 
 impl Default for BrokerOptions {
@@ -48,6 +52,7 @@ impl Default for BrokerOptions {
         Self {
             history: HistoryPolicy::default(),
             redis_prefix: "tether".into(),
+            feed: FeedLimit::DEFAULT,
         }
     }
 }
@@ -169,6 +174,9 @@ pub enum BrokerEvent {
     /// The feed is down (the reason is for logs and metrics); a `Resync` follows when it is
     /// back.
     Lost(String),
+    /// The node fell behind and its feed dropped events (see `feed`): refill every channel
+    /// from history, as for `Resync`.
+    Overflowed,
 }
 
 /// Why a broker operation failed. Every variant is transient from the hub's point of view:
@@ -221,8 +229,8 @@ pub trait Broker: Send + Sync + 'static {
         self.history_page(channel, since, Page::DEFAULT)
     }
 
-    /// Opens one node's live feed.
-    fn attach(&self) -> (Arc<dyn Link>, mpsc::UnboundedReceiver<BrokerEvent>);
+    /// Opens one node's live feed, bounded as the broker's options say.
+    fn attach(&self) -> (Arc<dyn Link>, Feed);
 
     /// Short name for logs and metrics ("memory", "redis").
     fn kind(&self) -> &'static str;
@@ -245,7 +253,9 @@ pub fn broker_from_url(url: &str) -> Result<Arc<dyn Broker>, BrokerError> {
 /// Builds a broker from its URL with explicit history limits and Redis key prefix.
 pub fn broker_with(url: &str, options: BrokerOptions) -> Result<Arc<dyn Broker>, BrokerError> {
     if url == "memory" || url == "memory://" {
-        return Ok(Arc::new(memory::MemoryBroker::new(options.history)));
+        return Ok(Arc::new(
+            memory::MemoryBroker::new(options.history).with_feed_limit(options.feed),
+        ));
     }
     if url.starts_with("redis://") {
         return Ok(Arc::new(redis::RedisBroker::new(url, options)?));

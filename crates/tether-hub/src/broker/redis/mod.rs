@@ -26,9 +26,11 @@ use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::Script;
 use futures_util::future::{BoxFuture, FutureExt};
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, OnceCell};
+use tokio::sync::OnceCell;
 
-use super::{Broker, BrokerError, BrokerEvent, BrokerOptions, History, HistoryPolicy, Link, Page};
+use super::{
+    Broker, BrokerError, BrokerOptions, Feed, FeedLimit, History, HistoryPolicy, Link, Page,
+};
 use crate::protocol::{ChannelName, Offset, Publication};
 
 mod feed;
@@ -176,6 +178,7 @@ pub struct RedisBroker {
     publisher: OnceLock<publisher::Publisher>,
     keys: Keys,
     policy: HistoryPolicy,
+    feed_limit: FeedLimit,
     history_script: Script,
 }
 
@@ -193,6 +196,7 @@ impl RedisBroker {
                 prefix: options.redis_prefix.into(),
             },
             policy: options.history,
+            feed_limit: options.feed,
             history_script: Script::new(HISTORY_SCRIPT),
         })
     }
@@ -281,8 +285,8 @@ impl Broker for RedisBroker {
         bounded(self.history_inner(channel, since, page)).boxed()
     }
 
-    fn attach(&self) -> (Arc<dyn Link>, mpsc::UnboundedReceiver<BrokerEvent>) {
-        let (link, events) = feed::spawn(self.client.clone(), self.keys.clone());
+    fn attach(&self) -> (Arc<dyn Link>, Feed) {
+        let (link, events) = feed::spawn(self.client.clone(), self.keys.clone(), self.feed_limit);
         (Arc::new(link), events)
     }
 
