@@ -82,6 +82,7 @@ pub struct Metrics {
     pub resumes: Family<ResumeLabel, Counter>,
     pub disconnects: Family<CloseLabel, Counter>,
     pub client_errors: Family<CodeLabel, Counter>,
+    pub feed_overflows: Counter,
 }
 
 impl Metrics {
@@ -96,6 +97,7 @@ impl Metrics {
             resumes: Family::default(),
             disconnects: Family::default(),
             client_errors: Family::default(),
+            feed_overflows: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -137,6 +139,11 @@ impl Metrics {
             "client_errors",
             "Error frames sent to clients, by code",
             metrics.client_errors.clone(),
+        );
+        registry.register(
+            "feed_overflows",
+            "Times the node fell behind its broker feed and refilled every channel from history",
+            metrics.feed_overflows.clone(),
         );
         Self {
             registry,

@@ -23,6 +23,7 @@ use crate::node::{Lifecycle, Node};
 use crate::pacer::Pacer;
 use crate::protocol::{ChannelName, ClientFrame, ErrorCode, Offset, ProtocolError, ServerFrame};
 use crate::publishing::{Outcome, Publishes};
+use crate::replay::{Replay, ReplayError};
 use crate::wake_gate::WakeGate;
 
 /// Close codes the hub sends.
@@ -276,8 +277,8 @@ impl Session {
             );
             return self.reply_error(ws, &error, Some(channel), None).await;
         }
-        let history = match self.node.broker.history(&name, since).await {
-            Ok(history) => history,
+        let (opening, mut replay) = match Replay::start(&self.node, &name, since).await {
+            Ok(started) => started,
             Err(error) => {
                 self.node
                     .metrics
@@ -291,36 +292,54 @@ impl Session {
             }
         };
         if since.is_some() {
-            let outcome = if history.recovered {
+            let outcome = if opening.recovered {
                 Resume::Recovered
             } else {
                 Resume::NotRecovered
             };
             self.node.metrics.resume(outcome);
         }
-        let last = history
-            .messages
-            .last()
-            .map_or(history.top, |m| m.offset.max(history.top));
-        self.subscriptions.insert(name, last);
+        self.subscriptions.insert(name, replay.until());
         self.node.metrics.subscriptions.inc();
         let subscribed = ServerFrame::Subscribed {
             channel,
-            offset: history.top,
-            recovered: history.recovered,
+            offset: opening.top,
+            recovered: opening.recovered,
         };
-        let replay = async {
-            ws.feed(Message::Text(subscribed.encode())).await?;
-            for message in &history.messages {
-                ws.feed(Message::Text(message.frame.clone())).await?;
-                self.node.metrics.messages_out.inc();
+        // Page by page, each read only once the previous one is written (see `replay`); a
+        // client that takes no page within a ping timeout is too slow.
+        let limit = self.node.config.ping_timeout;
+        let mut first = Some(subscribed.encode());
+        loop {
+            let page = match replay.next_page(&self.node).await {
+                Ok(page) => page.unwrap_or_default(),
+                Err(error) => {
+                    tracing::warn!(%error, channel, "replay cut short; the client must resume");
+                    if matches!(error, ReplayError::Broker(_)) {
+                        self.node
+                            .metrics
+                            .broker_error(crate::metrics::BrokerOp::History);
+                    }
+                    return Flow::Close(CLOSE_TRY_AGAIN, "replay cut short", CloseReason::Error);
+                }
+            };
+            if page.is_empty() && first.is_none() {
+                return Flow::Continue;
             }
-            ws.flush().await
-        };
-        match tokio::time::timeout(self.node.config.ping_timeout, replay).await {
-            Ok(Ok(())) => Flow::Continue,
-            Ok(Err(_)) => Flow::Drop(CloseReason::Error),
-            Err(_) => Flow::Drop(CloseReason::SlowConsumer),
+            let write = async {
+                if let Some(subscribed) = first.take() {
+                    ws.feed(Message::Text(subscribed)).await?;
+                }
+                for message in &page {
+                    ws.feed(Message::Text(message.frame.clone())).await?;
+                }
+                ws.flush().await
+            };
+            match tokio::time::timeout(limit, write).await {
+                Ok(Ok(())) => self.node.metrics.messages_out.inc_by(page.len() as u64),
+                Ok(Err(_)) => return Flow::Drop(CloseReason::Error),
+                Err(_) => return Flow::Drop(CloseReason::SlowConsumer),
+            };
         }
     }
 

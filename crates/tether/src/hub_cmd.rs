@@ -85,6 +85,7 @@ impl HubArgs {
                 ttl: self.history_ttl,
             },
             redis_prefix: self.redis_prefix.clone(),
+            ..Default::default()
         }
     }
 }

@@ -47,6 +47,7 @@ pub fn redis_options(prefix: &str, history: HistoryPolicy) -> BrokerOptions {
     BrokerOptions {
         history,
         redis_prefix: prefix.into(),
+        ..Default::default()
     }
 }
 
