@@ -111,6 +111,7 @@ fn ping_flood_from_a_client_that_never_reads_is_dropped_and_memory_stays_bounded
         sent += 1;
     }
     let grown_kb = hub.status_kb("VmHWM").saturating_sub(before_kb);
+    eprintln!("peak RSS grew by {grown_kb} kB over {before_kb} kB; {sent}000 pings written");
     assert!(
         grown_kb < 16 * 1024,
         "the hub grew by {grown_kb} kB under {sent}000 pings"
