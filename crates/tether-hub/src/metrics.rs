@@ -40,6 +40,8 @@ pub enum CloseReason {
     ClientClosed,
     PingTimeout,
     Flood,
+    /// A frame or message above the hard size limit (closed with 1009).
+    TooLarge,
     SlowConsumer,
     Shutdown,
     Aborted,
@@ -168,6 +170,7 @@ impl Metrics {
             CloseReason::ClientClosed => "client_closed",
             CloseReason::PingTimeout => "ping_timeout",
             CloseReason::Flood => "flood",
+            CloseReason::TooLarge => "too_large",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Aborted => "aborted",
