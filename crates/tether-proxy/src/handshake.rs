@@ -13,6 +13,9 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use std::num::NonZeroU64;
+
+use crate::body::Framing;
 use crate::metrics::RejectReason;
 
 /// Why a request is answered by the proxy itself, with the status it gets.
@@ -129,8 +132,13 @@ pub async fn read_head(
     started: Instant,
 ) -> Result<usize, ReadError> {
     let mut scanned = 0;
+    let mut checked = 0;
     loop {
-        if let Some(end) = find_head_end(buf, scanned) {
+        let end = find_head_end(buf, scanned);
+        let head_so_far = end.unwrap_or(buf.len());
+        check_head_bytes(buf, checked, head_so_far).map_err(ReadError::Reject)?;
+        checked = head_so_far;
+        if let Some(end) = end {
             return Ok(end);
         }
         scanned = buf.len().saturating_sub(3);
@@ -152,6 +160,29 @@ pub async fn read_head(
             Ok(Err(e)) => return Err(ReadError::Io(e)),
         }
     }
+}
+
+/// Refuses a head as soon as its bytes show it is not HTTP/1.x, instead of waiting for a
+/// blank line that will never come: a first byte that cannot start a method (a TLS
+/// ClientHello starts with `0x16`), or a line feed without its carriage return (a bare-LF
+/// head, which some servers read differently from others). Checks `buf[from..to]`.
+fn check_head_bytes(buf: &[u8], from: usize, to: usize) -> Result<(), Reject> {
+    if from == 0 && to > 0 && !is_tchar(buf[0]) {
+        return Err(Reject::BadRequest("not an HTTP/1.x request"));
+    }
+    let bare_lf = buf[from..to]
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (from + i == 0 || buf[from + i - 1] != b'\r'));
+    if bare_lf {
+        return Err(Reject::BadRequest("line feed without carriage return"));
+    }
+    Ok(())
+}
+
+/// A byte allowed in a method token (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
@@ -178,6 +209,8 @@ pub struct RequestHead {
     headers: Vec<HeaderPos>,
     /// True when this is a valid WebSocket upgrade.
     pub websocket: bool,
+    /// Where the request's body ends.
+    pub framing: Framing,
 }
 
 fn range_in(buf: &[u8], part: &[u8]) -> Range<usize> {
@@ -230,6 +263,7 @@ impl RequestHead {
             minor_version: version,
             headers,
             websocket: false,
+            framing: Framing::Empty,
         };
         head.check(buf)?;
         Ok(head)
@@ -237,19 +271,14 @@ impl RequestHead {
 
     /// Request-smuggling and WebSocket rules (RFC 9112 §6.3, RFC 6455 §4.2.1).
     fn check(&mut self, buf: &[u8]) -> Result<(), Reject> {
-        if self.minor_version == 1 && self.header(buf, "host").is_none() {
-            return Err(Reject::BadRequest("HTTP/1.1 request without Host"));
+        match self.headers_named(buf, "host").count() {
+            0 if self.minor_version == 1 => {
+                return Err(Reject::BadRequest("HTTP/1.1 request without Host"))
+            }
+            0 | 1 => {}
+            _ => return Err(Reject::BadRequest("more than one Host header")),
         }
-        if self.header(buf, "transfer-encoding").is_some()
-            && self.header(buf, "content-length").is_some()
-        {
-            return Err(Reject::BadRequest(
-                "both Transfer-Encoding and Content-Length",
-            ));
-        }
-        if !self.content_length_is_valid(buf) {
-            return Err(Reject::BadRequest("invalid Content-Length"));
-        }
+        self.framing = self.request_framing(buf)?;
         let upgrade = self.header(buf, "upgrade").is_some_and(|v| {
             v.split(|&b| b == b',')
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"websocket"))
@@ -262,6 +291,11 @@ impl RequestHead {
                 "a WebSocket upgrade must be GET over HTTP/1.1",
             ));
         }
+        if self.framing != Framing::Empty {
+            // Bytes after the head of an upgrade are WebSocket frames, held until `101`;
+            // a body would make them ambiguous.
+            return Err(Reject::BadRequest("a WebSocket upgrade with a body"));
+        }
         let connection_upgrade = self.headers_named(buf, "connection").any(|v| {
             v.split(|&b| b == b',')
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
@@ -271,9 +305,12 @@ impl RequestHead {
                 "WebSocket upgrade without `Connection: upgrade`",
             ));
         }
-        match self.header(buf, "sec-websocket-key") {
-            Some(k) if k.trim_ascii().len() == 24 => {}
-            _ => return Err(Reject::BadRequest("missing or malformed Sec-WebSocket-Key")),
+        let key_ok = {
+            let mut keys = self.headers_named(buf, "sec-websocket-key");
+            matches!((keys.next(), keys.next()), (Some(k), None) if is_websocket_key(k.trim_ascii()))
+        };
+        if !key_ok {
+            return Err(Reject::BadRequest("missing or malformed Sec-WebSocket-Key"));
         }
         if self
             .header(buf, "sec-websocket-version")
@@ -286,17 +323,32 @@ impl RequestHead {
         Ok(())
     }
 
-    /// All `Content-Length` headers agree and are numbers (or there are none).
-    fn content_length_is_valid(&self, buf: &[u8]) -> bool {
-        let mut lengths = self.headers_named(buf, "content-length");
-        let Some(first) = lengths.next() else {
-            return true;
-        };
-        let numeric = std::str::from_utf8(first)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .is_some();
-        numeric && lengths.all(|v| v == first)
+    /// Where the body ends (RFC 9112 §6.3), refusing every head whose framing two servers
+    /// could read differently: both `Transfer-Encoding` and `Content-Length`, lengths that
+    /// disagree or are not numbers, a transfer coding that does not end in `chunked`, or any
+    /// transfer coding in HTTP/1.0.
+    fn request_framing(&self, buf: &[u8]) -> Result<Framing, Reject> {
+        let length = content_length(self.headers_named(buf, "content-length"))
+            .map_err(|()| Reject::BadRequest("invalid Content-Length"))?;
+        let chunked = transfer_chunked(self.headers_named(buf, "transfer-encoding"));
+        match (chunked, length) {
+            (None, length) => Ok(length.unwrap_or(Framing::Empty)),
+            (Some(_), Some(_)) => Err(Reject::BadRequest(
+                "both Transfer-Encoding and Content-Length",
+            )),
+            (Some(_), None) if self.minor_version == 0 => Err(Reject::BadRequest(
+                "Transfer-Encoding in an HTTP/1.0 request",
+            )),
+            (Some(true), None) => Ok(Framing::Chunked),
+            (Some(false), None) => Err(Reject::BadRequest(
+                "Transfer-Encoding that does not end in chunked",
+            )),
+        }
+    }
+
+    /// True for `HEAD`, whose response has no body whatever its headers say.
+    pub fn is_head(&self, buf: &[u8]) -> bool {
+        &buf[self.method.clone()] == b"HEAD"
     }
 
     /// The first value of a header (case-insensitive name).
@@ -417,6 +469,54 @@ impl RequestHead {
     }
 }
 
+/// The `Content-Length` of a head: `Ok(None)` without one, `Err` when the values are not all
+/// the same number.
+fn content_length<'b>(mut values: impl Iterator<Item = &'b [u8]>) -> Result<Option<Framing>, ()> {
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    let n = std::str::from_utf8(first)
+        .ok()
+        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or(())?;
+    if !values.all(|v| v == first) {
+        return Err(());
+    }
+    Ok(Some(
+        NonZeroU64::new(n).map_or(Framing::Empty, Framing::Length),
+    ))
+}
+
+/// `None` without `Transfer-Encoding`; otherwise whether its codings end in a single `chunked`.
+fn transfer_chunked<'b>(values: impl Iterator<Item = &'b [u8]>) -> Option<bool> {
+    let mut any = false;
+    let mut chunked_count = 0;
+    let mut last_is_chunked = false;
+    for value in values {
+        any = true;
+        for coding in value.split(|&b| b == b',') {
+            let coding = coding.trim_ascii();
+            if coding.is_empty() {
+                continue;
+            }
+            last_is_chunked = coding.eq_ignore_ascii_case(b"chunked");
+            chunked_count += usize::from(last_is_chunked);
+        }
+    }
+    any.then_some(last_is_chunked && chunked_count == 1)
+}
+
+/// A `Sec-WebSocket-Key` is the base64 of 16 bytes (RFC 6455 §4.1): 22 characters of the
+/// base64 alphabet, `==`, and no stray bits in the last character (a canonical encoding).
+fn is_websocket_key(key: &[u8]) -> bool {
+    let b64 = |b: &u8| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/';
+    key.len() == 24
+        && key[..22].iter().all(b64)
+        && &key[22..] == b"=="
+        && b"AQgw".contains(&key[21])
+}
+
 fn is_hop_by_hop(name: &[u8]) -> bool {
     [
         &b"connection"[..],
@@ -441,19 +541,90 @@ pub struct ResponseHead {
     pub status: u16,
     /// Length of the head in the buffer, including the blank line.
     pub len: usize,
+    /// Where the body ends, for any request but `HEAD` (whose answer has none).
+    pub framing: Framing,
 }
 
-/// Parses a complete response head.
-pub fn parse_response(buf: &[u8]) -> Option<ResponseHead> {
-    let mut storage = [httparse::EMPTY_HEADER; 96];
+/// A response head the proxy cannot relay safely.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid response head from the backend: {0}")]
+pub struct BadResponse(&'static str);
+
+/// Header lines a response head may have; more is refused at once (`502`), not waited on.
+pub const MAX_RESPONSE_HEADERS: usize = 96;
+
+/// Parses a response head: `Ok(None)` while it is incomplete, an error as soon as the bytes
+/// show it cannot be a valid head (too many lines, bad syntax, ambiguous framing).
+pub fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, BadResponse> {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut res = httparse::Response::new(&mut storage);
-    match res.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => Some(ResponseHead {
-            status: res.code?,
-            len,
-        }),
-        _ => None,
+    let len = match res.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(BadResponse("too many header lines")),
+        Err(_) => return Err(BadResponse("not an HTTP/1.x response head")),
+    };
+    let status = res.code.ok_or(BadResponse("no status code"))?;
+    let named = |name: &'static str| {
+        res.headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    };
+    let length = content_length(named("content-length"))
+        .map_err(|()| BadResponse("invalid Content-Length"))?;
+    let chunked = transfer_chunked(named("transfer-encoding"));
+    let framing = match (chunked, length) {
+        _ if (100..200).contains(&status) || status == 204 || status == 304 => Framing::Empty,
+        (Some(_), Some(_)) => return Err(BadResponse("both Transfer-Encoding and Content-Length")),
+        (Some(true), None) if res.version == Some(1) => Framing::Chunked,
+        // Any other coding, or one in HTTP/1.0: only the close ends the body (RFC 9112 §6.3).
+        (Some(_), None) => Framing::UntilClose,
+        (None, Some(length)) => length,
+        (None, None) => Framing::UntilClose,
+    };
+    Ok(Some(ResponseHead {
+        status,
+        len,
+        framing,
+    }))
+}
+
+/// The response head the client gets when its connection ends after this one answer: the
+/// backend's status line and headers without its connection-management ones, plus `extra`
+/// and `Connection: close`, so the client does not send a second request the proxy would
+/// not forward.
+pub fn closing_response_head(buf: &[u8], head: &ResponseHead, extra: Option<&str>) -> Vec<u8> {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut res = httparse::Response::new(&mut storage);
+    let mut out = Vec::with_capacity(head.len + 64);
+    // The head parsed once already, so it parses again; fall back to it unchanged if not.
+    if !matches!(
+        res.parse(&buf[..head.len]),
+        Ok(httparse::Status::Complete(_))
+    ) {
+        out.extend_from_slice(&buf[..head.len]);
+        return out;
     }
+    let version = if res.version == Some(0) { b'0' } else { b'1' };
+    out.extend_from_slice(b"HTTP/1.");
+    out.push(version);
+    out.extend_from_slice(format!(" {} ", head.status).as_bytes());
+    out.extend_from_slice(res.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in res.headers.iter() {
+        let name = h.name.as_bytes();
+        // `Upgrade` stays: a `426` names the protocol the client should use in it.
+        if name.eq_ignore_ascii_case(b"upgrade") || !is_hop_by_hop(name) {
+            push_header(&mut out, h.name.as_bytes(), h.value);
+        }
+    }
+    if let Some(line) = extra {
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"Connection: close\r\n\r\n");
+    out
 }
 
 /// Inserts a header line just before the blank line that ends a head of `head_len` bytes.
@@ -541,7 +712,7 @@ mod tests {
     fn header_is_inserted_before_the_blank_line() {
         let mut buf =
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\nFRAME".to_vec();
-        let head = parse_response(&buf).unwrap();
+        let head = parse_response(&buf).unwrap().unwrap();
         assert_eq!(head.status, 101);
         insert_header(&mut buf, head.len, "Set-Cookie: s=1");
         assert_eq!(

@@ -22,9 +22,11 @@
 pub mod admin;
 pub mod backend;
 pub mod balance;
+pub mod body;
 pub mod client_ip;
 pub mod config;
 mod connection;
+mod exchange;
 pub mod handshake;
 pub mod health;
 pub mod key;
