@@ -38,7 +38,7 @@ pub mod tunnel;
 
 pub use backend::BackendState;
 pub use config::{Config, ConfigError};
-pub use listener::{Proxy, ProxyError, RunningProxy};
+pub use listener::{Proxy, ProxyError, RunningProxy, Stopped};
 
 use shared::Shared;
 

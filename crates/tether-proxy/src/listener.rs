@@ -220,9 +220,24 @@ impl RunningProxy {
     }
 
     /// Stops accepting, waits for the grace period as SIGTERM would, then closes every
-    /// connection still open.
-    pub async fn shutdown(self) {
+    /// connection still open. What the proxy counted stays readable in the result.
+    pub async fn shutdown(self) -> Stopped {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        Stopped {
+            shared: self.shared,
+        }
+    }
+}
+
+/// A proxy that has shut down: its final counts, for the program that embedded it.
+pub struct Stopped {
+    shared: Arc<Shared>,
+}
+
+impl Stopped {
+    /// The Prometheus text exposition as it stood when the last connection closed.
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.encode()
     }
 }

@@ -131,3 +131,34 @@ async fn plain_http_requests_are_proxied_one_per_connection() {
     // Plain requests do not count as live tunnels.
     assert!(proxy.backends().iter().all(|b| b.active == 0));
 }
+
+#[tokio::test]
+async fn shutdown_closes_the_tunnels_left_after_the_grace_period() {
+    let backends = echo_backends(1).await;
+    let proxy = proxy("[runtime]\ngrace = \"200ms\"", &backends).await;
+    let (mut ws, _) = open(&proxy, "/ws").await;
+    assert_eq!(whoami(&mut ws).await.unwrap(), "b1");
+    let stopped = tokio::time::timeout(Duration::from_secs(5), proxy.shutdown())
+        .await
+        .expect("shutdown did not return");
+    // The client sees its tunnel end without sending anything.
+    let end = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    assert!(end.is_ok(), "the tunnel outlived the proxy");
+    assert_eq!(
+        backends[0]
+            .stats()
+            .open
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert!(
+        stopped
+            .metrics_text()
+            .contains("tether_tunnels_ended_total{reason=\"Shutdown\"} 1"),
+        "{}",
+        stopped.metrics_text()
+    );
+}
