@@ -657,6 +657,13 @@ mod tests {
             ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
             ("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n", 400),
             ("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n", 426),
+            ("GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nContent-Length: 3\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZR==\r\nSec-WebSocket-Version: 13\r\n\r\n", 400),
         ];
         for (head, status) in cases {
             let err = RequestHead::parse(head.as_bytes(), 64).unwrap_err();
@@ -667,6 +674,72 @@ mod tests {
             RequestHead::parse(many.as_bytes(), 5).unwrap_err().status(),
             431
         );
+    }
+
+    #[test]
+    fn request_framing_follows_rfc_9112() {
+        let framing = |head: &str| RequestHead::parse(head.as_bytes(), 64).unwrap().framing;
+        assert_eq!(framing("GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Framing::Empty);
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n"),
+            Framing::Empty
+        );
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 7\r\n\r\n"),
+            Framing::Length(NonZeroU64::new(7).unwrap())
+        );
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n"),
+            Framing::Chunked
+        );
+    }
+
+    #[test]
+    fn response_framing_and_invalid_heads() {
+        let parse = |head: &str| parse_response(head.as_bytes());
+        let framing = |head: &str| parse(head).unwrap().unwrap().framing;
+        assert_eq!(
+            framing("HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"),
+            Framing::Empty
+        );
+        assert_eq!(framing("HTTP/1.1 200 OK\r\n\r\n"), Framing::UntilClose);
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Framing::Chunked
+        );
+        assert_eq!(
+            framing("HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Framing::UntilClose
+        );
+        assert_eq!(parse("HTTP/1.1 200 OK\r\nX: 1\r\n"), Ok(None));
+        assert!(parse(
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        .is_err());
+        assert!(parse("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n").is_err());
+        // Too many lines is an error before the head is even complete.
+        let many = format!("HTTP/1.1 200 OK\r\n{}", "X: 1\r\n".repeat(120));
+        assert!(parse(&many).is_err());
+    }
+
+    #[test]
+    fn closing_response_head_replaces_connection_management() {
+        let buf = b"HTTP/1.1 404 Not Found\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nno";
+        let head = parse_response(buf).unwrap().unwrap();
+        let out = closing_response_head(buf, &head, Some("Set-Cookie: s=1"));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\nSet-Cookie: s=1\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn bytes_that_cannot_start_a_head_are_seen_at_once() {
+        assert!(check_head_bytes(b"\x16\x03\x01", 0, 3).is_err());
+        assert!(check_head_bytes(b"GET / HTTP/1.1\n", 0, 15).is_err());
+        assert!(check_head_bytes(b"GET / HTTP/1.1\r\nHost: a\r\n", 0, 25).is_ok());
+        // A CR at the end of one read and its LF at the start of the next.
+        assert!(check_head_bytes(b"GET / HTTP/1.1\r\n", 15, 16).is_ok());
     }
 
     #[test]

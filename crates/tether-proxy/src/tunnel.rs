@@ -489,6 +489,58 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_raised_close_signal_ends_idle_tunnels_and_later_ones() {
+        let signal = std::sync::Arc::new(CloseSignal::default());
+        let (to_backend, to_client) = (Counter::default(), Counter::default());
+        let mut tunnels = Vec::new();
+        let mut ends = Vec::new();
+        for key in 0..3u64 {
+            let (client, proxy_client) = pair().await;
+            let (proxy_backend, backend) = pair().await;
+            let (signal, up, down) = (signal.clone(), to_backend.clone(), to_client.clone());
+            ends.push((client, backend));
+            tunnels.push(tokio::spawn(async move {
+                let c = Counters {
+                    to_backend: &up,
+                    to_client: &down,
+                };
+                let closer = Closer {
+                    signal: &signal,
+                    key,
+                };
+                run(&proxy_client, &proxy_backend, None, &c, closer).await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(tunnels.iter().all(|t| !t.is_finished()));
+        signal.close(CloseReason::Shutdown);
+        for t in tunnels {
+            let outcome = tokio::time::timeout(Duration::from_secs(3), t)
+                .await
+                .expect("tunnel still open after the signal")
+                .unwrap();
+            assert_eq!(outcome.reason, EndReason::Shutdown);
+        }
+        // A tunnel that starts after the signal ends at once.
+        let (_c, proxy_client) = pair().await;
+        let (proxy_backend, _b) = pair().await;
+        let c = Counters {
+            to_backend: &to_backend,
+            to_client: &to_client,
+        };
+        let closer = Closer {
+            signal: &signal,
+            key: 9,
+        };
+        let late = run(&proxy_client, &proxy_backend, None, &c, closer);
+        let outcome = tokio::time::timeout(Duration::from_secs(3), late)
+            .await
+            .unwrap();
+        assert_eq!(outcome.reason, EndReason::Shutdown);
+        drop(ends);
+    }
+
+    #[tokio::test]
     async fn backend_reset_ends_the_tunnel() {
         let (_client, backend, task) = tunnel(None).await;
         socket2::SockRef::from(&backend)
