@@ -67,26 +67,42 @@ pub async fn handle(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr
     // A debug span: at the default level it is disabled and costs nothing, where an enabled
     // span formatted and stored its fields for every connection (~2 % of a handshake's CPU).
     let span = debug_span!("conn", %id, %peer);
-    let handshake = Box::pin(handshake(&shared, &mut client, peer, started));
-    let sent = match until_closed(&shared, id, handshake.instrument(span.clone())).await {
-        Some(Handshake::Sent(sent)) => sent,
-        Some(Handshake::Admin(head)) => {
+    // Both phases in one future, so listening for the close signal costs one registration.
+    let phases = async {
+        let handshake = Box::pin(handshake(&shared, &mut client, peer, started))
+            .instrument(span.clone())
+            .await;
+        match handshake {
+            Handshake::Sent(sent) => Box::pin(exchange::run(&shared, &mut client, sent))
+                .instrument(span)
+                .await
+                .map(Next::Tunnel),
+            Handshake::Admin(head) => Some(Next::Admin(head)),
+            Handshake::Done => None,
+        }
+    };
+    match until_closed(&shared, id, phases).await.flatten() {
+        Some(Next::Tunnel(switched)) => {
+            let open = Open {
+                _gauge: gauge,
+                _admitted: admitted,
+            };
+            tokio::spawn(relay(Tunnel::new(
+                shared, client, switched, id, started, open,
+            )));
+        }
+        Some(Next::Admin(head)) => {
             let admin = Box::pin(crate::admin::serve_on_main(shared.clone(), client, head));
             until_closed(&shared, id, admin).await;
-            return;
         }
-        Some(Handshake::Done) | None => return,
-    };
-    let answer = Box::pin(exchange::run(&shared, &mut client, sent));
-    if let Some(Some(switched)) = until_closed(&shared, id, answer.instrument(span)).await {
-        let open = Open {
-            _gauge: gauge,
-            _admitted: admitted,
-        };
-        tokio::spawn(relay(Tunnel::new(
-            shared, client, switched, id, started, open,
-        )));
+        None => {}
     }
+}
+
+/// What a connection does after its handshake.
+enum Next {
+    Tunnel(Switched),
+    Admin(Vec<u8>),
 }
 
 /// Runs `phase` unless the proxy closes its connections first (`None` then; dropping the
