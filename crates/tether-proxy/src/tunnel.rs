@@ -108,18 +108,23 @@ impl CloseSignal {
         CloseReason::from_u8(self.reason.load(Ordering::Acquire))
     }
 
-    /// Waits until the signal is raised (for the phases before a tunnel, which are not hot).
+    /// Waits until the signal is raised. Like a tunnel, it registers once and then reads
+    /// only the flag, so polling it beside a busy future costs no lock.
     pub async fn closed(&self, key: u64) -> CloseReason {
-        let notify = self.shard(key);
-        loop {
-            let notified = notify.notified();
-            let mut notified = std::pin::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(reason) = self.reason() {
-                return reason;
+        let notified = self.shard(key).notified();
+        let mut notified = std::pin::pin!(notified);
+        let mut listening = false;
+        poll_fn(|cx| {
+            if !listening {
+                listening = true;
+                let _ = notified.as_mut().poll(cx);
             }
-            notified.await;
-        }
+            match self.reason() {
+                Some(reason) => Poll::Ready(reason),
+                None => Poll::Pending,
+            }
+        })
+        .await
     }
 
     fn shard(&self, key: u64) -> &Notify {

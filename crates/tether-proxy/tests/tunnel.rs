@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -138,6 +139,11 @@ async fn shutdown_closes_the_tunnels_left_after_the_grace_period() {
     let proxy = proxy("[runtime]\ngrace = \"200ms\"", &backends).await;
     let (mut ws, _) = open(&proxy, "/ws").await;
     assert_eq!(whoami(&mut ws).await.unwrap(), "b1");
+    // A client still in its handshake when the grace period ends is closed too.
+    let mut slow = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    slow.write_all(b"GET /ws HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .unwrap();
     let stopped = tokio::time::timeout(Duration::from_secs(5), proxy.shutdown())
         .await
         .expect("shutdown did not return");
@@ -147,6 +153,12 @@ async fn shutdown_closes_the_tunnels_left_after_the_grace_period() {
     })
     .await;
     assert!(end.is_ok(), "the tunnel outlived the proxy");
+    let mut byte = [0u8; 1];
+    let slow_end = tokio::time::timeout(Duration::from_secs(2), slow.read(&mut byte)).await;
+    assert!(
+        matches!(slow_end, Ok(Ok(0) | Err(_))),
+        "a handshake outlived the proxy: {slow_end:?}"
+    );
     assert_eq!(
         backends[0]
             .stats()
