@@ -243,6 +243,31 @@ mod tests {
     }
 
     #[test]
+    fn random_bytes_never_panic_and_never_take_more_than_given() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let alphabet = b"0123456789abcdefABCDEF;= \t\r\nxZ";
+        for _ in 0..5_000 {
+            let mut body = chunked();
+            for _ in 0..1 + next() % 6 {
+                let len = (next() % 40) as usize;
+                let data: Vec<u8> = (0..len)
+                    .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                    .collect();
+                match body.feed(&data) {
+                    Ok(n) => assert!(n <= data.len()),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    #[test]
     fn an_until_close_body_takes_everything() {
         let mut body = Body::new(Framing::UntilClose);
         assert_eq!(body.feed(b"anything at all"), Ok(15));

@@ -18,7 +18,8 @@ use tracing::debug;
 
 use crate::backend::{Backend, Lease};
 use crate::body::{BadChunk, Body, Framing};
-use crate::handshake::{self, BadResponse, Reject, ResponseHead};
+use crate::handshake::Reject;
+use crate::response::{self, BadResponse, ResponseHead};
 use crate::shared::Shared;
 
 /// A request whose head (and the body bytes that came with it) the backend has.
@@ -214,7 +215,7 @@ async fn exchange(
         }
         server.record_success(shared.config.health.rise);
         if let Some(line) = &cookie {
-            handshake::insert_header(&mut response, head.len, line);
+            crate::response::insert_header(&mut response, head.len, line);
         }
         return Ended::Switched { lease, response };
     }
@@ -235,7 +236,7 @@ async fn exchange(
         head.framing
     };
     let mut download = Body::new(framing);
-    let closing = handshake::closing_response_head(&response, &head, cookie.as_deref());
+    let closing = crate::response::closing_response_head(&response, &head, cookie.as_deref());
     let after_head = &response[head.len..];
     let result: Result<(), BodyError> = async {
         client_wr.write_all(&closing).await?;
@@ -292,7 +293,7 @@ where
     let mut buf = Vec::with_capacity(512);
     let mut interim = 0;
     loop {
-        if let Some(head) = handshake::parse_response(&buf)? {
+        if let Some(head) = response::parse_response(&buf)? {
             if head.status == 101 || !(100..200).contains(&head.status) {
                 return Ok((buf, head));
             }

@@ -33,6 +33,7 @@ pub mod key;
 pub mod limits;
 mod listener;
 pub mod metrics;
+pub mod response;
 mod shared;
 pub mod tunnel;
 
