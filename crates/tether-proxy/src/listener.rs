@@ -82,9 +82,9 @@ impl Proxy {
             health::spawn(backend.clone(), shared.config.health.clone());
         }
         if let Some(admin) = self.admin {
-            let router = crate::admin::router(shared.clone());
+            let serving = crate::admin::serve(admin, shared.clone());
             tokio::spawn(async move {
-                if let Err(e) = axum::serve(admin, router).await {
+                if let Err(e) = serving.await {
                     error!(error = %e, "admin listener failed");
                 }
             });

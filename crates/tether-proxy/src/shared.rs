@@ -23,6 +23,8 @@ pub struct Shared {
     pub gate: Arc<ConnectionGate>,
     pub rate: Option<RateLimiter>,
     pub head_limits: HeadLimits,
+    /// Who may use the admin API, on either listener.
+    pub admin_access: crate::admin::Access,
 }
 
 /// Keeps `tether_client_connections` right however a connection ends.
@@ -46,6 +48,7 @@ impl Shared {
         let metrics = Metrics::new();
         let registry = Registry::new(&config.backends, &metrics);
         Shared {
+            admin_access: crate::admin::Access::new(&config.admin),
             balancer: Balancer::new(&config.balance),
             trusted: TrustedProxies::new(config.listen.trusted_proxies.clone()),
             gate: ConnectionGate::new(config.limits.maxconn),
