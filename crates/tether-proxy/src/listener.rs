@@ -89,9 +89,9 @@ impl Proxy {
             health::spawn(backend.clone(), shared.config.health.clone());
         }
         let admin = self.admin.map(|admin| {
-            let router = crate::admin::router(shared.clone());
+            let serving = crate::admin::serve(admin, shared.clone());
             tokio::spawn(async move {
-                if let Err(e) = axum::serve(admin, router).await {
+                if let Err(e) = serving.await {
                     error!(error = %e, "admin listener failed");
                 }
             })

@@ -26,6 +26,8 @@ pub struct Shared {
     pub head_limits: HeadLimits,
     /// Raised to end every connection and tunnel (shutdown past the grace period).
     pub closing: CloseSignal,
+    /// Who may use the admin API, on either listener.
+    pub admin_access: crate::admin::Access,
 }
 
 /// Keeps `tether_client_connections` right however a connection ends.
@@ -49,6 +51,7 @@ impl Shared {
         let metrics = Metrics::new();
         let registry = Registry::new(&config.backends, &metrics);
         Shared {
+            admin_access: crate::admin::Access::new(&config.admin),
             balancer: Balancer::new(&config.balance),
             trusted: TrustedProxies::new(config.listen.trusted_proxies.clone()),
             gate: ConnectionGate::new(config.limits.maxconn),
