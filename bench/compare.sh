@@ -364,7 +364,7 @@ hub_suite() {
   start_hubs "$prefix-hub"
   fanout tether-hub tether "${HUB_PORTS[@]}"
   for pid in "${HUB_MAINS[@]}"; do stop_pid "$pid"; done
-  # Again with a write delay: what a busy deployment would set (see README, "Hub tuning").
+  # Again with a write delay: what a busy deployment would set (see docs/hub.md, "Hub tuning").
   start_hubs "$prefix-hub-batched" --write-delay "$WRITE_DELAY"
   fanout tether-hub-batched tether "${HUB_PORTS[@]}"
   for pid in "${HUB_MAINS[@]}"; do stop_pid "$pid"; done

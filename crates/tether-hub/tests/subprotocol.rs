@@ -88,3 +88,35 @@ async fn a_client_offering_no_subprotocol_is_served_without_one() {
     let subscribed = client.subscribe("plain", None).await;
     assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
 }
+
+#[tokio::test]
+async fn a_client_offering_only_unknown_subprotocols_is_upgraded_without_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hub = memory_hub().await;
+    let mut socket = tokio::net::TcpStream::connect(hub.local_addr())
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Protocol: mqtt, tether.v2\r\n\r\n",
+        hub.local_addr()
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), socket.read(&mut byte))
+            .await
+            .expect("the hub answered within 10 s")
+            .unwrap();
+        assert_eq!(read, 1, "the hub closed before its answer ended: {head:?}");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        !head.contains("sec-websocket-protocol"),
+        "the hub must not name a subprotocol the client did not offer: {head}"
+    );
+}
