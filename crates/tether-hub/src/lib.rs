@@ -14,6 +14,7 @@
 //! ```
 
 mod api;
+pub mod auth;
 pub mod broker;
 mod channel;
 pub mod config;
