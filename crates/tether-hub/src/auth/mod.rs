@@ -14,6 +14,7 @@
 pub mod claims;
 pub mod jwks;
 pub mod keys;
+pub mod limiter;
 pub mod pattern;
 pub mod rules;
 pub mod settings;

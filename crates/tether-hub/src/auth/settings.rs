@@ -9,6 +9,9 @@
 //! leeway = "5s"
 //! max_token_size = 8192
 //! allow_anonymous = false
+//! failure_burst = 20                    # failed authentications per address…
+//! failure_rate = 1.0                    # …earned back per second
+//! trusted_proxies = ["127.0.0.1/32"]    # whose X-Forwarded-For names the client
 //!
 //! [[auth.jwks]]
 //! url = "https://auth.example.com/.well-known/jwks.json"   # or file = "jwks.json"
@@ -33,10 +36,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::jwks::{parse_document, JwksLocation, JwksOptions, JwksSource, JwksUrl};
 use super::keys::{hmac_key, pem_key_file, KeyError, VerifyingKey};
+use super::limiter::FailureBudget;
 use super::pattern::is_channel_char;
 use super::rules::{Namespace, PublishRule, Rules, SubscribeRule};
 use super::token::{Checks, Verifier, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_SIZE};
@@ -125,6 +130,13 @@ pub struct RawAuth {
     pub leeway: Option<String>,
     pub max_token_size: Option<usize>,
     pub allow_anonymous: Option<bool>,
+    /// Failed authentications one address may have in a burst.
+    pub failure_burst: Option<u32>,
+    /// Failures per second an address earns back.
+    pub failure_rate: Option<f64>,
+    /// Proxies whose `X-Forwarded-For` names the client (`tether proxy` in front).
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// `[[namespace]]` as written.
@@ -181,6 +193,8 @@ pub struct AuthConfig {
     /// Whether clients without a token may connect (see [`super::check_protected_mode`]).
     pub allow_anonymous: bool,
     pub namespaces: Vec<Namespace>,
+    pub failure_budget: FailureBudget,
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl Default for AuthConfig {
@@ -192,6 +206,8 @@ impl Default for AuthConfig {
             checks: Checks::default(),
             allow_anonymous: false,
             namespaces: Vec::new(),
+            failure_budget: FailureBudget::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -438,6 +454,23 @@ pub fn resolve(raw: RawSettings, file: &Path) -> Result<AuthConfig, SettingsErro
         leeway,
         max_token_size,
     };
+    let defaults = FailureBudget::default();
+    let failure_budget = FailureBudget {
+        burst: auth.failure_burst.unwrap_or(defaults.burst),
+        per_second: auth.failure_rate.unwrap_or(defaults.per_second),
+    };
+    if failure_budget.burst == 0 {
+        return Err(fail(
+            "auth.failure_burst".into(),
+            "must be at least 1".into(),
+        ));
+    }
+    if !(failure_budget.per_second.is_finite() && failure_budget.per_second > 0.0) {
+        return Err(fail(
+            "auth.failure_rate".into(),
+            "must be a number of failures per second above zero".into(),
+        ));
+    }
     let tokens_configured = !keys.is_empty() || !jwks.is_empty();
     let namespaces = resolve_namespaces(namespaces, tokens_configured, &fail)?;
     Ok(AuthConfig {
@@ -446,6 +479,8 @@ pub fn resolve(raw: RawSettings, file: &Path) -> Result<AuthConfig, SettingsErro
         checks,
         allow_anonymous: auth.allow_anonymous.unwrap_or(false),
         namespaces,
+        failure_budget,
+        trusted_proxies: auth.trusted_proxies,
     })
 }
 
@@ -603,6 +638,10 @@ mod tests {
         assert_eq!(key, "namespace[0].history_ttl");
         let (key, _) = problem(&format!("[auth]\n{SECRET}leeway = \"1h\"\n"));
         assert_eq!(key, "auth.leeway");
+        let (key, _) = problem("[auth]\nfailure_rate = 0.0\n");
+        assert_eq!(key, "auth.failure_rate");
+        let (key, _) = problem("[auth]\ntrusted_proxies = [\"nope\"]\n");
+        assert_eq!(key, "auth.trusted_proxies[0]");
         let (key, _) = problem("[auth]\nmax_token_size = 0\n");
         assert_eq!(key, "auth.max_token_size");
         let (key, p) = problem("[auth]\npublic_keys = [\"/nonexistent/key.pem\"]\n");
