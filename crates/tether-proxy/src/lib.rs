@@ -22,21 +22,24 @@
 pub mod admin;
 pub mod backend;
 pub mod balance;
+pub mod body;
 pub mod client_ip;
 pub mod config;
 mod connection;
+mod exchange;
 pub mod handshake;
 pub mod health;
 pub mod key;
 pub mod limits;
 mod listener;
 pub mod metrics;
+pub mod response;
 mod shared;
 pub mod tunnel;
 
 pub use backend::BackendState;
 pub use config::{Config, ConfigError};
-pub use listener::{Proxy, ProxyError, RunningProxy};
+pub use listener::{Proxy, ProxyError, RunningProxy, Stopped};
 
 use shared::Shared;
 
