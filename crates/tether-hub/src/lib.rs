@@ -13,6 +13,7 @@
 //! # Ok(()) }
 //! ```
 
+mod access;
 mod api;
 pub mod auth;
 pub mod broker;
