@@ -1,6 +1,6 @@
 //! Channel rules: who may subscribe and who may publish, per namespace.
 //!
-//! A namespace is a channel-name prefix (`room:`, `news:`) with its own rules and history;
+//! A namespace is a channel-name prefix (`room:`, `news:`) with its own rules;
 //! a channel belongs to the namespace with the longest prefix it starts with, and to the
 //! fallback (prefix `""`) otherwise. Two rules stand above every namespace:
 //! a user-limited channel (one that names its users after `#`, like `dm:#alice,bob`) is
@@ -8,12 +8,9 @@
 //! channel it names. The HTTP API publishes anywhere: it is the application's own voice.
 
 use std::borrow::Cow;
-use std::num::NonZeroUsize;
-use std::time::Duration;
 
 use super::claims::{ChannelGrant, Identity};
 use super::pattern::any_matches;
-use crate::broker::HistoryPolicy;
 
 /// Who may subscribe to a namespace's channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,21 +44,9 @@ pub struct Namespace {
     pub prefix: Box<str>,
     pub subscribe: SubscribeRule,
     pub publish: PublishRule,
-    /// Messages kept per channel here; `None` keeps the broker's setting.
-    pub history_size: Option<NonZeroUsize>,
-    /// Age of the oldest message kept per channel here; `None` keeps the broker's.
-    pub history_ttl: Option<Duration>,
 }
 
 impl Namespace {
-    /// This namespace's history policy, given the broker's.
-    pub fn history(&self, broker: HistoryPolicy) -> HistoryPolicy {
-        HistoryPolicy {
-            size: self.history_size.map_or(broker.size, NonZeroUsize::get),
-            ttl: self.history_ttl.unwrap_or(broker.ttl),
-        }
-    }
-
     /// The fallback when nothing is configured: a hub with token keys lets tokens decide
     /// (`channels`, `publish`); a hub without any keeps today's open behaviour.
     pub fn fallback(tokens_configured: bool) -> Self {
@@ -74,8 +59,6 @@ impl Namespace {
             prefix: "".into(),
             subscribe,
             publish,
-            history_size: None,
-            history_ttl: None,
         }
     }
 }
@@ -233,8 +216,6 @@ mod tests {
             prefix: prefix.into(),
             subscribe,
             publish,
-            history_size: None,
-            history_ttl: None,
         }
     }
 

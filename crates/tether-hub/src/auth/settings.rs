@@ -21,8 +21,6 @@
 //! prefix = "room:"
 //! subscribe = "authenticated"           # anonymous | authenticated | token
 //! publish = "subscribers"               # nobody | subscribers | token | anyone
-//! history_size = 100
-//! history_ttl = "10m"
 //! ```
 //!
 //! Flags are merged into the raw tables ([`RawAuth`]) before [`resolve`] validates them,
@@ -146,8 +144,6 @@ pub struct RawNamespace {
     pub prefix: String,
     pub subscribe: Option<RawSubscribe>,
     pub publish: Option<RawPublish>,
-    pub history_size: Option<usize>,
-    pub history_ttl: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -532,29 +528,10 @@ fn resolve_namespaces(
         if publish == PublishRule::Token && !tokens_configured {
             return Err(fail(key("publish"), no_keys.into()));
         }
-        let history_size = match ns.history_size {
-            None => None,
-            Some(n) => Some(
-                NonZeroUsize::new(n)
-                    .ok_or_else(|| fail(key("history_size"), "must be at least 1".into()))?,
-            ),
-        };
-        let history_ttl = match ns.history_ttl.as_deref() {
-            None => None,
-            Some(text) => {
-                let ttl = parse_duration(text).map_err(|p| fail(key("history_ttl"), p))?;
-                if ttl.is_zero() {
-                    return Err(fail(key("history_ttl"), "must be above zero".into()));
-                }
-                Some(ttl)
-            }
-        };
         namespaces.push(Namespace {
             prefix: ns.prefix.into(),
             subscribe,
             publish,
-            history_size,
-            history_ttl,
         });
     }
     Ok(namespaces)
@@ -599,7 +576,7 @@ mod tests {
         let text = format!(
             "[auth]\n{SECRET}audience = [\"tether\", \"web\"]\nissuer = \"me\"\nleeway = \"2s\"\n\
              max_token_size = 4096\n\n[[namespace]]\nprefix = \"room:\"\nsubscribe = \"authenticated\"\n\
-             publish = \"subscribers\"\nhistory_size = 10\nhistory_ttl = \"1m\"\n\n[[namespace]]\nprefix = \"\"\n\
+             publish = \"subscribers\"\n\n[[namespace]]\nprefix = \"\"\n\
              subscribe = \"anonymous\"\npublish = \"nobody\"\n"
         );
         let config = parse(&text).unwrap();
@@ -611,7 +588,6 @@ mod tests {
         let rules = config.rules();
         let room = rules.namespace("room:1");
         assert_eq!(room.subscribe, SubscribeRule::Authenticated);
-        assert_eq!(room.history_size.map(NonZeroUsize::get), Some(10));
         assert_eq!(rules.namespace("other").publish, PublishRule::Nobody);
     }
 
@@ -634,7 +610,7 @@ mod tests {
         assert_eq!(key, "namespace[1].prefix");
         let (key, _) = problem("[[namespace]]\nprefix = \"a b\"\n");
         assert_eq!(key, "namespace[0].prefix");
-        let (key, _) = problem("[[namespace]]\nprefix = \"a\"\nhistory_ttl = \"soon\"\n");
+        let (key, _) = problem("[[namespace]]\nprefix = \"a\"\nhistory_ttl = \"1m\"\n");
         assert_eq!(key, "namespace[0].history_ttl");
         let (key, _) = problem(&format!("[auth]\n{SECRET}leeway = \"1h\"\n"));
         assert_eq!(key, "auth.leeway");
@@ -661,14 +637,5 @@ mod tests {
     fn syntax_errors_give_the_line() {
         let (key, _) = problem("[auth]\n\nleeway = = 3\n");
         assert_eq!(key, "line 3");
-    }
-
-    #[test]
-    fn namespace_history_overrides_only_what_it_sets() {
-        let config = parse("[[namespace]]\nprefix = \"a:\"\nhistory_size = 5\n").unwrap();
-        let broker = crate::broker::HistoryPolicy::default();
-        let policy = config.rules().namespace("a:1").history(broker);
-        assert_eq!(policy.size, 5);
-        assert_eq!(policy.ttl, broker.ttl);
     }
 }
