@@ -227,3 +227,78 @@ async fn tokens_work_through_tether_proxy_and_flags_override_the_file() {
     assert_eq!(next(&mut ws).await.unwrap()["code"], "unauthorized");
     assert_eq!(close_code(&mut ws).await, Some(4003));
 }
+
+/// A hub from `hub_toml` (its `listen` added) with a proxy in front; the proxy's address.
+async fn hub_behind_proxy(hub_toml: &str) -> (Running, Running, SocketAddr) {
+    let dir = scratch();
+    let (hub_port, proxy_port) = (free_port(), free_port());
+    let hub_addr: SocketAddr = format!("127.0.0.1:{hub_port}").parse().unwrap();
+    let path = dir.join("hub.toml");
+    std::fs::write(&path, format!("listen = \"{hub_addr}\"\n{hub_toml}")).unwrap();
+    let hub = Running(
+        Command::new(BIN)
+            .args(["hub", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(hub_addr).await;
+    let proxy_toml = dir.join("proxy.toml");
+    std::fs::write(
+        &proxy_toml,
+        format!(
+            "[listen]\naddr = \"127.0.0.1:{proxy_port}\"\n[admin]\nenabled = false\n\
+             [[backend]]\nname = \"h1\"\naddr = \"{hub_addr}\"\n"
+        ),
+    )
+    .unwrap();
+    let proxy = Running(
+        Command::new(BIN)
+            .args(["proxy", "--config"])
+            .arg(&proxy_toml)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let proxy_addr: SocketAddr = format!("127.0.0.1:{proxy_port}").parse().unwrap();
+    wait_for_port(proxy_addr).await;
+    (hub, proxy, proxy_addr)
+}
+
+/// Through the proxy every client comes from the proxy's address; with the proxy trusted,
+/// the hub counts failures by the address the proxy forwards, so a flood from one client
+/// is cut off at the upgrade while another client behind the same proxy is served.
+#[tokio::test]
+async fn a_flood_through_the_proxy_is_cut_off_by_the_real_client_address() {
+    let (_hub, _proxy, proxy_addr) = hub_behind_proxy(&format!(
+        "[auth]\nhmac_secret = \"{SECRET}\"\nfailure_burst = 3\nfailure_rate = 0.2\n\
+         trusted_proxies = [\"127.0.0.1/32\"]\n"
+    ))
+    .await;
+    let flooder = std::net::IpAddr::from([127, 0, 0, 3]);
+    let (mut checked, mut limited) = (0, 0);
+    for _ in 0..20 {
+        match tether_testkit::ws_connect_with(proxy_addr, "/ws?token=forged", flooder, &[]).await {
+            Ok((mut ws, _)) => {
+                assert_eq!(close_code(&mut ws).await, Some(4003));
+                checked += 1;
+            }
+            Err(error) => {
+                assert!(error.to_string().contains("429"), "{error}");
+                limited += 1;
+            }
+        }
+    }
+    assert!(
+        checked <= 5,
+        "{checked} token checks for one flooding address"
+    );
+    assert!(limited >= 15, "{limited} refused at the upgrade");
+    let alice = token(json!({"sub": "alice", "exp": now() + 600, "channels": ["*"]}));
+    let (mut ws, _) = ws_connect(proxy_addr, "/ws").await.unwrap();
+    send(&mut ws, json!({"type": "connect", "token": alice})).await;
+    assert_eq!(next(&mut ws).await.unwrap()["user"], "alice");
+}
