@@ -149,7 +149,17 @@ impl Session {
             WakeGate::default(),
         );
 
+        // The token's expiry: one timer for the connection's life, moved when a refresh
+        // moves the deadline (not a new timer per loop turn: the loop turns per write).
+        let never = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+        let mut armed = self.access.deadline;
+        let mut expiry = std::pin::pin!(tokio::time::sleep_until(armed.unwrap_or(never)));
+
         while let Flow::Continue = flow {
+            if self.access.deadline != armed {
+                armed = self.access.deadline;
+                expiry.as_mut().reset(armed.unwrap_or(never));
+            }
             flow = tokio::select! {
                 // With too many publishes outstanding the client is not read: back-pressure.
                 frame = poll_fn(|cx| reading.poll(cx, |cx| ws.poll_next_unpin(cx))), if !self.publishes.is_full() => {
@@ -197,8 +207,7 @@ impl Session {
                     }
                 },
                 _ = sleep_until_some(drain_at), if drain_at.is_some() => Flow::Close(CLOSE_RESTART, "node shutting down", CloseReason::Shutdown),
-                // Re-armed on every loop turn from `access`, so a refresh moves it.
-                _ = sleep_until_some(self.access.deadline), if self.access.deadline.is_some() => {
+                () = expiry.as_mut(), if armed.is_some() => {
                     self.refuse(&mut ws, &AuthError::Expired).await
                 }
             };
