@@ -1,6 +1,6 @@
-//! Property tests: whatever a client sends as a token, and whatever a token holds as a
-//! pattern, the hub answers with an error or a match — never a panic — and the work per
-//! token stays bounded.
+//! Property tests: whatever a client sends as a frame or a token, and whatever a token
+//! holds as a pattern, the hub answers with an error or a match — never a panic — and the
+//! work per token stays bounded.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -12,6 +12,7 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use tether_hub::auth::keys::hmac_key;
 use tether_hub::auth::{AuthError, ChannelPattern, Checks, Grant, Verifier};
+use tether_hub::protocol::ClientFrame;
 
 const SECRET: &[u8] = b"property-test-secret-0123456789abcdef";
 
@@ -119,6 +120,26 @@ proptest! {
                 prop_assert_eq!(Some(&*grant.channel), claims["channel"].as_str());
             }
             Err(error) => prop_assert_eq!(error.code(), tether_hub::auth::AuthCode::Unauthorized),
+        }
+    }
+
+    /// The client-frame parser, fed anything and frames of every type with fields of any
+    /// shape (`token` included), answers a frame or a protocol error.
+    #[test]
+    fn the_client_frame_parser_never_panics(
+        text in ".{0,300}",
+        kind in prop_oneof![
+            Just("connect".to_owned()), Just("refresh".to_owned()), Just("subscribe".to_owned()), Just("unsubscribe".to_owned()),
+            Just("publish".to_owned()), Just("ping".to_owned()), ".{0,8}",
+        ],
+        token in any_json(), channel in any_json(), since in any_json(), data in any_json(),
+    ) {
+        let _ = ClientFrame::parse(&text);
+        let frame = json!({"type": kind, "token": token, "channel": channel, "since": since, "data": data});
+        if let Ok(ClientFrame::Connect { token: Some(t) } | ClientFrame::Refresh { token: t }) =
+            ClientFrame::parse(&frame.to_string())
+        {
+            prop_assert_eq!(Some(t.as_str()), frame["token"].as_str());
         }
     }
 
