@@ -728,6 +728,11 @@ impl TokenBucket {
         }
     }
 
+    /// Gives back one token taken for a frame that will be taken again.
+    fn refund(&mut self) {
+        self.tokens = (self.tokens + 1.0).min(self.burst);
+    }
+
     fn take(&mut self) -> bool {
         let now = Instant::now();
         let earned = now.duration_since(self.refilled).as_secs_f64() * self.rate;

@@ -63,8 +63,10 @@ impl Session {
                 {
                     self.welcomed(ws, None).await
                 }
-                // Anything else first: an anonymous client's frame, where that is allowed.
+                // Anything else first: an anonymous client's frame, where that is allowed. It
+                // is counted again when it is handled.
                 Some(_) | None if self.node.gate.anonymous_may_connect() => {
+                    self.bucket.refund();
                     self.welcomed(ws, Some(frame)).await
                 }
                 _ => Opened::Ended(self.refuse(ws, &AuthError::Missing).await),
