@@ -113,9 +113,20 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
         .into_response()
 }
 
+/// Checks the API token. Without one configured, the API is open only where the hub as a
+/// whole may be (loopback, or `allow_anonymous` on purpose): the API publishes to any
+/// channel, so on a network it would undo every channel rule.
 fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = node.config.api_token.as_deref() else {
-        return Ok(());
+        if node.config.listen.ip().is_loopback() || node.config.auth.allow_anonymous {
+            return Ok(());
+        }
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the HTTP API of a hub reachable from the network needs a token: set --api-token \
+             (env TETHER_HUB_API_TOKEN, or api_token in hub.toml)",
+        ));
     };
     let presented = headers
         .get(header::AUTHORIZATION)
@@ -129,6 +140,32 @@ fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
             "unauthorized",
             "missing or wrong bearer token",
         ))
+    }
+}
+
+/// Refuses a publish whose body is not declared JSON. A web page can make a browser send a
+/// cross-site POST without asking first only with a "simple" body (`text/plain`, a form,
+/// or none declared); requiring `application/json` turns every such request away, so a
+/// page a developer visits cannot publish to the hub on their machine.
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let declared = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    match declared.as_deref() {
+        Some("application/json") => Ok(()),
+        Some(media) if media.starts_with("application/") && media.ends_with("+json") => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as Content-Type: application/json",
+        )),
     }
 }
 
@@ -155,6 +192,7 @@ pub async fn publish(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<PublishResponse>, ApiError> {
     authorize(&node, &headers)?;
+    require_json(&headers)?;
     let body =
         body.map_err(|rejection| ApiError::from_status(rejection.status(), rejection.body_text()))?;
     if body.len() > node.config.max_message_size {

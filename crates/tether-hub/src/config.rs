@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::auth::AuthConfig;
+
 /// Settings of one hub node. History limits belong to the broker (see
 /// [`crate::broker::BrokerOptions`]) because every node sharing a broker shares its history.
 ///
@@ -18,8 +20,13 @@ pub struct HubConfig {
     /// Node name, sent in `welcome` so clients (and people) see where they landed.
     pub name: String,
     pub listen: SocketAddr,
-    /// When set, `/api/*` requires `Authorization: Bearer <token>`.
+    /// When set, `/api/*` requires `Authorization: Bearer <token>`. Unset, the API is open
+    /// only on a loopback hub or one opened with `allow_anonymous`; elsewhere it answers
+    /// 401 (see `docs/auth.md`).
     pub api_token: Option<String>,
+    /// Token keys, checks and channel rules (`[auth]` and `[[namespace]]` in `hub.toml`).
+    /// The default has no keys: an open hub, allowed on loopback only.
+    pub auth: AuthConfig,
     /// Largest accepted client frame or HTTP publish body, in bytes. Larger frames get a
     /// `too_large` error; frames beyond 16 × this close the connection (1009).
     pub max_message_size: usize,
@@ -59,6 +66,7 @@ impl Default for HubConfig {
             name: "hub".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 7000)),
             api_token: None,
+            auth: AuthConfig::default(),
             max_message_size: 64 * 1024,
             ping_interval: Duration::from_secs(25),
             ping_timeout: Duration::from_secs(10),

@@ -15,7 +15,9 @@
 
 #![forbid(unsafe_code)]
 
+mod access;
 mod api;
+pub mod auth;
 pub mod broker;
 mod channel;
 pub mod config;

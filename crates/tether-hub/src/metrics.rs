@@ -46,6 +46,27 @@ pub enum CloseReason {
     Shutdown,
     Aborted,
     Error,
+    /// No usable token, or a refusal that ends the connection (closed with 4003).
+    Unauthorized,
+    /// The token expired without a refresh (closed with 4001).
+    TokenExpired,
+}
+
+/// Whether a connection proved who it is.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Authenticated {
+    Yes,
+    Anonymous,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthLabel {
+    pub auth: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -85,6 +106,12 @@ pub struct Metrics {
     pub disconnects: Family<CloseLabel, Counter>,
     pub client_errors: Family<CodeLabel, Counter>,
     pub feed_overflows: Counter,
+    /// Open connections past the authentication step, by whether they have a token.
+    pub connections_auth: Family<AuthLabel, Gauge>,
+    /// Refused tokens and refused connects, by the check that refused them.
+    pub auth_failures: Family<ReasonLabel, Counter>,
+    /// Upgrades refused because the address spent its budget of failures.
+    pub auth_limited: Counter,
 }
 
 impl Metrics {
@@ -100,6 +127,9 @@ impl Metrics {
             disconnects: Family::default(),
             client_errors: Family::default(),
             feed_overflows: Counter::default(),
+            connections_auth: Family::default(),
+            auth_failures: Family::default(),
+            auth_limited: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -147,6 +177,24 @@ impl Metrics {
             "Times the node fell behind its broker feed and refilled every channel from history",
             metrics.feed_overflows.clone(),
         );
+        registry.register(
+            "connections_auth",
+            "Open connections past authentication, authenticated (with a token) or anonymous",
+            metrics.connections_auth.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Refused tokens and connects, by reason (the check that refused them)",
+            metrics.auth_failures.clone(),
+        );
+        registry.register(
+            "auth_limited",
+            "WebSocket upgrades refused (429) because the address failed authentication too often",
+            metrics.auth_limited.clone(),
+        );
+        for auth in ["authenticated", "anonymous"] {
+            let _ = metrics.connections_auth.get_or_create(&AuthLabel { auth });
+        }
         Self {
             registry,
             ..metrics
@@ -175,6 +223,8 @@ impl Metrics {
             CloseReason::Shutdown => "shutdown",
             CloseReason::Aborted => "aborted",
             CloseReason::Error => "error",
+            CloseReason::Unauthorized => "unauthorized",
+            CloseReason::TokenExpired => "token_expired",
         };
         self.disconnects.get_or_create(&CloseLabel { reason }).inc();
     }
@@ -203,6 +253,23 @@ impl Metrics {
                 code: code.as_str(),
             })
             .inc();
+    }
+
+    pub fn auth_failure(&self, reason: &'static str) {
+        self.auth_failures
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// The gauge of connections of this kind.
+    pub fn connections_of(&self, kind: Authenticated) -> Gauge {
+        let auth = match kind {
+            Authenticated::Yes => "authenticated",
+            Authenticated::Anonymous => "anonymous",
+        };
+        self.connections_auth
+            .get_or_create(&AuthLabel { auth })
+            .clone()
     }
 
     /// The Prometheus text exposition.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify, Semaphore, SemaphorePermit};
 
+use crate::access::Gate;
 use crate::broker::Broker;
 use crate::channel::Channels;
 use crate::config::HubConfig;
@@ -31,6 +32,8 @@ const REPLAY_READS: usize = 4;
 
 pub struct Node {
     pub config: HubConfig,
+    /// Who may connect, subscribe and publish.
+    pub gate: Gate,
     pub broker: Arc<dyn Broker>,
     pub channels: Arc<Channels>,
     pub metrics: Arc<Metrics>,
@@ -41,11 +44,12 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(config: HubConfig, broker: Arc<dyn Broker>) -> Arc<Self> {
+    pub fn new(config: HubConfig, broker: Arc<dyn Broker>, gate: Gate) -> Arc<Self> {
         let metrics = Arc::new(Metrics::new());
         let channels = Channels::new(broker.clone(), metrics.clone());
         Arc::new(Self {
             config,
+            gate,
             broker,
             channels,
             metrics,

@@ -65,10 +65,11 @@ pub fn check_depth(data: &RawValue) -> Result<(), ProtocolError> {
     Ok(())
 }
 
-/// A validated channel name: 1 to 128 bytes of `A-Z a-z 0-9 _ - . :`.
+/// A validated channel name: 1 to 128 bytes of `A-Z a-z 0-9 _ - . : # ,`.
 ///
-/// The character set keeps names safe to embed in broker keys (Redis, NATS subjects) and
-/// URL paths without escaping.
+/// The character set keeps names safe to embed in broker keys (Redis, NATS subjects)
+/// without escaping; `#` and `,` name the users of a user-limited channel (`dm:#alice,bob`,
+/// see `auth::rules`) and are written `%23` and `%2C` in a URL path.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChannelName(Arc<str>);
 
@@ -81,12 +82,13 @@ impl ChannelName {
     /// assert!(ChannelName::parse("no spaces").is_err());
     /// ```
     pub fn parse(name: &str) -> Result<Self, ProtocolError> {
-        let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':');
+        let valid_char =
+            |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '#' | ',');
         if name.is_empty() || name.len() > MAX_CHANNEL_LEN || !name.chars().all(valid_char) {
             return Err(ProtocolError::new(
                 ErrorCode::BadChannel,
                 format!(
-                    "channel name must be 1..={MAX_CHANNEL_LEN} characters of A-Z a-z 0-9 _ - . :"
+                    "channel name must be 1..={MAX_CHANNEL_LEN} characters of A-Z a-z 0-9 _ - . : # ,"
                 ),
             ));
         }
@@ -166,10 +168,12 @@ impl Publication {
 /// A frame from a client.
 #[derive(Debug)]
 pub enum ClientFrame {
-    /// Start receiving a channel; with `since`, first replay what came after it.
+    /// Start receiving a channel; with `since`, first replay what came after it. `token`
+    /// is a subscription token for this one channel (claim `channel`).
     Subscribe {
         channel: String,
         since: Option<Offset>,
+        token: Option<String>,
     },
     Unsubscribe {
         channel: String,
@@ -186,6 +190,15 @@ pub enum ClientFrame {
     Ping {
         id: Option<Box<RawValue>>,
     },
+    /// The first frame of a client on a hub with tokens: who it is. Without `token`, the
+    /// client asks to stay anonymous (where the hub allows it).
+    Connect {
+        token: Option<String>,
+    },
+    /// A fresh connection token for the same user, replacing the one about to expire.
+    Refresh {
+        token: String,
+    },
 }
 
 /// Every field any client frame may carry. Parsed as a plain struct rather than a tagged
@@ -200,6 +213,7 @@ struct Envelope {
     #[serde(default, deserialize_with = "present")]
     data: Option<Box<RawValue>>,
     id: Option<Box<RawValue>>,
+    token: Option<String>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
@@ -223,6 +237,15 @@ impl ClientFrame {
             "subscribe" => Ok(ClientFrame::Subscribe {
                 channel: channel?,
                 since: envelope.since,
+                token: envelope.token,
+            }),
+            "connect" => Ok(ClientFrame::Connect {
+                token: envelope.token,
+            }),
+            "refresh" => Ok(ClientFrame::Refresh {
+                token: envelope.token.ok_or_else(|| {
+                    ProtocolError::new(ErrorCode::BadFrame, "refresh needs a string `token` field")
+                })?,
             }),
             "unsubscribe" => Ok(ClientFrame::Unsubscribe { channel: channel? }),
             "ping" => Ok(ClientFrame::Ping { id: envelope.id }),
@@ -236,7 +259,7 @@ impl ClientFrame {
             kind => Err(ProtocolError::new(
                 ErrorCode::UnknownType,
                 format!(
-                    "unknown frame type {kind:?}; expected subscribe, unsubscribe, publish or ping"
+                    "unknown frame type {kind:?}; expected connect, refresh, subscribe, unsubscribe, publish or ping"
                 ),
             )),
         }
@@ -247,8 +270,17 @@ impl ClientFrame {
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ServerFrame<'a> {
+    /// The connection is accepted (after its token checked out, on a hub with tokens).
     Welcome {
         node: &'a str,
+        /// The user the token names; absent for an anonymous client.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user: Option<&'a str>,
+    },
+    /// A `refresh` was accepted: the connection lives on with the new token.
+    Refreshed {
+        /// The new token's `exp`, in seconds since the Unix epoch.
+        exp: u64,
     },
     Subscribed {
         channel: &'a str,
@@ -309,6 +341,12 @@ pub enum ErrorCode {
     NotSubscribed,
     TooManySubscriptions,
     BrokerUnavailable,
+    /// No usable token: missing, malformed, badly signed, for someone else.
+    Unauthorized,
+    /// A good token that does not allow this.
+    Forbidden,
+    /// The token's time is up: refresh it.
+    TokenExpired,
 }
 
 impl ErrorCode {
@@ -324,6 +362,19 @@ impl ErrorCode {
             ErrorCode::NotSubscribed => "not_subscribed",
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::BrokerUnavailable => "broker_unavailable",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::TokenExpired => "token_expired",
+        }
+    }
+}
+
+impl From<crate::auth::AuthCode> for ErrorCode {
+    fn from(code: crate::auth::AuthCode) -> Self {
+        match code {
+            crate::auth::AuthCode::Unauthorized => ErrorCode::Unauthorized,
+            crate::auth::AuthCode::Forbidden => ErrorCode::Forbidden,
+            crate::auth::AuthCode::TokenExpired => ErrorCode::TokenExpired,
         }
     }
 }
@@ -382,12 +433,41 @@ mod tests {
     #[test]
     fn subscribe_with_since_parses() {
         match ClientFrame::parse(r#"{"type":"subscribe","channel":"a","since":7}"#).unwrap() {
-            ClientFrame::Subscribe { channel, since } => {
+            ClientFrame::Subscribe {
+                channel,
+                since,
+                token,
+            } => {
                 assert_eq!(channel, "a");
                 assert_eq!(since, Some(Offset(7)));
+                assert_eq!(token, None);
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn connect_and_refresh_carry_their_token() {
+        assert!(matches!(
+            ClientFrame::parse(r#"{"type":"connect","token":"t"}"#).unwrap(),
+            ClientFrame::Connect { token: Some(t) } if t == "t"
+        ));
+        assert!(matches!(
+            ClientFrame::parse(r#"{"type":"connect"}"#).unwrap(),
+            ClientFrame::Connect { token: None }
+        ));
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"refresh"}"#)
+                .unwrap_err()
+                .code,
+            ErrorCode::BadFrame
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"connect","token":7}"#)
+                .unwrap_err()
+                .code,
+            ErrorCode::BadFrame
+        );
     }
 
     #[test]

@@ -8,23 +8,27 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::DefaultBodyLimit;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tower::ServiceExt;
 
+use crate::access::Gate;
 use crate::api::{self, ApiError};
+use crate::auth::{check_protected_mode, Unprotected};
 use crate::broker::Broker;
 use crate::config::{ConfigError, HubConfig};
 use crate::node::{Lifecycle, Node};
@@ -56,6 +60,8 @@ const REBIND_PATIENCE: Duration = Duration::from_secs(3);
 pub enum HubError {
     #[error("invalid hub configuration: {0}")]
     Config(#[from] ConfigError),
+    #[error("{0}")]
+    Unprotected(#[from] Unprotected),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -117,17 +123,30 @@ pub async fn serve(
     extra_routes: Option<Router>,
 ) -> Result<HubHandle, HubError> {
     config.validate()?;
+    check_protected_mode(
+        config.listen,
+        config.auth.tokens_configured(),
+        config.auth.allow_anonymous,
+    )?;
     let listener = bind(config.listen).await?;
     let local_addr = listener.local_addr().map_err(|source| HubError::Bind {
         addr: config.listen,
         source,
     })?;
-    let node = Node::new(config, broker);
+    let gate = Gate::start(&config.auth).await;
+    let node = Node::new(config, broker, gate);
     let mut router = routes(node.clone());
     if let Some(extra) = extra_routes {
         router = router.merge(extra);
     }
-    tracing::info!(node = %node.name(), addr = %local_addr, broker = node.broker.kind(), "hub listening");
+    tracing::info!(
+        node = %node.name(),
+        addr = %local_addr,
+        broker = node.broker.kind(),
+        tokens = node.gate.checks_tokens(),
+        anonymous = node.gate.anonymous_may_connect(),
+        "hub listening"
+    );
     let timeouts = Timeouts {
         head: node.config.head_timeout,
         idle: node.config.idle_timeout,
@@ -173,8 +192,18 @@ const READ_BUFFER: usize = 1024;
 /// gets it back in `Sec-WebSocket-Protocol`; one that offers none is still served, as before.
 const SUBPROTOCOL: &str = "tether.v1";
 
+/// `/ws?token=…`: the connection token, for clients that cannot send a `connect` frame
+/// first. (Prefer the frame: URLs end up in logs.)
+#[derive(Deserialize)]
+struct WsQuery {
+    token: Option<String>,
+}
+
 async fn upgrade(
     State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    query: Result<Query<WsQuery>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let upgrade = match upgrade {
@@ -192,6 +221,27 @@ async fn upgrade(
         );
         return error.into_response();
     }
+    // An address that failed authentication too often is refused here, before the
+    // WebSocket handshake and any token work: its flood costs the hub one HTTP answer.
+    let client = node.gate.client_addr(peer.ip(), &headers);
+    if let Err(wait) = node.gate.limiter.check(client) {
+        node.metrics.auth_limited.inc();
+        let retry = wait.as_secs().max(1).to_string();
+        let error = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_failures",
+            "too many failed authentications from this address; wait and retry",
+        );
+        let mut response = error.into_response();
+        if let Ok(value) = retry.parse() {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return response;
+    }
+    let handshake = session::Handshake {
+        token: query.ok().and_then(|Query(q)| q.token),
+        client,
+    };
     let hard_limit = node
         .config
         .max_message_size
@@ -203,7 +253,7 @@ async fn upgrade(
         .max_write_buffer_size(WRITE_BUFFER + hard_limit + WRITE_SLACK)
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
-        .on_upgrade(move |ws| session::run(ws, node))
+        .on_upgrade(move |ws| session::run(ws, node, handshake))
 }
 
 /// Binds with SO_REUSEADDR, retrying briefly while an aborted node's listener on the same
@@ -251,9 +301,9 @@ async fn accept_loop(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(serve_connection(stream, router.clone(), timeouts, lifecycle.clone()));
+                    tokio::spawn(serve_connection(stream, peer, router.clone(), timeouts, lifecycle.clone()));
                 }
                 Err(error) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -280,12 +330,19 @@ async fn accept_loop(
 /// slowloris sockets were all still open after 45 s.
 async fn serve_connection(
     stream: TcpStream,
+    peer: SocketAddr,
     router: Router,
     timeouts: Timeouts,
     mut lifecycle: watch::Receiver<Lifecycle>,
 ) {
     let (stream, activity) = Watched::new(stream);
-    let service = TowerToHyperService::new(router);
+    // Handlers learn the peer's address as axum's `ConnectInfo`.
+    let service = TowerToHyperService::new(router.map_request(
+        move |mut request: axum::http::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            request
+        },
+    ));
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(timeouts.head)

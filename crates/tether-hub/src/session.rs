@@ -5,6 +5,7 @@
 //! made exact: anything at or below it is a duplicate and dropped.
 
 use std::future::{poll_fn, Future};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::access::Access;
+use crate::auth::AuthError;
 use crate::channel::{SessionId, Subscriber};
 use crate::mailbox::{self, Batch, Inbound, Mailbox, Postbox};
 use crate::metrics::{CloseReason, Resume, Source};
@@ -27,6 +30,8 @@ use crate::protocol::{
 use crate::publishing::{Outcome, Publishes};
 use crate::replay::{Replay, ReplayError};
 use crate::wake_gate::WakeGate;
+
+mod opening;
 
 /// Close codes the hub sends.
 const CLOSE_POLICY: u16 = 1008;
@@ -44,10 +49,24 @@ const CLOSE_LIMIT: Duration = Duration::from_secs(1);
 /// Messages one write takes from the inbox before flushing (a whole batch is always taken).
 const WRITE_BATCH: usize = 64;
 
+/// What the HTTP upgrade learned about a connection.
+pub struct Handshake {
+    /// The `token` query parameter.
+    pub token: Option<String>,
+    /// The client's address (forwarded by a trusted proxy, or the peer's).
+    pub client: IpAddr,
+}
+
 /// Runs a connection until it ends.
-pub async fn run(ws: WebSocket, node: Arc<Node>) {
+pub async fn run(ws: WebSocket, node: Arc<Node>, handshake: Handshake) {
     let id = SessionId::next();
-    let span = tracing::info_span!("session", id = %id, node = %node.name());
+    let span = tracing::info_span!(
+        "session",
+        id = %id,
+        node = %node.name(),
+        client = %handshake.client,
+        user = tracing::field::Empty,
+    );
     let (postbox, inbox) = mailbox::mailbox(node.config.client_queue);
     let session = Session {
         id,
@@ -56,8 +75,13 @@ pub async fn run(ws: WebSocket, node: Arc<Node>) {
         subscriptions: HashMap::new(),
         postbox,
         publishes: Publishes::default(),
+        access: Access::default(),
+        client: handshake.client,
     };
-    session.serve(ws, inbox).instrument(span).await;
+    session
+        .serve(ws, inbox, handshake.token)
+        .instrument(span)
+        .await;
 }
 
 struct Session {
@@ -72,6 +96,9 @@ struct Session {
     /// The client's publishes not yet answered.
     publishes: Publishes,
     bucket: TokenBucket,
+    /// Who the client is, and until when.
+    access: Access,
+    client: IpAddr,
 }
 
 /// What the main loop should do after handling an event.
@@ -87,20 +114,29 @@ enum Flow {
 struct Gone;
 
 impl Session {
-    async fn serve(mut self, mut ws: WebSocket, mut inbox: Mailbox) {
+    async fn serve(mut self, mut ws: WebSocket, mut inbox: Mailbox, token: Option<String>) {
         let _guard = self.node.session_guard();
         let mut lifecycle = self.node.lifecycle.subscribe();
         let mut drain_at: Option<Instant> = drain_moment(*lifecycle.borrow_and_update());
         // A lifecycle change is rare, and waited on by a future made once, not once per loop
         // turn: the loop turns for every write batch.
         let mut lifecycle_changed = std::pin::pin!(next_lifecycle(lifecycle));
-        let welcome = ServerFrame::Welcome {
-            node: self.node.name(),
+        let (mut flow, first) = match self.open(&mut ws, token).await {
+            Opened::Welcomed(first) => (Flow::Continue, first),
+            Opened::Ended(flow) => (flow, None),
         };
-        let mut flow = match ws.send(Message::Text(welcome.encode())).await {
-            Ok(()) => Flow::Continue,
-            Err(_) => Flow::Drop(CloseReason::Error),
-        };
+        // Counted by kind only once past the gate; the guard keeps the gauge right however
+        // the session ends.
+        let _kind = matches!(flow, Flow::Continue).then(|| {
+            let gauge = self.node.metrics.connections_of(self.access.kind());
+            gauge.inc();
+            scopeguard(move || {
+                gauge.dec();
+            })
+        });
+        if let (Flow::Continue, Some(frame)) = (&flow, first) {
+            flow = self.on_frame(&mut ws, frame).await;
+        }
         tracing::debug!("connected");
         let ping_every = self.node.config.ping_interval;
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
@@ -113,7 +149,17 @@ impl Session {
             WakeGate::default(),
         );
 
+        // The token's expiry: one timer for the connection's life, moved when a refresh
+        // moves the deadline (not a new timer per loop turn: the loop turns per write).
+        let never = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+        let mut armed = self.access.deadline;
+        let mut expiry = std::pin::pin!(tokio::time::sleep_until(armed.unwrap_or(never)));
+
         while let Flow::Continue = flow {
+            if self.access.deadline != armed {
+                armed = self.access.deadline;
+                expiry.as_mut().reset(armed.unwrap_or(never));
+            }
             flow = tokio::select! {
                 // With too many publishes outstanding the client is not read: back-pressure.
                 frame = poll_fn(|cx| reading.poll(cx, |cx| ws.poll_next_unpin(cx))), if !self.publishes.is_full() => {
@@ -161,6 +207,9 @@ impl Session {
                     }
                 },
                 _ = sleep_until_some(drain_at), if drain_at.is_some() => Flow::Close(CLOSE_RESTART, "node shutting down", CloseReason::Shutdown),
+                () = expiry.as_mut(), if armed.is_some() => {
+                    self.refuse(&mut ws, &AuthError::Expired).await
+                }
             };
         }
         let reason = match flow {
@@ -231,9 +280,23 @@ impl Session {
         }
         match ClientFrame::parse(&text) {
             Err(error) => self.reply_error(ws, &error, None, None).await,
-            Ok(ClientFrame::Subscribe { channel, since }) => {
-                self.subscribe(ws, &channel, since).await
+            Ok(ClientFrame::Subscribe {
+                channel,
+                since,
+                token,
+            }) => self.subscribe(ws, &channel, since, token.as_deref()).await,
+            Ok(ClientFrame::Connect { .. }) if !self.node.gate.checks_tokens() => {
+                // An open hub has nothing to check: it answers as at the start.
+                self.welcome(ws).await
             }
+            Ok(ClientFrame::Connect { .. }) => {
+                let error = ProtocolError::new(
+                    ErrorCode::BadFrame,
+                    "already connected; send `refresh` to replace the token",
+                );
+                self.reply_error(ws, &error, None, None).await
+            }
+            Ok(ClientFrame::Refresh { token }) => self.refresh(ws, &token).await,
             Ok(ClientFrame::Unsubscribe { channel }) => self.unsubscribe(ws, &channel).await,
             Ok(ClientFrame::Publish { channel, data, id }) => {
                 self.publish(ws, &channel, data, id).await
@@ -252,11 +315,15 @@ impl Session {
         ws: &mut WebSocket,
         channel: &str,
         since: Option<Offset>,
+        token: Option<&str>,
     ) -> Flow {
         let name = match ChannelName::parse(channel) {
             Ok(name) => name,
             Err(error) => return self.reply_error(ws, &error, Some(channel), None).await,
         };
+        if let Err(error) = self.may_subscribe(channel, token).await {
+            return self.reply_auth_error(ws, &error, Some(channel), None).await;
+        }
         if self.subscriptions.contains_key(&name) {
             let error = ProtocolError::new(
                 ErrorCode::AlreadySubscribed,
@@ -391,6 +458,18 @@ impl Session {
         if let Err(error) = check_depth(&data) {
             return self
                 .reply_error(ws, &error, Some(channel), id.as_deref())
+                .await;
+        }
+        let subscribed = self.subscriptions.contains_key(&name);
+        let allowed =
+            self.node
+                .gate
+                .rules
+                .check_publish(channel, self.access.identity.as_ref(), subscribed);
+        if let Err(denied) = allowed {
+            let error = AuthError::from(denied);
+            return self
+                .reply_auth_error(ws, &error, Some(channel), id.as_deref())
                 .await;
         }
         self.node.metrics.message_in(Source::Ws);
@@ -528,6 +607,27 @@ impl Session {
     }
 }
 
+/// How a connection's opening went.
+enum Opened {
+    /// `welcome` is sent; the first frame read while waiting for `connect`, if it was not
+    /// one, is still to be handled.
+    Welcomed(Option<Message>),
+    Ended(Flow),
+}
+
+/// Runs `f` when dropped.
+struct ScopeGuard<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for ScopeGuard<F> {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}
+
+fn scopeguard<F: FnMut()>(f: F) -> ScopeGuard<F> {
+    ScopeGuard(f)
+}
+
 /// Writes one frame; a client that cannot take even that within [`SMALL_WRITE_LIMIT`] is
 /// treated as gone.
 async fn send(ws: &mut WebSocket, text: Utf8Bytes) -> Result<(), Gone> {
@@ -626,6 +726,11 @@ impl TokenBucket {
             burst: burst as f64,
             refilled: Instant::now(),
         }
+    }
+
+    /// Gives back one token taken for a frame that will be taken again.
+    fn refund(&mut self) {
+        self.tokens = (self.tokens + 1.0).min(self.burst);
     }
 
     fn take(&mut self) -> bool {

@@ -1,102 +1,285 @@
 //! `tether hub`: command-line wiring for one realtime hub node.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use serde::Deserialize;
+use tether_hub::auth::settings::{
+    parse_toml, resolve, OneOrMany, RawAuth, RawJwks, RawNamespace, RawPublicKey, RawSettings,
+    Secret,
+};
+use tether_hub::auth::SettingsError;
 use tether_hub::{BrokerOptions, HistoryPolicy, HubConfig};
 
+/// Every setting is a flag, an environment variable for some, and a key of `hub.toml`
+/// (`--config`); a flag overrides the file, the file overrides the default.
 #[derive(Debug, clap::Args)]
 pub struct HubArgs {
+    /// A hub.toml holding any of these settings (same names, `_` for `-`) plus `[auth]` and
+    /// `[[namespace]]` (see docs/auth.md). Flags given as well override it.
+    #[arg(long, env = "TETHER_HUB_CONFIG")]
+    config: Option<PathBuf>,
     /// Address to listen on (WebSocket at /ws, HTTP API under /api/, /health, /metrics).
-    #[arg(long, default_value = "127.0.0.1:7000", env = "TETHER_HUB_LISTEN")]
-    listen: SocketAddr,
-    /// Node name, sent to clients in `welcome`.
-    #[arg(long, default_value = "hub", env = "TETHER_HUB_NAME")]
-    name: String,
+    /// Off loopback the hub needs token keys or --allow-anonymous. [default: 127.0.0.1:7000]
+    #[arg(long, env = "TETHER_HUB_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Node name, sent to clients in `welcome`. [default: hub]
+    #[arg(long, env = "TETHER_HUB_NAME")]
+    name: Option<String>,
     /// Broker shared by the nodes that act as one: `memory` (this process only) or
-    /// `redis://host:port/db`.
-    #[arg(long, default_value = "memory", env = "TETHER_HUB_BROKER")]
-    broker: String,
-    /// Prefix of every Redis key and pub/sub channel.
-    #[arg(long, default_value = "tether", env = "TETHER_HUB_REDIS_PREFIX")]
-    redis_prefix: String,
-    /// Messages kept per channel for resume.
-    #[arg(long, default_value_t = 1000)]
-    history_size: usize,
-    /// Oldest message kept per channel for resume (e.g. 300s, 5m, 1h).
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
-    history_ttl: Duration,
-    /// Bearer token required by /api/* (unset: the API is open).
+    /// `redis://host:port/db`. [default: memory]
+    #[arg(long, env = "TETHER_HUB_BROKER")]
+    broker: Option<String>,
+    /// Prefix of every Redis key and pub/sub channel. [default: tether]
+    #[arg(long, env = "TETHER_HUB_REDIS_PREFIX")]
+    redis_prefix: Option<String>,
+    /// Messages kept per channel for resume. [default: 1000]
+    #[arg(long)]
+    history_size: Option<usize>,
+    /// Oldest message kept per channel for resume (e.g. 300s, 5m, 1h). [default: 5m]
+    #[arg(long, value_parser = parse_duration)]
+    history_ttl: Option<Duration>,
+    /// Bearer token required by /api/*. Unset, the API is open on a loopback hub only.
     #[arg(long, env = "TETHER_HUB_API_TOKEN")]
     api_token: Option<String>,
-    /// Largest client frame or publish body, in bytes.
-    #[arg(long, default_value_t = 65536)]
-    max_message_size: usize,
-    /// How often each connection is pinged.
-    #[arg(long, default_value = "25s", value_parser = parse_duration)]
-    ping_interval: Duration,
-    /// How long a pinged client may stay silent before it is dropped.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    ping_timeout: Duration,
+    /// Largest client frame or publish body, in bytes. [default: 65536]
+    #[arg(long)]
+    max_message_size: Option<usize>,
+    /// How often each connection is pinged. [default: 25s]
+    #[arg(long, value_parser = parse_duration)]
+    ping_interval: Option<Duration>,
+    /// How long a pinged client may stay silent before it is dropped. [default: 10s]
+    #[arg(long, value_parser = parse_duration)]
+    ping_timeout: Option<Duration>,
     /// Frames per second one client may send on average (beyond: closed with 1008).
-    #[arg(long, default_value_t = 100)]
-    client_rate: u32,
-    /// Frames one client may send in a burst.
-    #[arg(long, default_value_t = 200)]
-    client_burst: u32,
-    /// Messages queued for one client before it is closed as too slow (1013).
-    #[arg(long, default_value_t = 1024)]
-    client_queue: usize,
+    /// [default: 100]
+    #[arg(long)]
+    client_rate: Option<u32>,
+    /// Frames one client may send in a burst. [default: 200]
+    #[arg(long)]
+    client_burst: Option<u32>,
+    /// Messages queued for one client before it is closed as too slow (1013). [default: 1024]
+    #[arg(long)]
+    client_queue: Option<usize>,
     /// Shortest interval between two message writes to one client (e.g. 10ms): messages
     /// arriving sooner go out together when it is up. 0 writes each message at once.
-    #[arg(long, default_value = "0s", value_parser = parse_duration)]
-    write_delay: Duration,
-    /// Channels one connection may subscribe at once.
-    #[arg(long, default_value_t = 128)]
-    max_subscriptions: usize,
-    /// On SIGTERM, clients are closed with 1012 spread over this window.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    shutdown_window: Duration,
+    /// [default: 0s]
+    #[arg(long, value_parser = parse_duration)]
+    write_delay: Option<Duration>,
+    /// Channels one connection may subscribe at once. [default: 128]
+    #[arg(long)]
+    max_subscriptions: Option<usize>,
+    /// On SIGTERM, clients are closed with 1012 spread over this window. [default: 10s]
+    #[arg(long, value_parser = parse_duration)]
+    shutdown_window: Option<Duration>,
     /// Longest time a connection may take to send a complete request head, from when it
-    /// opens or its previous response went out; slower (or silent) sockets are closed.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    head_timeout: Duration,
+    /// opens or its previous response went out; slower (or silent) sockets are closed. It
+    /// is also how long a client may take to send `connect`. [default: 10s]
+    #[arg(long, value_parser = parse_duration)]
+    head_timeout: Option<Duration>,
     /// Longest time an HTTP connection (not yet a WebSocket) may send nothing, e.g. in the
-    /// middle of a request body, before it is closed.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    idle_timeout: Duration,
+    /// middle of a request body, before it is closed. [default: 60s]
+    #[arg(long, value_parser = parse_duration)]
+    idle_timeout: Option<Duration>,
+    /// HS256 secret connection tokens are signed with (at least 32 bytes).
+    #[arg(long, env = "TETHER_HUB_TOKEN_HMAC_SECRET", hide_env_values = true)]
+    token_hmac_secret: Option<String>,
+    /// PEM public key (RSA for RS256, P-256 for ES256) tokens may be signed for; repeat for
+    /// several. Replaces `[auth] public_keys`.
+    #[arg(long = "token-public-key", value_name = "FILE")]
+    token_public_keys: Vec<PathBuf>,
+    /// JWKS document (an https URL, or a file) of the identity provider; repeat for several.
+    /// Replaces `[[auth.jwks]]`.
+    #[arg(long = "token-jwks", value_name = "URL|FILE")]
+    token_jwks: Vec<String>,
+    /// Audience (`aud`) a token must carry; repeat for several.
+    #[arg(long = "token-audience")]
+    token_audience: Vec<String>,
+    /// Issuer (`iss`) a token must come from; repeat for several.
+    #[arg(long = "token-issuer")]
+    token_issuer: Vec<String>,
+    /// Let clients connect without a token: required to serve an open hub (no token keys)
+    /// off loopback; with keys, tokenless clients reach only `anonymous` namespaces.
+    #[arg(long)]
+    allow_anonymous: bool,
+}
+
+/// `hub.toml`: the flags' settings under the same names, plus `[auth]` and `[[namespace]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HubFile {
+    listen: Option<SocketAddr>,
+    name: Option<String>,
+    broker: Option<String>,
+    redis_prefix: Option<String>,
+    history_size: Option<usize>,
+    history_ttl: Option<String>,
+    api_token: Option<String>,
+    max_message_size: Option<usize>,
+    ping_interval: Option<String>,
+    ping_timeout: Option<String>,
+    client_rate: Option<u32>,
+    client_burst: Option<u32>,
+    client_queue: Option<usize>,
+    write_delay: Option<String>,
+    max_subscriptions: Option<usize>,
+    shutdown_window: Option<String>,
+    head_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default, rename = "namespace")]
+    namespaces: Vec<RawNamespace>,
+}
+
+/// Everything a node needs, from flags over file over defaults.
+struct Settings {
+    config: HubConfig,
+    broker: String,
+    broker_options: BrokerOptions,
 }
 
 impl HubArgs {
-    fn config(&self) -> HubConfig {
-        HubConfig {
-            name: self.name.clone(),
-            listen: self.listen,
-            api_token: self.api_token.clone(),
-            max_message_size: self.max_message_size,
-            ping_interval: self.ping_interval,
-            ping_timeout: self.ping_timeout,
-            client_rate: self.client_rate,
-            client_burst: self.client_burst,
-            client_queue: self.client_queue,
-            write_delay: self.write_delay,
-            max_subscriptions: self.max_subscriptions,
-            shutdown_window: self.shutdown_window,
-            head_timeout: self.head_timeout,
-            idle_timeout: self.idle_timeout,
+    fn settings(&self) -> anyhow::Result<Settings> {
+        let (file, path) = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("--config {}: cannot read", path.display()))?;
+                (parse_toml::<HubFile>(&text, path)?, path.clone())
+            }
+            None => (HubFile::default(), PathBuf::from("<command line>")),
+        };
+        let fail = |key: &str, problem: String| SettingsError {
+            file: path.clone(),
+            key: key.to_owned(),
+            problem,
+        };
+        let duration =
+            |flag: Option<Duration>, key: &str, text: &Option<String>, default: &str| match (
+                flag, text,
+            ) {
+                (Some(value), _) => Ok(value),
+                (None, Some(text)) => parse_duration(text).map_err(|p| fail(key, p)),
+                (None, None) => parse_duration(default).map_err(|p| fail(key, p)),
+            };
+        let defaults = HubConfig::default();
+        let history_size = self.history_size.or(file.history_size).unwrap_or(1000);
+        if history_size == 0 {
+            return Err(fail("history_size", "must be greater than zero".into()).into());
         }
-    }
-
-    fn broker_options(&self) -> BrokerOptions {
-        BrokerOptions {
-            history: HistoryPolicy {
-                size: self.history_size,
-                ttl: self.history_ttl,
+        let mut auth = file.auth;
+        let cwd = std::env::current_dir().context("reading the working directory")?;
+        if let Some(secret) = &self.token_hmac_secret {
+            auth.hmac_secret = Some(Secret(secret.clone()));
+            auth.hmac_secret_file = None;
+        }
+        if !self.token_public_keys.is_empty() {
+            auth.public_keys = self
+                .token_public_keys
+                .iter()
+                .map(|p| RawPublicKey::File(cwd.join(p)))
+                .collect();
+        }
+        if !self.token_jwks.is_empty() {
+            auth.jwks = self
+                .token_jwks
+                .iter()
+                .map(|source| {
+                    if source.starts_with("https://") || source.starts_with("http://") {
+                        RawJwks {
+                            url: Some(source.clone()),
+                            ..Default::default()
+                        }
+                    } else {
+                        RawJwks {
+                            file: Some(cwd.join(source)),
+                            ..Default::default()
+                        }
+                    }
+                })
+                .collect();
+        }
+        if !self.token_audience.is_empty() {
+            auth.audience = Some(OneOrMany::Many(self.token_audience.clone()));
+        }
+        if !self.token_issuer.is_empty() {
+            auth.issuer = Some(OneOrMany::Many(self.token_issuer.clone()));
+        }
+        if self.allow_anonymous {
+            auth.allow_anonymous = Some(true);
+        }
+        let auth = resolve(
+            RawSettings {
+                auth,
+                namespaces: file.namespaces,
             },
-            redis_prefix: self.redis_prefix.clone(),
+            &path,
+        )?;
+        let config = HubConfig {
+            name: self.name.clone().or(file.name).unwrap_or(defaults.name),
+            listen: self.listen.or(file.listen).unwrap_or(defaults.listen),
+            api_token: self.api_token.clone().or(file.api_token),
+            auth,
+            max_message_size: self
+                .max_message_size
+                .or(file.max_message_size)
+                .unwrap_or(defaults.max_message_size),
+            ping_interval: duration(
+                self.ping_interval,
+                "ping_interval",
+                &file.ping_interval,
+                "25s",
+            )?,
+            ping_timeout: duration(self.ping_timeout, "ping_timeout", &file.ping_timeout, "10s")?,
+            client_rate: self
+                .client_rate
+                .or(file.client_rate)
+                .unwrap_or(defaults.client_rate),
+            client_burst: self
+                .client_burst
+                .or(file.client_burst)
+                .unwrap_or(defaults.client_burst),
+            client_queue: self
+                .client_queue
+                .or(file.client_queue)
+                .unwrap_or(defaults.client_queue),
+            write_delay: duration(self.write_delay, "write_delay", &file.write_delay, "0s")?,
+            max_subscriptions: self
+                .max_subscriptions
+                .or(file.max_subscriptions)
+                .unwrap_or(defaults.max_subscriptions),
+            shutdown_window: duration(
+                self.shutdown_window,
+                "shutdown_window",
+                &file.shutdown_window,
+                "10s",
+            )?,
+            head_timeout: duration(self.head_timeout, "head_timeout", &file.head_timeout, "10s")?,
+            idle_timeout: duration(self.idle_timeout, "idle_timeout", &file.idle_timeout, "60s")?,
+        };
+        let broker_options = BrokerOptions {
+            history: HistoryPolicy {
+                size: history_size,
+                ttl: duration(self.history_ttl, "history_ttl", &file.history_ttl, "5m")?,
+            },
+            redis_prefix: self
+                .redis_prefix
+                .clone()
+                .or(file.redis_prefix)
+                .unwrap_or_else(|| "tether".into()),
             ..Default::default()
-        }
+        };
+        Ok(Settings {
+            config,
+            broker: self
+                .broker
+                .clone()
+                .or(file.broker)
+                .unwrap_or_else(|| "memory".into()),
+            broker_options,
+        })
     }
 }
 
@@ -109,13 +292,10 @@ pub fn run(args: HubArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: HubArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.history_size > 0,
-        "--history-size must be greater than zero"
-    );
-    let broker = tether_hub::broker_with(&args.broker, args.broker_options())
-        .with_context(|| format!("--broker {}", args.broker))?;
-    let hub = tether_hub::serve(args.config(), broker, None).await?;
+    let settings = args.settings()?;
+    let broker = tether_hub::broker_with(&settings.broker, settings.broker_options)
+        .with_context(|| format!("--broker {}", settings.broker))?;
+    let hub = tether_hub::serve(settings.config, broker, None).await?;
     println!(
         "tether hub {} listening on {}",
         hub.name(),

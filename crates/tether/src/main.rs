@@ -39,7 +39,7 @@ enum Command {
     /// Validate a proxy configuration file and exit (1 on error, naming file, key and problem).
     Check(proxy_cmd::CheckArgs),
     /// Run a realtime hub node.
-    Hub(hub_cmd::HubArgs),
+    Hub(Box<hub_cmd::HubArgs>),
     /// Run the proxy in front of three hubs with the chat page and the dashboard.
     Demo(demo::DemoArgs),
     /// Load generator and echo backend for benchmarks.
@@ -52,7 +52,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Proxy(args) => proxy_cmd::run(args),
         Command::Check(args) => proxy_cmd::check(args),
-        Command::Hub(args) => hub_cmd::run(args),
+        Command::Hub(args) => hub_cmd::run(*args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench_cmd::run(args),
     };
