@@ -31,7 +31,9 @@ pub mod key;
 pub mod limits;
 mod listener;
 pub mod metrics;
+pub mod prefixed;
 mod shared;
+pub mod tls;
 pub mod tunnel;
 
 pub use backend::BackendState;
