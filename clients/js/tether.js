@@ -6,6 +6,13 @@
 // hub replays what was missed; anything at or below the last offset is dropped here too.
 // When the hub says `recovered: false` (its history no longer reaches back), the client
 // emits a `gap` event: the app should reload its state from its own source of truth.
+//
+// It also keeps every promise it hands out from hanging (timeouts, unsubscribe and close
+// settle them), checks that a quiet link is still alive (a browser cannot see WebSocket
+// pings), and reacts to each close code as README's close code table says.
+//
+// One file on purpose, though long: it is the whole package, served as is (the demo
+// embeds it as /tether.js) with no build step.
 
 /** Connection states, in the order a connection normally goes through them. */
 export const State = Object.freeze({
@@ -22,7 +29,56 @@ const DEFAULTS = {
   maxDelay: 10_000,
   /** How long to wait after `broker_unavailable` before subscribing again, ms. */
   resubscribeDelay: 1_000,
+  /** Ceiling of the random delay before reconnecting after a 1001 or 1012 close, ms. */
+  restartJitter: 1_000,
+  /** Quiet time (nothing received) after which the client sends `ping`, ms; null: never. */
+  pingInterval: 20_000,
+  /** How long after its `ping` the client waits for any frame before dropping the link, ms. */
+  pongTimeout: 10_000,
+  /** How long opening a connection may take, up to the hub's `welcome`, ms. */
+  connectTimeout: 10_000,
+  /** How long a publish may wait for the hub's answer, queued time included, ms; null: forever. */
+  publishTimeout: 10_000,
 };
+
+/** Options that must be a number of milliseconds; those also in NULLABLE may be null (off). */
+const DURATIONS = Object.keys(DEFAULTS);
+const NULLABLE = new Set(['pingInterval', 'publishTimeout']);
+
+/**
+ * What the client does after a connection ends, by the close code the hub (or a proxy in
+ * front of it) sent. One table for both roles is in the README ("Close codes").
+ */
+export const Reaction = Object.freeze({
+  /** The server is restarting or moving us on purpose (drain, rebalance, shutdown): come
+   * back at once, after a small random delay so its clients do not arrive together. */
+  RESUME_NOW: 'resume-now',
+  /** The server asked us to slow down (1013 try again later, 1008 policy): back off, and
+   * further each time it asks again. */
+  BACK_OFF: 'back-off',
+  /** Anything else (a cut link, a crash, an error): the usual full-jitter backoff. */
+  RETRY: 'retry',
+});
+
+/**
+ * The reaction to close `code`.
+ *
+ * 4000–4999 are reserved for authentication. When the hub gains it, 4001 (token expired)
+ * will fetch a fresh token through a `getToken` hook and reconnect, and 4003 (forbidden)
+ * will stop retrying; until then they back off like 1013.
+ */
+export function reactionTo(code) {
+  switch (code) {
+    case 1001:
+    case 1012:
+      return Reaction.RESUME_NOW;
+    case 1008:
+    case 1013:
+      return Reaction.BACK_OFF;
+    default:
+      return code >= 4000 && code <= 4999 ? Reaction.BACK_OFF : Reaction.RETRY;
+  }
+}
 
 /**
  * A connection to a tether hub (or to any of several, through a load balancer).
@@ -46,6 +102,16 @@ export class TetherClient {
    * @param {number} [options.maxDelay] largest backoff ceiling in ms (10000).
    * @param {number} [options.resubscribeDelay] ms before retrying a subscribe the hub
    *   could not serve (1000).
+   * @param {number} [options.restartJitter] ceiling in ms of the random delay before
+   *   reconnecting after a 1001 or 1012 close (1000).
+   * @param {number | null} [options.pingInterval] ms without any frame from the hub after
+   *   which the client sends `ping` (20000); null turns the liveness check off.
+   * @param {number} [options.pongTimeout] ms to wait for any frame after a `ping` before
+   *   the link counts as dead: dropped, then reconnected with resume (10000).
+   * @param {number} [options.connectTimeout] ms from opening a socket to the hub's
+   *   `welcome` before the attempt is dropped and retried (10000).
+   * @param {number | null} [options.publishTimeout] ms a publish may wait for its answer,
+   *   time queued while disconnected included (10000); null waits as long as it takes.
    * @param {() => number} [options.random] source of [0, 1) numbers for the jitter.
    */
   constructor(url, options = {}) {
@@ -55,17 +121,38 @@ export class TetherClient {
       throw new TypeError('no WebSocket constructor: pass options.WebSocket (e.g. the "ws" package on Node 20)');
     }
     this._options = { ...DEFAULTS, ...options };
+    for (const name of DURATIONS) checkDuration(name, this._options[name]);
     this._random = options.random ?? Math.random;
     this._state = State.CLOSED;
     this._node = null;
     this._ws = null;
     this._attempt = 0;
+    /** Consecutive connections the server closed asking us to back off (1013, 1008). */
+    this._pushback = 0;
+    /** When the current connection got its `welcome` (monotonic ms), or null. */
+    this._openedAt = null;
     this._timer = null;
+    /** Connect timeout until `welcome`, then the liveness check. */
+    this._watchdog = null;
+    /** When the last frame arrived, and when the unanswered `ping` went out (or null). */
+    this._heardAt = 0;
+    this._pingSentAt = null;
     this._stopped = true;
     /** @type {Map<string, {last: number | null, pending: Array<{resolve: Function, reject: Function}>, live: boolean}>} */
     this._channels = new Map();
+    /**
+     * Channels unsubscribed on this connection whose `unsubscribed` answer has not come
+     * yet, with how many are outstanding: frames for them until then belong to the
+     * subscription the application left, even if it subscribed again meanwhile.
+     * @type {Map<string, number>}
+     */
+    this._leaving = new Map();
+    /**
+     * Publishes not yet answered, in the order they were made; those not `sent` are the
+     * outbox, sent on the next `welcome`.
+     * @type {Map<number, {resolve: Function, reject: Function, frame: object, sent: boolean, timer: any}>}
+     */
     this._publishes = new Map();
-    this._outbox = [];
     this._nextId = 1;
     this._listeners = new Map();
   }
@@ -93,11 +180,17 @@ export class TetherClient {
     return this;
   }
 
-  /** Closes for good: no reconnect. Pending publishes are rejected. */
+  /**
+   * Closes for good: no reconnect. Every promise still waiting settles: publishes and
+   * subscribes not yet answered reject with `code: 'closed'` (a publish already sent may
+   * or may not have been published). Channels are remembered: a later {@link connect}
+   * subscribes them again, resuming from their last offsets.
+   */
   close() {
     this._stopped = true;
     clearTimeout(this._timer);
     this._timer = null;
+    this._stopWatchdog();
     let closed = {};
     if (this._ws) {
       const ws = this._ws;
@@ -109,7 +202,17 @@ export class TetherClient {
         // Closing a socket that never opened throws in some runtimes; it is gone either way.
       }
     }
-    this._failPublishes(new Error('client closed'));
+    this._node = null;
+    this._leaving.clear();
+    for (const [id, pending] of [...this._publishes]) {
+      // The message stays 'client closed' (pages such as the demo's chat match on it).
+      const error = failure('closed', 'client closed');
+      this._settlePublish(id, (p) => p.reject(Object.assign(error, { sent: pending.sent })));
+    }
+    for (const [channel, entry] of this._channels) {
+      entry.live = false;
+      rejectAll(entry, failure('closed', `client closed before ${channel} was subscribed`));
+    }
     this._setState(State.CLOSED, closed);
   }
 
@@ -125,16 +228,16 @@ export class TetherClient {
    */
   reconnect() {
     if (this._stopped || !this._ws) return this;
-    const ws = this._ws;
-    this._ws = null;
-    drop(ws);
-    this._onDisconnect(DROPPED.code, DROPPED.reason);
+    this._drop(DROPPED);
     return this;
   }
 
   /**
    * Starts receiving `channel`. With `since`, the hub first replays what came after that
-   * offset. Resolves with the hub's `subscribed` answer the first time it arrives.
+   * offset. Resolves with the hub's `subscribed` answer the first time it arrives (waiting
+   * through reconnects, and for {@link connect} if not connected yet); rejects with the
+   * hub's error code if the hub refuses, `code: 'unsubscribed'` if {@link unsubscribe} comes
+   * first, `code: 'closed'` on {@link close}.
    */
   subscribe(channel, { since } = {}) {
     let entry = this._channels.get(channel);
@@ -147,24 +250,45 @@ export class TetherClient {
     return new Promise((resolve, reject) => entry.pending.push({ resolve, reject }));
   }
 
-  /** Stops receiving `channel` and forgets its offset. */
+  /**
+   * Stops receiving `channel` and forgets its offset. Subscribes still waiting for their
+   * answer reject with `code: 'unsubscribed'`; no message of the channel is delivered after
+   * this call (until it is subscribed again).
+   */
   unsubscribe(channel) {
-    if (!this._channels.delete(channel)) return;
-    if (this._state === State.OPEN) this._send({ type: 'unsubscribe', channel });
+    const entry = this._channels.get(channel);
+    if (!entry) return;
+    this._channels.delete(channel);
+    rejectAll(entry, failure('unsubscribed', `unsubscribed from ${channel} before the hub answered`));
+    if (this._state === State.OPEN) {
+      this._leaving.set(channel, (this._leaving.get(channel) ?? 0) + 1);
+      this._send({ type: 'unsubscribe', channel });
+    }
   }
 
   /**
    * Publishes `data` (any JSON value but null) on `channel`; resolves with its offset.
-   * Queued while disconnected. If the connection drops before the hub answers, the
-   * promise rejects and the message may or may not have been published (at most once).
+   * Queued while disconnected. Rejects with `code: 'disconnected'` if the connection drops
+   * before the hub answers, and with `code: 'timeout'` if no answer came within
+   * `publishTimeout` (an answer arriving later is ignored). Either way the error's `sent`
+   * says whether the frame had gone out: if it had, the message may or may not have been
+   * published (at most once); if not, it never will be.
    */
   publish(channel, data) {
     const id = this._nextId++;
     return new Promise((resolve, reject) => {
-      this._publishes.set(id, { resolve, reject });
-      const frame = { type: 'publish', channel, data, id };
-      if (this._state === State.OPEN) this._send(frame);
-      else this._outbox.push(frame);
+      const pending = { resolve, reject, frame: { type: 'publish', channel, data, id }, sent: false, timer: null };
+      this._publishes.set(id, pending);
+      const limit = this._options.publishTimeout;
+      if (limit !== null) {
+        pending.timer = setTimeout(() => {
+          const error = failure('timeout', pending.sent
+            ? `the hub did not answer within ${limit} ms; the message may or may not have been published`
+            : `not connected within ${limit} ms; the message was not sent`);
+          this._settlePublish(id, (p) => p.reject(Object.assign(error, { sent: pending.sent })));
+        }, limit);
+      }
+      if (this._state === State.OPEN) this._sendPublish(pending);
     });
   }
 
@@ -208,15 +332,26 @@ export class TetherClient {
 
   _open(state) {
     this._setState(state, { attempt: this._attempt });
+    this._openedAt = null;
+    // Authentication (a later change) fits here: an optional async `getToken` hook is
+    // awaited before the socket opens, its token sent in the first frame, and the
+    // 4000-range close codes get their own reactions in `reactionTo`.
+    this._openSocket(this._urls());
+  }
+
+  _openSocket(url) {
     let ws;
     try {
-      ws = new this._WebSocket(this._urls());
+      ws = new this._WebSocket(url);
     } catch (error) {
       this._emit('error', { code: 'connect_failed', message: String(error?.message ?? error) });
       this._scheduleReconnect();
       return;
     }
     this._ws = ws;
+    // A hub that accepts the TCP connection but never answers (frozen, overloaded, a
+    // black hole on the path) would otherwise hold this attempt open for good.
+    this._watch(this._options.connectTimeout, () => this._drop(CONNECT_TIMEOUT));
     ws.onmessage = (event) => {
       if (this._ws !== ws) return;
       this._onFrame(typeof event.data === 'string' ? event.data : String(event.data));
@@ -231,7 +366,55 @@ export class TetherClient {
     };
   }
 
+  /** Ends the current socket at once and reconnects, reporting `closed` ({code, reason}). */
+  _drop(closed) {
+    const ws = this._ws;
+    if (!ws) return;
+    this._ws = null;
+    drop(ws);
+    this._onDisconnect(closed.code, closed.reason);
+  }
+
+  _watch(delay, fire) {
+    clearTimeout(this._watchdog);
+    this._watchdog = setTimeout(() => {
+      this._watchdog = null;
+      fire();
+    }, delay);
+  }
+
+  _stopWatchdog() {
+    clearTimeout(this._watchdog);
+    this._watchdog = null;
+  }
+
+  /**
+   * The liveness check, run by the watchdog while open. A browser cannot see WebSocket
+   * pings, and a link that died without a FIN (a frozen or unplugged node, a NAT that
+   * forgot us) looks open forever; so after `pingInterval` of silence the client asks with
+   * a `ping` frame, and any frame within `pongTimeout` proves the link alive.
+   */
+  _checkLiveness() {
+    const { pingInterval, pongTimeout } = this._options;
+    if (this._pingSentAt !== null) {
+      this._drop(LINK_DEAD);
+      return;
+    }
+    const quiet = monotonic() - this._heardAt;
+    if (quiet < pingInterval) {
+      this._watch(pingInterval - quiet, () => this._checkLiveness());
+      return;
+    }
+    this._pingSentAt = monotonic();
+    this._send({ type: 'ping' });
+    this._watch(pongTimeout, () => this._checkLiveness());
+  }
+
   _onFrame(text) {
+    // Any frame proves the link alive; a timestamp, not a timer reset, so a busy
+    // connection costs nothing more per message.
+    this._heardAt = monotonic();
+    this._pingSentAt = null;
     let frame;
     try {
       frame = JSON.parse(text);
@@ -243,10 +426,13 @@ export class TetherClient {
         this._onWelcome(frame);
         break;
       case 'subscribed':
-        this._onSubscribed(frame);
+        if (this._leaving.size === 0 || !this._leaving.has(frame.channel)) this._onSubscribed(frame);
         break;
       case 'message':
-        this._onMessage(frame);
+        if (this._leaving.size === 0 || !this._leaving.has(frame.channel)) this._onMessage(frame);
+        break;
+      case 'unsubscribed':
+        this._left(frame.channel);
         break;
       case 'published':
         this._settlePublish(frame.id, (p) => p.resolve(frame.offset));
@@ -255,19 +441,35 @@ export class TetherClient {
         this._onError(frame);
         break;
       default:
+        // `pong` and frames of later protocol versions: their arrival was all that counted.
         break;
     }
+  }
+
+  /** The hub answered an `unsubscribe` for `channel`. */
+  _left(channel) {
+    const outstanding = this._leaving.get(channel);
+    if (outstanding === undefined) return;
+    if (outstanding <= 1) this._leaving.delete(channel);
+    else this._leaving.set(channel, outstanding - 1);
   }
 
   _onWelcome(frame) {
     this._node = frame.node;
     this._attempt = 0;
+    this._openedAt = monotonic();
+    this._stopWatchdog();
+    if (this._options.pingInterval !== null) {
+      this._heardAt = this._openedAt;
+      this._pingSentAt = null;
+      this._watch(this._options.pingInterval, () => this._checkLiveness());
+    }
     this._setState(State.OPEN, { force: true });
     this._emit('welcome', { node: frame.node });
     for (const channel of this._channels.keys()) this._sendSubscribe(channel);
-    const outbox = this._outbox;
-    this._outbox = [];
-    for (const frame of outbox) this._send(frame);
+    for (const pending of this._publishes.values()) {
+      if (!pending.sent) this._sendPublish(pending);
+    }
   }
 
   _sendSubscribe(channel) {
@@ -277,6 +479,11 @@ export class TetherClient {
     const frame = { type: 'subscribe', channel };
     if (entry.last !== null) frame.since = entry.last;
     this._send(frame);
+  }
+
+  _sendPublish(pending) {
+    pending.sent = true;
+    this._send(pending.frame);
   }
 
   _onSubscribed(frame) {
@@ -306,7 +513,13 @@ export class TetherClient {
   _onError(frame) {
     this._emit('error', frame);
     if (frame.id !== undefined) {
-      this._settlePublish(frame.id, (p) => p.reject(Object.assign(new Error(frame.message), { code: frame.code })));
+      this._settlePublish(frame.id, (p) => p.reject(Object.assign(failure(frame.code, frame.message), { sent: true })));
+      return;
+    }
+    if (frame.channel !== undefined && this._leaving.has(frame.channel)) {
+      // About the subscription the application left: `not_subscribed` answers the
+      // unsubscribe (the subscribe before it had failed); anything else came before it.
+      if (frame.code === 'not_subscribed') this._left(frame.channel);
       return;
     }
     const entry = frame.channel !== undefined ? this._channels.get(frame.channel) : undefined;
@@ -320,22 +533,17 @@ export class TetherClient {
       }, this._options.resubscribeDelay);
     } else if (frame.code !== 'already_subscribed') {
       this._channels.delete(frame.channel);
-      const error = Object.assign(new Error(frame.message), { code: frame.code });
-      for (const waiter of entry.pending.splice(0)) waiter.reject(error);
+      rejectAll(entry, failure(frame.code, frame.message));
     }
   }
 
+  /** Settles publish `id` once, if it is still waiting: later answers find nothing. */
   _settlePublish(id, settle) {
     const pending = this._publishes.get(id);
     if (!pending) return;
     this._publishes.delete(id);
+    clearTimeout(pending.timer);
     settle(pending);
-  }
-
-  _failPublishes(error) {
-    for (const pending of this._publishes.values()) pending.reject(error);
-    this._publishes.clear();
-    this._outbox = [];
   }
 
   _send(frame) {
@@ -348,24 +556,46 @@ export class TetherClient {
 
   /** The connection ended with WebSocket close `code` (and `reason`): reconnect. */
   _onDisconnect(code, reason) {
+    this._stopWatchdog();
+    const openedFor = this._openedAt === null ? 0 : monotonic() - this._openedAt;
+    this._openedAt = null;
     this._node = null;
+    this._leaving.clear();
     for (const entry of this._channels.values()) entry.live = false;
     // Publishes in flight may or may not have reached the hub: tell the caller.
-    const inFlight = [...this._publishes.entries()].filter(([id]) => !this._outbox.some((f) => f.id === id));
-    for (const [id, pending] of inFlight) {
-      this._publishes.delete(id);
-      pending.reject(Object.assign(new Error('connection lost before the hub answered'), { code: 'disconnected' }));
+    for (const [id, pending] of [...this._publishes]) {
+      if (!pending.sent) continue;
+      const error = failure('disconnected', 'connection lost before the hub answered');
+      this._settlePublish(id, (p) => p.reject(Object.assign(error, { sent: true })));
     }
     if (this._stopped) return;
-    // 1012: the node is restarting on purpose; start the backoff from the bottom.
-    if (code === 1012) this._attempt = 0;
-    this._scheduleReconnect(closeInfo(code, reason));
+    this._scheduleReconnect(closeInfo(code, reason), reactionTo(code), openedFor);
   }
 
-  /** Waits out the next backoff delay, then opens again; `closed` joins the state event. */
-  _scheduleReconnect(closed = {}) {
+  /**
+   * Waits out the delay `reaction` calls for, then opens again; `closed` joins the state
+   * event. `openedFor` is how long the connection that ended had been open (ms).
+   */
+  _scheduleReconnect(closed = {}, reaction = Reaction.RETRY, openedFor = 0) {
     if (this._stopped) return;
-    const delay = backoffDelay(this._attempt, this._options, this._random);
+    const { maxDelay, restartJitter } = this._options;
+    let delay;
+    if (reaction === Reaction.RESUME_NOW) {
+      // A restart or a drain is no failure: start over, only jittered.
+      this._pushback = 0;
+      this._attempt = 0;
+      delay = Math.floor(this._random() * restartJitter);
+    } else {
+      if (reaction === Reaction.BACK_OFF) {
+        // Asked again soon after coming back: step further back each time.
+        if (openedFor >= maxDelay) this._pushback = 0;
+        this._pushback += 1;
+        this._attempt = Math.max(this._attempt, this._pushback + PUSHBACK_FLOOR);
+      } else {
+        this._pushback = 0;
+      }
+      delay = backoffDelay(this._attempt, this._options, this._random);
+    }
     this._attempt += 1;
     this._setState(State.RECONNECTING, { attempt: this._attempt, delay, ...closed, force: true });
     clearTimeout(this._timer);
@@ -376,11 +606,49 @@ export class TetherClient {
   }
 }
 
+/**
+ * Backoff steps a 1013 or 1008 close skips: the first waits below minDelay × 2^2 (1 s
+ * with the defaults), each consecutive one a step more, up to maxDelay.
+ */
+const PUSHBACK_FLOOR = 1;
+
 /** The close `close()` sends: a normal closure the hub counts as the client leaving. */
 const CLIENT_CLOSED = Object.freeze({ code: 1000, reason: 'client closed' });
 
 /** What `reconnect()` reports: the code a browser gives a connection cut without a close frame. */
 const DROPPED = Object.freeze({ code: 1006, reason: 'reconnect()' });
+
+/** What a connection attempt that got no `welcome` within `connectTimeout` reports. */
+const CONNECT_TIMEOUT = Object.freeze({ code: 1006, reason: 'connect timeout' });
+
+/** What a link that did not answer the liveness `ping` within `pongTimeout` reports. */
+const LINK_DEAD = Object.freeze({ code: 1006, reason: 'ping timeout' });
+
+/** An `Error` with the `code` the application branches on. */
+function failure(code, message) {
+  return Object.assign(new Error(message), { code });
+}
+
+/** Rejects every promise waiting on a channel's `subscribed`. */
+function rejectAll(entry, error) {
+  for (const waiter of entry.pending.splice(0)) waiter.reject(error);
+}
+
+/** Checks option `name` is a usable number of milliseconds (or null where that means off). */
+function checkDuration(name, value) {
+  if (value === null && NULLABLE.has(name)) return;
+  const positive = name !== 'restartJitter';
+  // Timers take at most 2^31 - 1 ms; a longer one would fire at once.
+  if (typeof value !== 'number' || !(value >= (positive ? 1 : 0) && value <= MAX_TIMER)) {
+    const expected = `a number of milliseconds from ${positive ? 1 : 0} to ${MAX_TIMER}`;
+    throw new TypeError(`option ${name} must be ${expected}${NULLABLE.has(name) ? ' (or null: off)' : ''}; got ${typeof value === 'string' ? JSON.stringify(value) : String(value)}`);
+  }
+}
+
+const MAX_TIMER = 2 ** 31 - 1;
+
+/** Milliseconds from a clock that does not jump when the wall clock is set. */
+const monotonic = typeof globalThis.performance?.now === 'function' ? () => globalThis.performance.now() : () => Date.now();
 
 /** `{code, reason}` for the state event, leaving out what the runtime did not give. */
 function closeInfo(code, reason) {

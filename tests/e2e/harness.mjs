@@ -50,7 +50,8 @@ export async function eventually(what, check, ms = 15000) {
 
 /**
  * Starts `$TETHER_BIN demo --listen 127.0.0.1:<free port>` and waits until the proxy reports
- * every hub up. Its output goes to target/e2e/demo.log.
+ * every hub up. Its output goes to target/e2e/demo.log; `adminToken` is the proxy's admin
+ * token the demo printed (the dashboard asks for it before a drain).
  */
 export async function startDemo() {
   const bin = process.env.TETHER_BIN;
@@ -65,15 +66,19 @@ export async function startDemo() {
   });
   child.stdout.pipe(log);
   child.stderr.pipe(log);
+  let printed = '';
+  child.stdout.on('data', (chunk) => { printed += chunk; });
+  const adminToken = () => printed.match(/admin token\s+(\S+)/)?.[1];
   let exited = null;
   child.once('exit', (code, signal) => { exited = { code, signal }; });
   await eventually('every hub up behind the proxy', async () => {
     if (exited) throw new Error(`tether demo exited early (${JSON.stringify(exited)}); see target/e2e/demo.log`);
     const backends = await (await fetch(`${base}/_tether/api/backends`)).json();
-    return backends.length === 3 && backends.every((b) => b.state === 'up');
+    return backends.length === 3 && backends.every((b) => b.state === 'up') && adminToken();
   });
   return {
     base,
+    adminToken: adminToken(),
     async stop() {
       if (exited) return;
       const gone = new Promise((r) => child.once('exit', r));

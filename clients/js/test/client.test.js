@@ -1,75 +1,10 @@
 // The JS client against real `tether hub` processes (binary from $TETHER_BIN).
-import { test, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { createServer } from 'node:net';
-import { existsSync } from 'node:fs';
 import WebSocket from 'ws';
 
 import { TetherClient, State, backoffDelay } from '../tether.js';
-
-const BIN = process.env.TETHER_BIN ?? `${process.env.CARGO_TARGET_DIR ?? '../../target'}/debug/tether`;
-const REDIS = process.env.TETHER_TEST_REDIS ?? 'redis://127.0.0.1:6379/';
-const hubs = new Set();
-
-after(() => {
-  for (const hub of hubs) hub.proc.kill('SIGKILL');
-});
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-async function eventually(probe, limitMs = 10_000) {
-  const deadline = Date.now() + limitMs;
-  for (;;) {
-    if (await probe()) return true;
-    if (Date.now() > deadline) return false;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-/** Starts `tether hub` and waits for /health. */
-async function startHub(name, extraArgs = []) {
-  assert.ok(existsSync(BIN), `hub binary not found at ${BIN}; build with cargo build -p tether and set TETHER_BIN`);
-  const port = await freePort();
-  const args = ['hub', '--listen', `127.0.0.1:${port}`, '--name', name, ...extraArgs];
-  const proc = spawn(BIN, args, { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, TETHER_LOG: 'warn' } });
-  const base = `http://127.0.0.1:${port}`;
-  const hub = { name, proc, base, url: `ws://127.0.0.1:${port}/ws`, exited: new Promise((r) => proc.on('exit', r)) };
-  hubs.add(hub);
-  const up = await eventually(async () => {
-    try {
-      return (await fetch(`${base}/health`)).ok;
-    } catch {
-      return false;
-    }
-  });
-  assert.ok(up, `hub ${name} did not come up`);
-  return hub;
-}
-
-async function publishHttp(hub, channel, data) {
-  const response = await fetch(`${hub.base}/api/publish`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ channel, data }),
-  });
-  const body = await response.text();
-  assert.equal(response.status, 200, body);
-  return JSON.parse(body).offset;
-}
-
-function uniquePrefix(test) {
-  return `js-${test}-${process.pid}-${Date.now()}`;
-}
+import { REDIS, eventually, metric, publishHttp, startHub, uniquePrefix } from './hubs.js';
 
 test('full-jitter backoff stays below min(max, base * 2^attempt)', () => {
   assert.equal(backoffDelay(0, { minDelay: 100, maxDelay: 1000 }, () => 0.999), 99);
@@ -159,13 +94,6 @@ test('moves to another node on graceful shutdown (1012) with no message lost', a
     a.proc.kill('SIGTERM');
   });
 });
-
-/** The value of a Prometheus sample line `name{labels} value` on the hub, or null. */
-async function metric(hub, sample) {
-  const text = await (await fetch(`${hub.base}/metrics`)).text();
-  const line = text.split('\n').find((l) => l.startsWith(`${sample} `));
-  return line === undefined ? null : Number(line.slice(sample.length + 1));
-}
 
 test('reconnect() drops the socket like a cut network and the stream continues with no gap and no duplicate', async () => {
   const hub = await startHub('js-reconnect');

@@ -1,10 +1,16 @@
 //! The HTTP side of a node: `/health`, `/metrics` and the publish/history API.
+//!
+//! Every error this side answers is JSON `{code, message}` with a code from a fixed list
+//! (README, "HTTP API"): handlers build an [`ApiError`]; whatever the framework answers by
+//! itself (an unknown path, a wrong method, a rejected extractor) is rewritten into one by
+//! [`json_errors`], so a client never has to parse plain text.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -12,7 +18,10 @@ use serde_json::value::RawValue;
 
 use crate::metrics::{BrokerOp, Source};
 use crate::node::{Lifecycle, Node};
-use crate::protocol::{ChannelName, ErrorCode, Offset, ProtocolError};
+use crate::protocol::{check_depth, ChannelName, ErrorCode, Offset, ProtocolError};
+
+/// Longest framework error text carried over into the `message` of a rewritten answer.
+const MAX_REWRITTEN_MESSAGE: usize = 1024;
 
 /// An API failure: an HTTP status and a JSON body `{code, message}`.
 #[derive(Debug)]
@@ -23,12 +32,34 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
             message: message.into(),
         }
+    }
+
+    /// An error known only by its status (the framework's own answers): the code is the
+    /// status's stable name.
+    fn from_status(status: StatusCode, message: impl Into<String>) -> Self {
+        Self::new(status, code_for(status), message)
+    }
+}
+
+/// The stable code of an HTTP error status the hub's own handlers do not name better.
+fn code_for(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UPGRADE_REQUIRED => "not_websocket",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        status if status.is_client_error() => "bad_request",
+        _ => "internal",
     }
 }
 
@@ -121,9 +152,11 @@ pub struct PublishResponse {
 pub async fn publish(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<PublishResponse>, ApiError> {
     authorize(&node, &headers)?;
+    let body =
+        body.map_err(|rejection| ApiError::from_status(rejection.status(), rejection.body_text()))?;
     if body.len() > node.config.max_message_size {
         return Err(ProtocolError::new(
             ErrorCode::TooLarge,
@@ -143,6 +176,7 @@ pub async fn publish(
         )
     })?;
     let channel = ChannelName::parse(&request.channel)?;
+    check_depth(&request.data)?;
     node.metrics.message_in(Source::Http);
     match node.broker.publish(&channel, request.data).await {
         Ok(offset) => Ok(Json(PublishResponse { offset })),
@@ -163,6 +197,16 @@ pub struct HistoryQuery {
     since: Option<u64>,
 }
 
+/// The history answer, serialised straight from the stored raw JSON: nothing is parsed
+/// again, so no stored `data` (however deep) can make the answer fail.
+#[derive(Serialize)]
+struct HistoryBody<'a> {
+    channel: &'a str,
+    offset: Offset,
+    recovered: bool,
+    messages: Vec<HistoryEntry<'a>>,
+}
+
 #[derive(Serialize)]
 struct HistoryEntry<'a> {
     offset: Offset,
@@ -174,10 +218,15 @@ struct HistoryEntry<'a> {
 pub async fn history(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
-    Path(channel): Path<String>,
-    Query(query): Query<HistoryQuery>,
+    channel: Result<Path<String>, PathRejection>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     authorize(&node, &headers)?;
+    let Path(channel) = channel
+        .map_err(|rejection| ApiError::from_status(rejection.status(), rejection.body_text()))?;
+    let Query(query) = query.map_err(|rejection| {
+        ApiError::new(rejection.status(), "bad_query", rejection.body_text())
+    })?;
     let channel = ChannelName::parse(&channel)?;
     let since = Offset(query.since.unwrap_or(0));
     let history = node
@@ -200,18 +249,67 @@ pub async fn history(
         })
         .collect();
     let recovered = query.since.is_none_or(|_| history.recovered);
-    let body = serde_json::json!({
-        "channel": channel.as_str(),
-        "offset": history.top,
-        "recovered": recovered,
-        "messages": messages,
-    });
+    let body = HistoryBody {
+        channel: channel.as_str(),
+        offset: history.top,
+        recovered,
+        messages,
+    };
     Ok(Json(body).into_response())
+}
+
+/// Answers a path the hub does not serve.
+pub async fn not_found() -> ApiError {
+    ApiError::from_status(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+/// Rewrites an error the framework answered by itself (empty or plain text: a wrong
+/// method, a rejected extractor) into the JSON `{code, message}` every hub error has.
+/// Answers that already are JSON, and successes, pass untouched.
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_REWRITTEN_MESSAGE)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    let rewritten = ApiError::from_status(status, message).into_response();
+    // Keep what the framework said besides the body (`Allow` on a 405, for one).
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, rewritten.into_body())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_error_status_has_a_stable_code() {
+        assert_eq!(code_for(StatusCode::NOT_FOUND), "not_found");
+        assert_eq!(
+            code_for(StatusCode::METHOD_NOT_ALLOWED),
+            "method_not_allowed"
+        );
+        assert_eq!(code_for(StatusCode::PAYLOAD_TOO_LARGE), "too_large");
+        assert_eq!(code_for(StatusCode::IM_A_TEAPOT), "bad_request");
+        assert_eq!(code_for(StatusCode::BAD_GATEWAY), "internal");
+    }
 
     #[test]
     fn token_comparison_needs_equal_bytes() {

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::broker::{Broker, BrokerError, BrokerEvent, Link};
+use crate::broker::{Broker, BrokerError, BrokerEvent, Feed, Link};
 use crate::mailbox::{Batch, Postbox, Posted};
 use crate::metrics::{BrokerOp, Metrics};
 use crate::protocol::{ChannelName, Offset, Publication};
@@ -181,7 +181,7 @@ impl Drop for Channels {
 }
 
 /// Hands the node's broker feed to the channel tasks.
-async fn route(channels: Weak<Channels>, mut events: mpsc::UnboundedReceiver<BrokerEvent>) {
+async fn route(channels: Weak<Channels>, mut events: Feed) {
     while let Some(event) = events.recv().await {
         let Some(channels) = channels.upgrade() else {
             return;
@@ -192,6 +192,13 @@ async fn route(channels: Weak<Channels>, mut events: mpsc::UnboundedReceiver<Bro
                 channels.send(&channel, Command::Deliver(p));
             }
             BrokerEvent::Resync => channels.resync_all(),
+            BrokerEvent::Overflowed => {
+                tracing::warn!(
+                    "node fell behind its broker feed; refilling every channel from history"
+                );
+                channels.metrics.feed_overflows.inc();
+                channels.resync_all();
+            }
             BrokerEvent::Lost(reason) => {
                 tracing::warn!(%reason, "broker feed lost");
                 channels.metrics.broker_error(BrokerOp::Feed);
@@ -307,31 +314,39 @@ impl Dispatcher {
     }
 
     /// Delivers what history holds after `last`, then `trigger` if history did not have it.
-    /// When the broker cannot answer, nothing is delivered (that would skip the hole for
-    /// good); the refill is retried shortly, and the messages stay in history meanwhile.
+    /// History is read a page at a time, each page handed over before the next is read,
+    /// so a long hole costs one page in memory, not the whole of it.
+    /// When the broker cannot answer, nothing more is delivered (that would skip the hole
+    /// for good); the refill is retried shortly, and the messages stay in history meanwhile.
     async fn refill(&mut self, trigger: Option<Arc<Publication>>) {
-        // With nothing delivered yet the channel was empty when this dispatcher started, so
-        // every message in its history came later: ask from 0 ("saw it empty"), not for the
-        // top alone, or the channel's first messages missed by the feed would be skipped.
-        let since = self.last.unwrap_or(Offset(0));
-        match self.broker.history(&self.channel, Some(since)).await {
-            Ok(history) => {
-                if !history.recovered {
-                    tracing::warn!(since = ?self.last, top = %history.top,
-                        "history does not reach back to the last delivered offset; continuing after the gap");
+        loop {
+            // With nothing delivered yet the channel was empty when this dispatcher started,
+            // so every message in its history came later: ask from 0 ("saw it empty"), not
+            // for the top alone, or the channel's first messages missed by the feed would
+            // be skipped.
+            let since = self.last.unwrap_or(Offset(0));
+            let history = match self.broker.history(&self.channel, Some(since)).await {
+                Ok(history) => history,
+                Err(error) => {
+                    self.metrics.broker_error(BrokerOp::History);
+                    tracing::warn!(%error, "could not refill from history; retrying");
+                    self.retry_at = Some(tokio::time::Instant::now() + REFILL_RETRY);
+                    return;
                 }
-                for p in history.messages {
-                    if self.last.is_none_or(|last| p.offset > last) {
-                        self.fan_out(p);
-                    }
+            };
+            if !history.recovered {
+                tracing::warn!(since = ?self.last, top = %history.top,
+                    "history does not reach back to the last delivered offset; continuing after the gap");
+            }
+            for p in history.messages {
+                if self.last.is_none_or(|last| p.offset > last) {
+                    self.fan_out(p);
                 }
             }
-            Err(error) => {
-                self.metrics.broker_error(BrokerOp::History);
-                tracing::warn!(%error, "could not refill from history; retrying");
-                self.retry_at = Some(tokio::time::Instant::now() + REFILL_RETRY);
-                return;
+            if !history.more {
+                break;
             }
+            self.hand_over();
         }
         if let Some(p) = trigger {
             if self.last.is_none_or(|last| p.offset > last) {

@@ -44,6 +44,13 @@ pub struct HubConfig {
     /// On graceful shutdown, clients are closed (1012) at random moments over this window,
     /// so they do not all reconnect elsewhere at once.
     pub shutdown_window: Duration,
+    /// How long a connection may take to send a complete request head, counted from when
+    /// it opened (or its previous response went out). A socket that sends nothing, or a
+    /// head a byte at a time (slowloris), is closed when it passes.
+    pub head_timeout: Duration,
+    /// How long an HTTP connection (not yet a WebSocket) may send nothing at all, for
+    /// instance in the middle of a request body, before it is closed.
+    pub idle_timeout: Duration,
 }
 
 impl Default for HubConfig {
@@ -61,6 +68,8 @@ impl Default for HubConfig {
             write_delay: Duration::ZERO,
             max_subscriptions: 128,
             shutdown_window: Duration::from_secs(10),
+            head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -94,6 +103,8 @@ impl HubConfig {
             ("client_burst", self.client_burst as u128),
             ("client_queue", self.client_queue as u128),
             ("max_subscriptions", self.max_subscriptions as u128),
+            ("head_timeout", self.head_timeout.as_millis()),
+            ("idle_timeout", self.idle_timeout.as_millis()),
         ];
         for (key, value) in positive {
             if value == 0 {

@@ -24,10 +24,13 @@ mod node;
 mod pacer;
 pub mod protocol;
 mod publishing;
+mod replay;
 mod server;
 mod session;
 mod wake_gate;
 
-pub use broker::{broker_from_url, broker_with, Broker, BrokerError, BrokerOptions, HistoryPolicy};
+pub use broker::{
+    broker_from_url, broker_with, Broker, BrokerError, BrokerOptions, HistoryPolicy, Page,
+};
 pub use config::{ConfigError, HubConfig};
 pub use server::{serve, HubError, HubHandle};

@@ -40,6 +40,8 @@ pub enum CloseReason {
     ClientClosed,
     PingTimeout,
     Flood,
+    /// A frame or message above the hard size limit (closed with 1009).
+    TooLarge,
     SlowConsumer,
     Shutdown,
     Aborted,
@@ -82,6 +84,7 @@ pub struct Metrics {
     pub resumes: Family<ResumeLabel, Counter>,
     pub disconnects: Family<CloseLabel, Counter>,
     pub client_errors: Family<CodeLabel, Counter>,
+    pub feed_overflows: Counter,
 }
 
 impl Metrics {
@@ -96,6 +99,7 @@ impl Metrics {
             resumes: Family::default(),
             disconnects: Family::default(),
             client_errors: Family::default(),
+            feed_overflows: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -138,6 +142,11 @@ impl Metrics {
             "Error frames sent to clients, by code",
             metrics.client_errors.clone(),
         );
+        registry.register(
+            "feed_overflows",
+            "Times the node fell behind its broker feed and refilled every channel from history",
+            metrics.feed_overflows.clone(),
+        );
         Self {
             registry,
             ..metrics
@@ -161,6 +170,7 @@ impl Metrics {
             CloseReason::ClientClosed => "client_closed",
             CloseReason::PingTimeout => "ping_timeout",
             CloseReason::Flood => "flood",
+            CloseReason::TooLarge => "too_large",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Aborted => "aborted",

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Notify, Semaphore, SemaphorePermit};
 
 use crate::broker::Broker;
 use crate::channel::Channels;
@@ -23,6 +23,12 @@ pub enum Lifecycle {
     Aborted,
 }
 
+/// History page reads one node may have in flight for replays at once. A page is at most
+/// 1 MiB (see `broker::Page`), so this bounds what replays ask of the broker at any moment
+/// to a few MiB however many clients resume together, and keeps the broker connection free
+/// for publishes.
+const REPLAY_READS: usize = 4;
+
 pub struct Node {
     pub config: HubConfig,
     pub broker: Arc<dyn Broker>,
@@ -31,6 +37,7 @@ pub struct Node {
     pub lifecycle: watch::Sender<Lifecycle>,
     live_sessions: AtomicUsize,
     all_closed: Notify,
+    replay_reads: Semaphore,
 }
 
 impl Node {
@@ -45,6 +52,7 @@ impl Node {
             lifecycle: watch::Sender::new(Lifecycle::Running),
             live_sessions: AtomicUsize::new(0),
             all_closed: Notify::new(),
+            replay_reads: Semaphore::new(REPLAY_READS),
         })
     }
 
@@ -57,6 +65,12 @@ impl Node {
         self.live_sessions.fetch_add(1, Ordering::SeqCst);
         self.metrics.connections.inc();
         SessionGuard { node: self.clone() }
+    }
+
+    /// Waits for a turn to read a page of history for a replay; the turn ends when the
+    /// permit is dropped. (`None` never happens: the semaphore is never closed.)
+    pub async fn replay_permit(&self) -> Option<SemaphorePermit<'_>> {
+        self.replay_reads.acquire().await.ok()
     }
 
     /// Waits until no session is open.

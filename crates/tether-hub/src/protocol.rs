@@ -15,6 +15,56 @@ use serde_json::value::RawValue;
 /// Longest channel name accepted, in bytes.
 pub const MAX_CHANNEL_LEN: usize = 128;
 
+/// Deepest nesting of arrays and objects accepted in a published `data` value.
+///
+/// The hub itself never parses `data` (it is carried as raw JSON), but whoever reads it
+/// back may: serde_json stops at 128 levels, and the history answer wraps `data` in three
+/// more. A message that cannot be read back is refused when published, where the
+/// publisher learns why, rather than breaking every reader later.
+pub const MAX_DATA_DEPTH: usize = 64;
+
+/// Refuses `data` nested deeper than [`MAX_DATA_DEPTH`] with [`ErrorCode::TooDeep`].
+///
+/// `data` is already valid JSON, so brackets inside strings are the only ones to skip.
+///
+/// ```
+/// use serde_json::value::RawValue;
+/// use tether_hub::protocol::check_depth;
+/// let shallow = RawValue::from_string(r#"{"a":[1,{"b":"]]]"}]}"#.into()).unwrap();
+/// assert!(check_depth(&shallow).is_ok());
+/// let deep = RawValue::from_string(format!("{}{}", "[".repeat(65), "]".repeat(65))).unwrap();
+/// assert!(check_depth(&deep).is_err());
+/// ```
+pub fn check_depth(data: &RawValue) -> Result<(), ProtocolError> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in data.get().as_bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DATA_DEPTH {
+                    return Err(ProtocolError::new(
+                        ErrorCode::TooDeep,
+                        format!("`data` nests arrays and objects more than {MAX_DATA_DEPTH} deep"),
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// A validated channel name: 1 to 128 bytes of `A-Z a-z 0-9 _ - . :`.
 ///
 /// The character set keeps names safe to embed in broker keys (Redis, NATS subjects) and
@@ -130,6 +180,12 @@ pub enum ClientFrame {
         data: Box<RawValue>,
         id: Option<Box<RawValue>>,
     },
+    /// An application-level liveness check, answered with `pong` (echoing `id`). Browsers
+    /// cannot see WebSocket pings, so a browser client needs a frame of its own to learn
+    /// whether a quiet connection is still alive.
+    Ping {
+        id: Option<Box<RawValue>>,
+    },
 }
 
 /// Every field any client frame may carry. Parsed as a plain struct rather than a tagged
@@ -169,6 +225,7 @@ impl ClientFrame {
                 since: envelope.since,
             }),
             "unsubscribe" => Ok(ClientFrame::Unsubscribe { channel: channel? }),
+            "ping" => Ok(ClientFrame::Ping { id: envelope.id }),
             "publish" => Ok(ClientFrame::Publish {
                 channel: channel?,
                 data: envelope.data.ok_or_else(|| {
@@ -178,7 +235,9 @@ impl ClientFrame {
             }),
             kind => Err(ProtocolError::new(
                 ErrorCode::UnknownType,
-                format!("unknown frame type {kind:?}; expected subscribe, unsubscribe or publish"),
+                format!(
+                    "unknown frame type {kind:?}; expected subscribe, unsubscribe, publish or ping"
+                ),
             )),
         }
     }
@@ -207,6 +266,11 @@ pub enum ServerFrame<'a> {
     Published {
         channel: &'a str,
         offset: Offset,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+    },
+    /// The answer to a client's `ping`.
+    Pong {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RawValue>,
     },
@@ -239,6 +303,7 @@ pub enum ErrorCode {
     BadFrame,
     UnknownType,
     TooLarge,
+    TooDeep,
     BadChannel,
     AlreadySubscribed,
     NotSubscribed,
@@ -253,6 +318,7 @@ impl ErrorCode {
             ErrorCode::BadFrame => "bad_frame",
             ErrorCode::UnknownType => "unknown_type",
             ErrorCode::TooLarge => "too_large",
+            ErrorCode::TooDeep => "too_deep",
             ErrorCode::BadChannel => "bad_channel",
             ErrorCode::AlreadySubscribed => "already_subscribed",
             ErrorCode::NotSubscribed => "not_subscribed",
@@ -332,6 +398,19 @@ mod tests {
             p.frame.as_str(),
             r#"{"type":"message","channel":"c","offset":3,"data":{"text":"hi"}}"#
         );
+    }
+
+    #[test]
+    fn depth_counts_brackets_outside_strings_only() {
+        let nest = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let raw = |text: String| RawValue::from_string(text).unwrap();
+        assert!(check_depth(&raw(nest(MAX_DATA_DEPTH))).is_ok());
+        let deep = check_depth(&raw(nest(MAX_DATA_DEPTH + 1))).unwrap_err();
+        assert_eq!(deep.code, ErrorCode::TooDeep);
+        let in_string = format!(r#"{{"s":"{}\\\"{}"}}"#, "[".repeat(200), "{".repeat(200));
+        assert!(check_depth(&raw(in_string)).is_ok());
+        let siblings = format!("[{}]", vec![nest(MAX_DATA_DEPTH - 1); 100].join(","));
+        assert!(check_depth(&raw(siblings)).is_ok());
     }
 
     #[test]

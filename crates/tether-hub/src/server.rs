@@ -1,9 +1,14 @@
 //! Starting and stopping a node: the listener, the router, the accept loop, the handle.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
@@ -11,13 +16,15 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
-use crate::api;
+use crate::api::{self, ApiError};
 use crate::broker::Broker;
 use crate::config::{ConfigError, HubConfig};
 use crate::node::{Lifecycle, Node};
@@ -27,6 +34,19 @@ use crate::session;
 /// connection closes with 1009); between the two limits the hub answers `too_large` and
 /// the connection lives on.
 const HARD_LIMIT_FACTOR: usize = 16;
+
+/// Bytes of outgoing frames tungstenite gathers before writing them to the socket (a
+/// flush writes sooner); tungstenite's own default, named because the bound below is
+/// counted from it.
+const WRITE_BUFFER: usize = 128 * 1024;
+
+/// Room above one full write buffer and one largest frame in a connection's write buffer.
+/// tungstenite answers every ping it reads by queueing a pong in that buffer, even while
+/// the client reads nothing, so a client pinging without reading grew it without limit
+/// (3 M pings took a hub from 103 MB to 502 MB). Bounded, the buffer stops taking pongs
+/// when full (tungstenite keeps only the newest one pending) and the hub's own writes
+/// fail, which drops the client.
+const WRITE_SLACK: usize = 16 * 1024;
 
 /// How long `bind` keeps retrying an address still held by a node that was just aborted.
 const REBIND_PATIENCE: Duration = Duration::from_secs(3);
@@ -108,7 +128,16 @@ pub async fn serve(
         router = router.merge(extra);
     }
     tracing::info!(node = %node.name(), addr = %local_addr, broker = node.broker.kind(), "hub listening");
-    let accept = tokio::spawn(accept_loop(listener, router, node.lifecycle.subscribe()));
+    let timeouts = Timeouts {
+        head: node.config.head_timeout,
+        idle: node.config.idle_timeout,
+    };
+    let accept = tokio::spawn(accept_loop(
+        listener,
+        router,
+        timeouts,
+        node.lifecycle.subscribe(),
+    ));
     Ok(HubHandle {
         node,
         local_addr,
@@ -126,6 +155,8 @@ fn routes(node: Arc<Node>) -> Router {
         .route("/metrics", get(api::metrics))
         .route("/api/publish", post(api::publish))
         .route("/api/history/{channel}", get(api::history))
+        .fallback(api::not_found)
+        .layer(axum::middleware::map_response(api::json_errors))
         .layer(body_limit)
         .with_state(node)
 }
@@ -138,9 +169,24 @@ fn routes(node: Arc<Node>) -> Router {
 /// idle session holds.
 const READ_BUFFER: usize = 1024;
 
-async fn upgrade(State(node): State<Arc<Node>>, upgrade: WebSocketUpgrade) -> Response {
+async fn upgrade(
+    State(node): State<Arc<Node>>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
+            let message = format!("/ws takes a WebSocket handshake: {}", rejection.body_text());
+            return ApiError::new(rejection.status(), "not_websocket", message).into_response();
+        }
+    };
     if *node.lifecycle.borrow() != Lifecycle::Running {
-        return (StatusCode::SERVICE_UNAVAILABLE, "node is shutting down").into_response();
+        let error = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "node is shutting down",
+        );
+        return error.into_response();
     }
     let hard_limit = node
         .config
@@ -148,6 +194,8 @@ async fn upgrade(State(node): State<Arc<Node>>, upgrade: WebSocketUpgrade) -> Re
         .saturating_mul(HARD_LIMIT_FACTOR);
     upgrade
         .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(WRITE_BUFFER + hard_limit + WRITE_SLACK)
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
         .on_upgrade(move |ws| session::run(ws, node))
@@ -182,9 +230,17 @@ fn try_bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
+/// How long a connection may take before it is a WebSocket (see [`HubConfig`]).
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    head: Duration,
+    idle: Duration,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     router: Router,
+    timeouts: Timeouts,
     mut lifecycle: watch::Receiver<Lifecycle>,
 ) {
     loop {
@@ -192,7 +248,7 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(serve_connection(stream, router.clone(), lifecycle.clone()));
+                    tokio::spawn(serve_connection(stream, router.clone(), timeouts, lifecycle.clone()));
                 }
                 Err(error) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -211,20 +267,40 @@ async fn accept_loop(
 
 /// Serves HTTP/1.1 on one connection until it ends, is upgraded (the WebSocket then lives
 /// in its own task), the node drains (finish the request in flight) or aborts (drop it).
+///
+/// Until it is upgraded, a connection is closed when it takes longer than `head` to send
+/// a request head (hyper's header timer: it runs from the moment the connection opens or
+/// its previous response went out, so it ends idle sockets and slowloris heads alike), or
+/// sends nothing for `idle` (a request body that stalls). Without these, 500 idle and 500
+/// slowloris sockets were all still open after 45 s.
 async fn serve_connection(
     stream: TcpStream,
     router: Router,
+    timeouts: Timeouts,
     mut lifecycle: watch::Receiver<Lifecycle>,
 ) {
+    let (stream, activity) = Watched::new(stream);
     let service = TowerToHyperService::new(router);
     let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.head)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(connection);
+    let idle_check = tokio::time::sleep(timeouts.idle);
+    tokio::pin!(idle_check);
     let mut draining = false;
     loop {
         tokio::select! {
             _ = connection.as_mut() => return,
+            () = idle_check.as_mut() => {
+                let quiet = activity.quiet_for();
+                if quiet >= timeouts.idle {
+                    tracing::debug!(?quiet, "closing an HTTP connection that sent nothing");
+                    return;
+                }
+                idle_check.as_mut().reset(Instant::now() + (timeouts.idle - quiet));
+            }
             changed = lifecycle.changed() => match changed.map(|()| *lifecycle.borrow_and_update()) {
                 Ok(Lifecycle::Aborted) | Err(_) => return,
                 Ok(Lifecycle::Draining { .. }) if !draining => {
@@ -234,5 +310,90 @@ async fn serve_connection(
                 Ok(_) => {}
             },
         }
+    }
+}
+
+/// When a connection last delivered bytes, shared between its socket wrapper and the task
+/// that serves it. Milliseconds since `opened`, so it fits an atomic.
+struct Activity {
+    opened: Instant,
+    last_read_ms: AtomicU64,
+}
+
+impl Activity {
+    fn note_read(&self) {
+        let ms = self.opened.elapsed().as_millis() as u64;
+        self.last_read_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long since the last byte arrived (or the connection opened).
+    fn quiet_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_read_ms.load(Ordering::Relaxed));
+        self.opened.elapsed().saturating_sub(last)
+    }
+}
+
+/// A socket that notes in [`Activity`] when it reads bytes, for the idle timeout.
+struct Watched {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl Watched {
+    fn new(stream: TcpStream) -> (Self, Arc<Activity>) {
+        let activity = Arc::new(Activity {
+            opened: Instant::now(),
+            last_read_ms: AtomicU64::new(0),
+        });
+        let watched = Self {
+            stream,
+            activity: activity.clone(),
+        };
+        (watched, activity)
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.note_read();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }

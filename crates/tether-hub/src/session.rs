@@ -21,17 +21,25 @@ use crate::mailbox::{self, Batch, Inbound, Mailbox, Postbox};
 use crate::metrics::{CloseReason, Resume, Source};
 use crate::node::{Lifecycle, Node};
 use crate::pacer::Pacer;
-use crate::protocol::{ChannelName, ClientFrame, ErrorCode, Offset, ProtocolError, ServerFrame};
+use crate::protocol::{
+    check_depth, ChannelName, ClientFrame, ErrorCode, Offset, ProtocolError, ServerFrame,
+};
 use crate::publishing::{Outcome, Publishes};
+use crate::replay::{Replay, ReplayError};
 use crate::wake_gate::WakeGate;
 
 /// Close codes the hub sends.
 const CLOSE_POLICY: u16 = 1008;
+const CLOSE_TOO_BIG: u16 = 1009;
 const CLOSE_RESTART: u16 = 1012;
 const CLOSE_TRY_AGAIN: u16 = 1013;
 
 /// How long writing a single small frame (an answer, a ping) may block.
 const SMALL_WRITE_LIMIT: Duration = Duration::from_secs(10);
+
+/// How long closing politely may take: sending the close frame, then waiting for the
+/// client's. A client that reads nothing (a flooder) must not hold the session open.
+const CLOSE_LIMIT: Duration = Duration::from_secs(1);
 
 /// Messages one write takes from the inbox before flushing (a whole batch is always taken).
 const WRITE_BATCH: usize = 64;
@@ -112,6 +120,10 @@ impl Session {
                     pong_deadline = None;
                     match frame {
                         Some(Ok(frame)) => self.on_frame(&mut ws, frame).await,
+                        Some(Err(error)) if is_too_big(&error) => {
+                            tracing::info!(%error, "client sent a frame above the hard limit; closing");
+                            Flow::Close(CLOSE_TOO_BIG, "message too big", CloseReason::TooLarge)
+                        }
                         Some(Err(error)) => {
                             tracing::debug!(%error, "read failed");
                             Flow::Drop(CloseReason::Error)
@@ -187,12 +199,16 @@ impl Session {
     }
 
     async fn on_frame(&mut self, ws: &mut WebSocket, frame: Message) -> Flow {
+        // Every frame counts against the rate, control frames too: each costs a read, and
+        // a ping queues a pong. Uncounted, 3 M pings from a client that never read grew a
+        // hub by 400 MB and the client stayed connected.
+        if !matches!(frame, Message::Close(_)) && !self.bucket.take() {
+            tracing::info!("client exceeded its frame rate; closing");
+            return Flow::Close(CLOSE_POLICY, "rate limit exceeded", CloseReason::Flood);
+        }
         let text = match frame {
             Message::Text(text) => text,
             Message::Binary(_) => {
-                if !self.bucket.take() {
-                    return Flow::Close(CLOSE_POLICY, "rate limit exceeded", CloseReason::Flood);
-                }
                 let error = ProtocolError::new(
                     ErrorCode::BadFrame,
                     "binary frames are not part of the protocol; send JSON text",
@@ -202,10 +218,6 @@ impl Session {
             Message::Ping(_) | Message::Pong(_) => return Flow::Continue,
             Message::Close(_) => return Flow::Drop(CloseReason::ClientClosed),
         };
-        if !self.bucket.take() {
-            tracing::info!("client exceeded its frame rate; closing");
-            return Flow::Close(CLOSE_POLICY, "rate limit exceeded", CloseReason::Flood);
-        }
         if text.len() > self.node.config.max_message_size {
             let error = ProtocolError::new(
                 ErrorCode::TooLarge,
@@ -225,6 +237,12 @@ impl Session {
             Ok(ClientFrame::Unsubscribe { channel }) => self.unsubscribe(ws, &channel).await,
             Ok(ClientFrame::Publish { channel, data, id }) => {
                 self.publish(ws, &channel, data, id).await
+            }
+            Ok(ClientFrame::Ping { id }) => {
+                match send(ws, ServerFrame::Pong { id: id.as_deref() }.encode()).await {
+                    Ok(()) => Flow::Continue,
+                    Err(Gone) => Flow::Drop(CloseReason::Error),
+                }
             }
         }
     }
@@ -270,8 +288,8 @@ impl Session {
             );
             return self.reply_error(ws, &error, Some(channel), None).await;
         }
-        let history = match self.node.broker.history(&name, since).await {
-            Ok(history) => history,
+        let (opening, mut replay) = match Replay::start(&self.node, &name, since).await {
+            Ok(started) => started,
             Err(error) => {
                 self.node
                     .metrics
@@ -285,36 +303,54 @@ impl Session {
             }
         };
         if since.is_some() {
-            let outcome = if history.recovered {
+            let outcome = if opening.recovered {
                 Resume::Recovered
             } else {
                 Resume::NotRecovered
             };
             self.node.metrics.resume(outcome);
         }
-        let last = history
-            .messages
-            .last()
-            .map_or(history.top, |m| m.offset.max(history.top));
-        self.subscriptions.insert(name, last);
+        self.subscriptions.insert(name, replay.until());
         self.node.metrics.subscriptions.inc();
         let subscribed = ServerFrame::Subscribed {
             channel,
-            offset: history.top,
-            recovered: history.recovered,
+            offset: opening.top,
+            recovered: opening.recovered,
         };
-        let replay = async {
-            ws.feed(Message::Text(subscribed.encode())).await?;
-            for message in &history.messages {
-                ws.feed(Message::Text(message.frame.clone())).await?;
-                self.node.metrics.messages_out.inc();
+        // Page by page, each read only once the previous one is written (see `replay`); a
+        // client that takes no page within a ping timeout is too slow.
+        let limit = self.node.config.ping_timeout;
+        let mut first = Some(subscribed.encode());
+        loop {
+            let page = match replay.next_page(&self.node).await {
+                Ok(page) => page.unwrap_or_default(),
+                Err(error) => {
+                    tracing::warn!(%error, channel, "replay cut short; the client must resume");
+                    if matches!(error, ReplayError::Broker(_)) {
+                        self.node
+                            .metrics
+                            .broker_error(crate::metrics::BrokerOp::History);
+                    }
+                    return Flow::Close(CLOSE_TRY_AGAIN, "replay cut short", CloseReason::Error);
+                }
+            };
+            if page.is_empty() && first.is_none() {
+                return Flow::Continue;
             }
-            ws.flush().await
-        };
-        match tokio::time::timeout(self.node.config.ping_timeout, replay).await {
-            Ok(Ok(())) => Flow::Continue,
-            Ok(Err(_)) => Flow::Drop(CloseReason::Error),
-            Err(_) => Flow::Drop(CloseReason::SlowConsumer),
+            let write = async {
+                if let Some(subscribed) = first.take() {
+                    ws.feed(Message::Text(subscribed)).await?;
+                }
+                for message in &page {
+                    ws.feed(Message::Text(message.frame.clone())).await?;
+                }
+                ws.flush().await
+            };
+            match tokio::time::timeout(limit, write).await {
+                Ok(Ok(())) => self.node.metrics.messages_out.inc_by(page.len() as u64),
+                Ok(Err(_)) => return Flow::Drop(CloseReason::Error),
+                Err(_) => return Flow::Drop(CloseReason::SlowConsumer),
+            };
         }
     }
 
@@ -352,6 +388,11 @@ impl Session {
                     .await
             }
         };
+        if let Err(error) = check_depth(&data) {
+            return self
+                .reply_error(ws, &error, Some(channel), id.as_deref())
+                .await;
+        }
         self.node.metrics.message_in(Source::Ws);
         self.publishes.start(&*self.node.broker, name, data, id);
         Flow::Continue
@@ -503,16 +544,18 @@ fn slow_consumer() -> Flow {
 }
 
 /// Sends a close frame and waits briefly for the client's answer, so the code arrives
-/// before the TCP connection ends.
+/// before the TCP connection ends; all within [`CLOSE_LIMIT`], as a client that reads
+/// nothing would otherwise block the send forever. After a read error the stream ends, so
+/// nothing more is read (a too-big frame's payload in particular).
 async fn close_politely(ws: &mut WebSocket, code: u16, reason: &'static str) {
     let frame = CloseFrame {
         code,
         reason: Utf8Bytes::from_static(reason),
     };
-    if ws.send(Message::Close(Some(frame))).await.is_err() {
-        return;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+    let _ = tokio::time::timeout(CLOSE_LIMIT, async {
+        if ws.send(Message::Close(Some(frame))).await.is_err() {
+            return;
+        }
         while let Some(Ok(frame)) = ws.recv().await {
             if matches!(frame, Message::Close(_)) {
                 break;
@@ -520,6 +563,20 @@ async fn close_politely(ws: &mut WebSocket, code: u16, reason: &'static str) {
         }
     })
     .await;
+}
+
+/// Whether a read failed because the client's frame or message is above the hard limit
+/// (tungstenite refuses it from the frame header, before reading its payload).
+fn is_too_big(error: &axum::Error) -> bool {
+    use std::error::Error as _;
+    matches!(
+        error
+            .source()
+            .and_then(|e| e.downcast_ref::<tungstenite::Error>()),
+        Some(tungstenite::Error::Capacity(
+            tungstenite::error::CapacityError::MessageTooLong { .. }
+        ))
+    )
 }
 
 /// When this connection closes during a drain: a random moment within the window, so a

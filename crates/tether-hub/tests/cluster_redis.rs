@@ -413,3 +413,36 @@ async fn while_redis_is_down_subscribe_and_publish_are_refused_and_the_connectio
     assert!(offset > subscribed["offset"].as_u64().unwrap());
     assert_eq!(client.messages(1).await, vec![(offset, json!("after"))]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_longer_than_a_page_arrives_whole_once_and_in_order() {
+    let hubs = redis_hubs(2, SHARED_REDIS, &unique_prefix("pages"), history()).await;
+    // More small messages than one page holds (256), so the replay crosses pages by count.
+    let mut publisher = Client::connect(hubs[0].local_addr()).await;
+    for n in 0..600 {
+        publisher
+            .send(json!({"type": "publish", "channel": "long", "data": n, "id": n}))
+            .await;
+        if n % 100 == 99 {
+            // Stay under the client frame rate limit.
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+    }
+    let mut answered = 0;
+    while answered < 600 {
+        if publisher.next().await["type"] == "published" {
+            answered += 1;
+        }
+    }
+    let mut client = Client::connect(hubs[1].local_addr()).await;
+    let subscribed = client.subscribe("long", Some(0)).await;
+    assert_eq!(subscribed["recovered"], true, "{subscribed}");
+    let replayed = client
+        .replay_until(subscribed["offset"].as_u64().unwrap())
+        .await;
+    assert_eq!(replayed, (0..600).map(|n| json!(n)).collect::<Vec<_>>());
+    let live = publish(hubs[0].local_addr(), "long", json!("live"))
+        .await
+        .unwrap();
+    assert_eq!(client.messages(1).await, vec![(live, json!("live"))]);
+}

@@ -3,26 +3,38 @@
 //!
 //! Served on `[admin] addr`, and also under `stats_uri` on the main listener when configured
 //! (like HAProxy's `stats uri`), so a browser that reaches the proxy reaches the dashboard.
+//! Every route but the page goes through [`access`]: the bearer token, the loopback rule and
+//! the refusal of cross-site browser requests are decided there, once, for both listeners.
 
 use std::convert::Infallible;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::backend::{Backend, BackendState};
 use crate::shared::Shared;
+
+mod access;
+mod ticket;
+mod token;
+
+pub use access::{Access, Need, Refusal, Via};
+pub use ticket::Tickets;
+pub use token::AdminToken;
 
 const DASHBOARD: &str = include_str!("../../../web/dashboard/index.html");
 
@@ -60,16 +72,143 @@ struct Snapshot {
     client_connections: i64,
 }
 
-pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/", get(|| async { Html(DASHBOARD) }))
+/// Which listener a router serves.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Admin,
+    Main,
+}
+
+fn router(shared: Arc<Shared>, side: Side) -> Router {
+    let guarded = |need| {
+        middleware::from_fn_with_state(
+            Gate {
+                shared: shared.clone(),
+                need,
+                side,
+            },
+            gate,
+        )
+    };
+    let reads = Router::new()
         .route("/metrics", get(metrics))
         .route("/api/backends", get(backends))
+        .route_layer(guarded(Need::Read));
+    let stream = Router::new()
+        .route("/api/events", get(events))
+        .route_layer(guarded(Need::Stream));
+    let tickets = Router::new()
+        .route("/api/events/ticket", post(ticket))
+        .route_layer(guarded(Need::Ticket));
+    let changes = Router::new()
         .route("/api/backends/{name}/drain", post(drain))
         .route("/api/backends/{name}/enable", post(enable))
         .route("/api/reload", post(reload))
-        .route("/api/events", get(events))
+        .route_layer(guarded(Need::Mutate));
+    Router::new()
+        .route("/", get(page))
+        .merge(reads)
+        .merge(stream)
+        .merge(tickets)
+        .merge(changes)
         .with_state(shared)
+}
+
+/// Serves the admin API on its own listener until the listener fails.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> io::Result<()> {
+    let addr = listener.local_addr()?;
+    if !shared.admin_access.has_token() && !addr.ip().to_canonical().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "the admin listener is not on loopback and has no [admin] token: its reads are \
+             public and only loopback clients may drain, enable or reload"
+        );
+    }
+    let app = router(shared, Side::Admin).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).await
+}
+
+/// What the access middleware of one group of routes needs to decide.
+#[derive(Clone)]
+struct Gate {
+    shared: Arc<Shared>,
+    need: Need,
+    side: Side,
+}
+
+/// Runs the request only if [`Access::check`] allows it; logs every refusal and every
+/// change that was let through, with where it came from.
+async fn gate(State(gate): State<Gate>, request: Request, next: Next) -> Response {
+    let via = match gate.side {
+        Side::Main => Via::MainListener,
+        Side::Admin => Via::AdminListener {
+            peer: request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+        },
+    };
+    let ticket = request.uri().query().and_then(ticket_param);
+    let path = request.uri().path().to_owned();
+    let access = &gate.shared.admin_access;
+    if let Err(refusal) = access.check(gate.need, via, request.headers(), ticket) {
+        tracing::info!(
+            ?via,
+            path,
+            reason = refusal.reason(),
+            "admin request refused"
+        );
+        return refusal.into_response();
+    }
+    if gate.need == Need::Mutate {
+        tracing::info!(?via, path, "admin change allowed");
+    }
+    let mut response = next.run(request).await;
+    // Admin answers describe the live system; no cache in between should keep them.
+    response
+        .headers_mut()
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The `ticket` query parameter, if any (tickets are hex: nothing to decode).
+fn ticket_param(query: &str) -> Option<&str> {
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("ticket="))
+}
+
+/// The dashboard: a static page with no data in it (everything it shows comes from the
+/// guarded endpoints), so it is served to anyone; it may not be framed by another site.
+async fn page() -> Response {
+    (
+        [
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::CONTENT_SECURITY_POLICY, "frame-ancestors 'none'"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Html(DASHBOARD),
+    )
+        .into_response()
+}
+
+/// `POST /api/events/ticket`: a single-use ticket for `api/events?ticket=…`.
+async fn ticket(State(shared): State<Arc<Shared>>) -> Response {
+    #[derive(Serialize)]
+    struct Issued {
+        ticket: String,
+        expires_in_secs: u64,
+    }
+    match shared.admin_access.tickets.issue() {
+        Ok(ticket) => Json(Issued {
+            ticket,
+            expires_in_secs: Tickets::TTL.as_secs(),
+        })
+        .into_response(),
+        Err(e) => (StatusCode::TOO_MANY_REQUESTS, format!("{e}\n")).into_response(),
+    }
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
@@ -152,8 +291,8 @@ pub async fn serve_on_main(shared: Arc<Shared>, stream: TcpStream, head: Vec<u8>
     };
     // Nesting serves `/_tether`; `/_tether/` is routed to the page explicitly.
     let app = Router::new()
-        .nest(&prefix, router(shared.clone()))
-        .route(&format!("{prefix}/"), get(|| async { Html(DASHBOARD) }));
+        .nest(&prefix, router(shared.clone(), Side::Main))
+        .route(&format!("{prefix}/"), get(page));
     let io = hyper_util::rt::TokioIo::new(Prefixed {
         prefix: head,
         pos: 0,

@@ -16,6 +16,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+pub use crate::admin::AdminToken;
+
 /// A configuration that could not be used.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {key}: {problem}")]
@@ -83,6 +85,15 @@ pub struct AdminConfig {
     /// Also serve the admin API and dashboard under this path on the main listener (like
     /// HAProxy's `stats uri`); empty turns it off.
     pub stats_uri: String,
+    /// The bearer token mutating endpoints require (and reads, with `read = "token"`). Once
+    /// loaded it is the token in effect, whether written here or read from `token_file`.
+    /// Without one, mutating endpoints answer loopback peers of the admin listener only.
+    pub token: Option<AdminToken>,
+    /// A file whose content, trimmed, is the token (a relative path is taken from the
+    /// configuration file's directory). Keeps the secret out of a file that is shared.
+    pub token_file: Option<PathBuf>,
+    /// Who may read `/metrics`, `/api/backends` and `/api/events`.
+    pub read: ReadAccess,
 }
 
 impl Default for AdminConfig {
@@ -91,7 +102,53 @@ impl Default for AdminConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
             enabled: true,
             stats_uri: String::new(),
+            token: None,
+            token_file: None,
+            read: ReadAccess::Public,
         }
+    }
+}
+
+/// Who may use the admin API's reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadAccess {
+    /// Anyone who reaches the listener, as Prometheus scrapers expect.
+    #[default]
+    Public,
+    /// Only requests with the admin token (or, for the event stream, a ticket bought with it).
+    Token,
+}
+
+impl AdminConfig {
+    /// Largest token file read: a token is at most 1 KiB; this guards against a path such
+    /// as `/dev/zero` given by mistake.
+    const TOKEN_FILE_CAP: u64 = 64 * 1024;
+
+    /// Reads `token_file` into `token`. `base` is the directory relative paths start from.
+    fn load_token_file(&mut self, base: Option<&Path>) -> Result<(), (String, String)> {
+        let Some(file) = &self.token_file else {
+            return Ok(());
+        };
+        let key = "admin.token_file".to_owned();
+        if self.token.is_some() {
+            return Err((key, "set `token` or `token_file`, not both".into()));
+        }
+        let path = match base {
+            Some(base) if file.is_relative() => base.join(file),
+            _ => file.clone(),
+        };
+        let mut text = String::new();
+        std::fs::File::open(&path)
+            .and_then(|f| {
+                use std::io::Read;
+                f.take(Self::TOKEN_FILE_CAP).read_to_string(&mut text)
+            })
+            .map_err(|e| (key.clone(), format!("cannot read {}: {e}", path.display())))?;
+        let token = AdminToken::new(text.trim())
+            .map_err(|problem| (key, format!("{}: {problem}", path.display())))?;
+        self.token = Some(token);
+        Ok(())
     }
 }
 
@@ -337,22 +394,24 @@ fn one() -> u32 {
 }
 
 impl Config {
-    /// Reads, parses and validates a file.
+    /// Reads, parses and validates a file. Files it names (`admin.token_file`) are read
+    /// now, relative to its directory.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_owned(),
             key: "-".to_owned(),
             problem: format!("cannot read: {e}"),
         })?;
-        Self::parse(&text, path)
+        Self::parse(&text, path, path.parent())
     }
 
-    /// Parses and validates TOML text (reported as `<inline>`).
+    /// Parses and validates TOML text (reported as `<inline>`); relative paths in it are
+    /// taken from the current directory.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        Self::parse(text, Path::new("<inline>"))
+        Self::parse(text, Path::new("<inline>"), None)
     }
 
-    fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+    fn parse(text: &str, file: &Path, base: Option<&Path>) -> Result<Config, ConfigError> {
         let de = toml::Deserializer::parse(text).map_err(|e| ConfigError {
             file: file.to_owned(),
             key: e
@@ -361,11 +420,19 @@ impl Config {
                 .unwrap_or_else(|| "-".to_owned()),
             problem: e.message().to_owned(),
         })?;
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| ConfigError {
+        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| ConfigError {
             file: file.to_owned(),
             key: display_path(e.path()),
             problem: e.inner().message().to_owned(),
         })?;
+        config
+            .admin
+            .load_token_file(base)
+            .map_err(|(key, problem)| ConfigError {
+                file: file.to_owned(),
+                key,
+                problem,
+            })?;
         config.validate().map_err(|(key, problem)| ConfigError {
             file: file.to_owned(),
             key,
@@ -418,6 +485,12 @@ impl Config {
         let s = &self.admin.stats_uri;
         if !(s.is_empty() || (s.starts_with('/') && s.ends_with('/'))) {
             return err("admin.stats_uri", "must start and end with `/`".into());
+        }
+        if self.admin.read == ReadAccess::Token && self.admin.token.is_none() {
+            return err(
+                "admin.read",
+                "`token` needs `admin.token` or `admin.token_file`".into(),
+            );
         }
         let h = &self.health;
         if h.rise == 0 || h.fall == 0 {
@@ -546,6 +619,59 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(e.key, "balance.key");
+    }
+
+    #[test]
+    fn admin_defaults_to_no_token_and_public_reads() {
+        let c = Config::from_toml(MINIMAL).unwrap();
+        assert!(c.admin.token.is_none());
+        assert_eq!(c.admin.read, ReadAccess::Public);
+    }
+
+    #[test]
+    fn token_file_is_read_trimmed_relative_to_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("tether-config-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("admin.token"), "\n  0123456789abcdef0123\n").unwrap();
+        let path = dir.join("proxy.toml");
+        std::fs::write(
+            &path,
+            format!("[admin]\ntoken_file = \"admin.token\"\nread = \"token\"\n{MINIMAL}"),
+        )
+        .unwrap();
+        let c = Config::from_file(&path).unwrap();
+        assert_eq!(
+            c.admin.token.as_ref().map(AdminToken::expose),
+            Some("0123456789abcdef0123")
+        );
+        assert!(!format!("{c:?}").contains("0123456789abcdef0123"));
+    }
+
+    #[test]
+    fn unreadable_token_file_names_the_file() {
+        let e = Config::from_toml(&format!(
+            "[admin]\ntoken_file = \"/nonexistent/tether.token\"\n{MINIMAL}"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "admin.token_file");
+        assert!(e.problem.contains("/nonexistent/tether.token"), "{e}");
+    }
+
+    #[test]
+    fn bad_admin_tokens_are_refused_without_being_echoed() {
+        let e = Config::from_toml(&format!("[admin]\ntoken = \"hunter2\"\n{MINIMAL}")).unwrap_err();
+        assert_eq!(e.key, "admin.token");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let both =
+            format!("[admin]\ntoken = \"0123456789abcdef0123\"\ntoken_file = \"t\"\n{MINIMAL}");
+        assert_eq!(
+            Config::from_toml(&both).unwrap_err().key,
+            "admin.token_file"
+        );
+        let e = Config::from_toml(&format!("[admin]\nread = \"token\"\n{MINIMAL}")).unwrap_err();
+        assert_eq!(e.key, "admin.read");
+        let e = Config::from_toml(&format!("[admin]\nread = \"private\"\n{MINIMAL}")).unwrap_err();
+        assert!(e.problem.contains("public"), "{e}");
     }
 
     #[test]

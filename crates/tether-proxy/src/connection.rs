@@ -2,6 +2,8 @@
 //!
 //! The handshake future is boxed and dropped before the tunnel starts, so nothing it needed
 //! (the head buffer, the parsed header table) stays alive for the life of the WebSocket.
+//! Every phase ends when the proxy's [`CloseSignal`](crate::tunnel::CloseSignal) is raised
+//! (shutdown past the grace period).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -14,13 +16,15 @@ use tracing::{debug, debug_span, info, Instrument};
 
 use crate::backend::{Backend, BackendId, Lease};
 use crate::balance::PickError;
+use crate::body::Body;
 use crate::client_ip::{parse_proxy_header, ProxyHeader};
 use crate::config::Strategy;
+use crate::exchange::{self, note_failure, Sent, Switched};
 use crate::handshake::{self, ReadError, Reject, RequestHead};
 use crate::key::routing_key;
 use crate::limits::Admitted;
 use crate::shared::{ClientGauge, Shared};
-use crate::tunnel::{self, Counters};
+use crate::tunnel::{self, Closer, Counters};
 
 /// The identifier of a client connection in logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,19 +38,12 @@ impl std::fmt::Display for ConnId {
 
 /// What the handshake produced.
 enum Handshake {
-    /// The backend answered and the response went to the client; bytes flow from now on.
-    Forwarded(Upstream),
+    /// The request went to a backend; its answer is awaited next.
+    Sent(Sent),
     /// The request was for the admin pages under `stats_uri`; the head is handed over.
     Admin(Vec<u8>),
     /// Nothing more to do (the client left, or was answered by the proxy).
     Done,
-}
-
-struct Upstream {
-    stream: TcpStream,
-    lease: Lease,
-    client_ip: IpAddr,
-    status: u16,
 }
 
 /// What keeps a connection counted while it is open.
@@ -70,21 +67,57 @@ pub async fn handle(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr
     // A debug span: at the default level it is disabled and costs nothing, where an enabled
     // span formatted and stored its fields for every connection (~2 % of a handshake's CPU).
     let span = debug_span!("conn", %id, %peer);
-    let outcome = Box::pin(handshake(&shared, &mut client, peer, started))
-        .instrument(span)
-        .await;
-    match outcome {
-        Handshake::Forwarded(upstream) => {
+    // Both phases in one future, so listening for the close signal costs one registration.
+    let phases = async {
+        let handshake = Box::pin(handshake(&shared, &mut client, peer, started))
+            .instrument(span.clone())
+            .await;
+        match handshake {
+            Handshake::Sent(sent) => Box::pin(exchange::run(&shared, &mut client, sent))
+                .instrument(span)
+                .await
+                .map(Next::Tunnel),
+            Handshake::Admin(head) => Some(Next::Admin(head)),
+            Handshake::Done => None,
+        }
+    };
+    match until_closed(&shared, id, phases).await.flatten() {
+        Some(Next::Tunnel(switched)) => {
             let open = Open {
                 _gauge: gauge,
                 _admitted: admitted,
             };
             tokio::spawn(relay(Tunnel::new(
-                shared, client, upstream, id, started, open,
+                shared, client, switched, id, started, open,
             )));
         }
-        Handshake::Admin(head) => Box::pin(crate::admin::serve_on_main(shared, client, head)).await,
-        Handshake::Done => {}
+        Some(Next::Admin(head)) => {
+            let admin = Box::pin(crate::admin::serve_on_main(shared.clone(), client, head));
+            until_closed(&shared, id, admin).await;
+        }
+        None => {}
+    }
+}
+
+/// What a connection does after its handshake.
+enum Next {
+    Tunnel(Switched),
+    Admin(Vec<u8>),
+}
+
+/// Runs `phase` unless the proxy closes its connections first (`None` then; dropping the
+/// phase closes its sockets).
+async fn until_closed<T>(
+    shared: &Shared,
+    id: ConnId,
+    phase: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        out = phase => Some(out),
+        reason = shared.closing.closed(id.0) => {
+            debug!(conn = id.0, ?reason, "closed before its tunnel started");
+            None
+        }
     }
 }
 
@@ -101,7 +134,7 @@ async fn refuse(shared: &Shared, client: &mut TcpStream, reject: Reject) {
 /// Closing a socket that still has unread request bytes sends a reset, which can destroy the
 /// response before the client reads it. So after answering, read and discard what the client
 /// still sends until it closes, for a short while.
-async fn linger(client: &mut TcpStream) {
+pub(crate) async fn linger(client: &mut TcpStream) {
     use tokio::io::AsyncReadExt;
     let mut sink = [0u8; 512];
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
@@ -137,8 +170,8 @@ async fn handshake(
             return Handshake::Done;
         }
     };
-    match route(shared, client, &buf, head_len, peer_ip).await {
-        Ok(Routed::Backend(upstream)) => Handshake::Forwarded(upstream),
+    match route(shared, &buf, head_len, peer_ip).await {
+        Ok(Routed::Backend(sent)) => Handshake::Sent(sent),
         Ok(Routed::Admin) => Handshake::Admin(buf),
         Err(Some(reject)) => {
             refuse(shared, client, reject).await;
@@ -183,17 +216,16 @@ async fn read_proxy_header(
 
 /// Where a request went.
 enum Routed {
-    /// To a backend, whose response head the client already has.
-    Backend(Upstream),
+    /// To a backend, which has the head and the body bytes that came with it.
+    Backend(Sent),
     /// Nowhere yet: it is for the admin pages under `stats_uri`.
     Admin,
 }
 
-/// Checks the request, chooses a backend, forwards the head and relays the response head.
-/// `Err(None)`: the client is gone, nothing to answer.
+/// Checks the request, chooses a backend and forwards the head (with the part of the body
+/// that came with it). `Err(None)`: the client is gone, nothing to answer.
 async fn route(
     shared: &Shared,
-    client: &mut TcpStream,
     buf: &[u8],
     head_len: usize,
     peer_ip: IpAddr,
@@ -221,50 +253,48 @@ async fn route(
         .as_ref()
         .filter(|_| shared.config.balance.strategy == Strategy::ConsistentHash)
         .and_then(|source| routing_key(source, &head, buf, client_ip));
-    let mut out = Vec::with_capacity(head_len + 128 + buf.len() - head_len);
+    // Only the body of this request goes up with its head. What follows is a WebSocket's
+    // early frames (held until `101`) or a second request (never forwarded).
+    let after_head = &buf[head_len..];
+    let mut upload = Body::new(head.framing);
+    let body_len = upload
+        .feed(after_head)
+        .map_err(|_| Some(Reject::BadRequest("malformed chunked body")))?;
+    let early = if head.websocket {
+        after_head[body_len..].to_vec()
+    } else {
+        Vec::new()
+    };
+    let mut out = Vec::with_capacity(head_len + 128 + body_len);
     head.forward(buf, client_ip, peer_trusted, !head.websocket, &mut out);
-    out.extend_from_slice(&buf[head_len..]);
+    out.extend_from_slice(&after_head[..body_len]);
     let sent_at = Instant::now();
-    let (mut backend_stream, lease) = connect(
+    let (backend_stream, lease) = connect(
         shared,
         sticky.clone(),
         key.as_ref().map(|k| k.as_bytes()),
         &out,
     )
     .await?;
-    let backend = lease.backend().clone();
-    let response = read_response(shared, &mut backend_stream).await;
-    let Some((mut response, head)) = response else {
-        note_failure(shared, &backend, "no valid response head");
-        return Err(Some(Reject::BackendFailed));
-    };
-    shared
-        .metrics
-        .handshake_seconds
-        .observe(sent_at.elapsed().as_secs_f64());
-    backend
-        .metrics
-        .record_handshake(&shared.metrics, &backend.name, head.status);
-    if head.status >= 500 {
-        note_failure(shared, &backend, "5xx response to a handshake");
-    } else {
-        backend.record_success(shared.config.health.rise);
-    }
+    let backend = lease.backend();
     let cookie = &shared.config.balance.cookie;
-    let cookie_ok = head.status < 400 && !cookie.is_empty();
-    if cookie_ok && sticky.as_ref().is_none_or(|b| !Arc::ptr_eq(b, &backend)) {
-        let line = format!(
-            "Set-Cookie: {cookie}={}; Path=/; HttpOnly; SameSite=Lax",
-            backend.cookie
-        );
-        handshake::insert_header(&mut response, head.len, &line);
-    }
-    client.write_all(&response).await.map_err(|_| None)?;
-    Ok(Routed::Backend(Upstream {
-        stream: backend_stream,
+    let cookie = (!cookie.is_empty() && sticky.as_ref().is_none_or(|b| !Arc::ptr_eq(b, backend)))
+        .then(|| {
+            format!(
+                "Set-Cookie: {cookie}={}; Path=/; HttpOnly; SameSite=Lax",
+                backend.cookie
+            )
+        });
+    Ok(Routed::Backend(Sent {
+        backend: backend_stream,
         lease,
         client_ip,
-        status: head.status,
+        websocket: head.websocket,
+        head_request: head.is_head(buf),
+        upload,
+        early,
+        cookie,
+        sent_at,
     }))
 }
 
@@ -356,67 +386,14 @@ async fn open(addr: SocketAddr, head: &[u8], limit: Duration) -> std::io::Result
     Ok(stream)
 }
 
-fn note_failure(shared: &Shared, backend: &Backend, cause: &str) {
-    debug!(backend = %backend.name, cause, "backend failure");
-    backend.metrics.failures.inc();
-    let transition = backend.record_failure(shared.config.health.fall);
-    crate::health::log_transition(
-        backend,
-        transition,
-        Some(std::io::Error::other(cause.to_owned())),
-    );
-}
-
-/// Reads the backend's response head. Returns the bytes read (head plus whatever followed it)
-/// and the parsed head.
-async fn read_response(
-    shared: &Shared,
-    backend: &mut TcpStream,
-) -> Option<(Vec<u8>, handshake::ResponseHead)> {
-    use tokio::io::AsyncReadExt;
-    let deadline = Instant::now() + shared.config.timeouts.response;
-    let mut buf = Vec::with_capacity(512);
-    loop {
-        let n = tokio::time::timeout_at(deadline, backend.read_buf(&mut buf))
-            .await
-            .ok()?
-            .ok()?;
-        if n == 0 {
-            return None;
-        }
-        if let Some(head) = handshake::parse_response(&buf) {
-            return Some((buf, head));
-        }
-        if buf.len() > shared.config.limits.max_head_bytes {
-            return None;
-        }
-    }
-}
-
-/// What a connection holds on its backend after the response head.
-enum Hold {
-    /// A WebSocket: a lease, counted as a live tunnel.
-    Tunnel(Lease),
-    /// The rest of one plain HTTP exchange: not a tunnel, so least-connections ignores it.
-    Request(Arc<Backend>),
-}
-
-impl Hold {
-    fn backend(&self) -> &Arc<Backend> {
-        match self {
-            Hold::Tunnel(lease) => lease.backend(),
-            Hold::Request(backend) => backend,
-        }
-    }
-}
-
 /// Everything the tunnel's task owns. Kept in one place (and borrowed, not destructured) so
 /// the task's state machine stores each piece once.
 struct Tunnel {
     shared: Arc<Shared>,
     client: TcpStream,
     backend: TcpStream,
-    hold: Hold,
+    /// Counts the tunnel on its backend (least-connections, `maxconn`) while it lives.
+    lease: Lease,
     client_ip: IpAddr,
     id: ConnId,
     started: Instant,
@@ -427,22 +404,17 @@ impl Tunnel {
     fn new(
         shared: Arc<Shared>,
         client: TcpStream,
-        upstream: Upstream,
+        switched: Switched,
         id: ConnId,
         started: Instant,
         open: Open,
     ) -> Tunnel {
-        let hold = if upstream.status == 101 {
-            Hold::Tunnel(upstream.lease)
-        } else {
-            Hold::Request(upstream.lease.backend().clone())
-        };
         Tunnel {
             shared,
             client,
-            backend: upstream.stream,
-            hold,
-            client_ip: upstream.client_ip,
+            backend: switched.backend,
+            lease: switched.lease,
+            client_ip: switched.client_ip,
             id,
             started,
             _open: open,
@@ -450,42 +422,39 @@ impl Tunnel {
     }
 }
 
-/// After the response head: the tunnel for a WebSocket, or the rest of one plain HTTP exchange.
+/// The tunnel of a WebSocket, after `101`.
 async fn relay(t: Tunnel) {
-    let backend = t.hold.backend();
+    let backend: &Backend = t.lease.backend();
     let counters = Counters {
         to_backend: &backend.metrics.bytes_to_backend,
         to_client: &backend.metrics.bytes_to_client,
     };
     let idle = Some(t.shared.config.timeouts.tunnel_idle).filter(|d| !d.is_zero());
-    let outcome = tunnel::run(&t.client, &t.backend, idle, &counters).await;
-    match &t.hold {
-        Hold::Tunnel(_) => {
-            t.shared
-                .metrics
-                .tunnels_ended
-                .get_or_create(&crate::metrics::EndLabels {
-                    reason: outcome.reason,
-                })
-                .inc();
-            // Plain values where they do (an integer, a `&str`): the line is written once
-            // per tunnel, and a `Display` wrapper costs a formatting pass per field.
-            info!(
-                conn = t.id.0,
-                client = %t.client_ip,
-                backend = &*backend.name,
-                duration = ?round(t.started.elapsed()),
-                bytes_to_backend = outcome.to_backend,
-                bytes_to_client = outcome.to_client,
-                reason = ?outcome.reason,
-                error = ?outcome.error,
-                "tunnel ended"
-            );
-        }
-        Hold::Request(_) => {
-            debug!(conn = %t.id, client = %t.client_ip, backend = %backend.name, "request done")
-        }
-    }
+    let closer = Closer {
+        signal: &t.shared.closing,
+        key: t.id.0,
+    };
+    let outcome = tunnel::run(&t.client, &t.backend, idle, &counters, closer).await;
+    t.shared
+        .metrics
+        .tunnels_ended
+        .get_or_create(&crate::metrics::EndLabels {
+            reason: outcome.reason,
+        })
+        .inc();
+    // Plain values where they do (an integer, a `&str`): the line is written once per
+    // tunnel, and a `Display` wrapper costs a formatting pass per field.
+    info!(
+        conn = t.id.0,
+        client = %t.client_ip,
+        backend = &*backend.name,
+        duration = ?round(t.started.elapsed()),
+        bytes_to_backend = outcome.to_backend,
+        bytes_to_client = outcome.to_client,
+        reason = ?outcome.reason,
+        error = ?outcome.error,
+        "tunnel ended"
+    );
 }
 
 fn round(d: Duration) -> Duration {
@@ -509,11 +478,10 @@ mod tests {
         let (backend, _) = l.accept().await.unwrap();
         let peer = client.local_addr().unwrap();
         let set = shared.registry.snapshot();
-        let upstream = super::Upstream {
-            stream: backend,
+        let switched = crate::exchange::Switched {
+            backend,
             lease: set.backends[0].lease(),
             client_ip: peer.ip(),
-            status: 101,
         };
         let open = super::Open {
             _gauge: crate::shared::ClientGauge::new(&shared),
@@ -522,7 +490,7 @@ mod tests {
         let tunnel = super::Tunnel::new(
             shared.clone(),
             client,
-            upstream,
+            switched,
             super::ConnId(1),
             tokio::time::Instant::now(),
             open,

@@ -6,6 +6,7 @@
 
 use std::io;
 use std::net::IpAddr;
+use std::num::NonZeroU64;
 use std::ops::Range;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::body::Framing;
 use crate::metrics::RejectReason;
 
 /// Why a request is answered by the proxy itself, with the status it gets.
@@ -129,8 +131,13 @@ pub async fn read_head(
     started: Instant,
 ) -> Result<usize, ReadError> {
     let mut scanned = 0;
+    let mut checked = 0;
     loop {
-        if let Some(end) = find_head_end(buf, scanned) {
+        let end = find_head_end(buf, scanned);
+        let head_so_far = end.unwrap_or(buf.len());
+        check_head_bytes(buf, checked, head_so_far).map_err(ReadError::Reject)?;
+        checked = head_so_far;
+        if let Some(end) = end {
             return Ok(end);
         }
         scanned = buf.len().saturating_sub(3);
@@ -152,6 +159,29 @@ pub async fn read_head(
             Ok(Err(e)) => return Err(ReadError::Io(e)),
         }
     }
+}
+
+/// Refuses a head as soon as its bytes show it is not HTTP/1.x, instead of waiting for a
+/// blank line that will never come: a first byte that cannot start a method (a TLS
+/// ClientHello starts with `0x16`), or a line feed without its carriage return (a bare-LF
+/// head, which some servers read differently from others). Checks `buf[from..to]`.
+fn check_head_bytes(buf: &[u8], from: usize, to: usize) -> Result<(), Reject> {
+    if from == 0 && to > 0 && !is_tchar(buf[0]) {
+        return Err(Reject::BadRequest("not an HTTP/1.x request"));
+    }
+    let bare_lf = buf[from..to]
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (from + i == 0 || buf[from + i - 1] != b'\r'));
+    if bare_lf {
+        return Err(Reject::BadRequest("line feed without carriage return"));
+    }
+    Ok(())
+}
+
+/// A byte allowed in a method token (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
@@ -178,6 +208,8 @@ pub struct RequestHead {
     headers: Vec<HeaderPos>,
     /// True when this is a valid WebSocket upgrade.
     pub websocket: bool,
+    /// Where the request's body ends.
+    pub framing: Framing,
 }
 
 fn range_in(buf: &[u8], part: &[u8]) -> Range<usize> {
@@ -230,6 +262,7 @@ impl RequestHead {
             minor_version: version,
             headers,
             websocket: false,
+            framing: Framing::Empty,
         };
         head.check(buf)?;
         Ok(head)
@@ -237,19 +270,14 @@ impl RequestHead {
 
     /// Request-smuggling and WebSocket rules (RFC 9112 §6.3, RFC 6455 §4.2.1).
     fn check(&mut self, buf: &[u8]) -> Result<(), Reject> {
-        if self.minor_version == 1 && self.header(buf, "host").is_none() {
-            return Err(Reject::BadRequest("HTTP/1.1 request without Host"));
+        match self.headers_named(buf, "host").count() {
+            0 if self.minor_version == 1 => {
+                return Err(Reject::BadRequest("HTTP/1.1 request without Host"))
+            }
+            0 | 1 => {}
+            _ => return Err(Reject::BadRequest("more than one Host header")),
         }
-        if self.header(buf, "transfer-encoding").is_some()
-            && self.header(buf, "content-length").is_some()
-        {
-            return Err(Reject::BadRequest(
-                "both Transfer-Encoding and Content-Length",
-            ));
-        }
-        if !self.content_length_is_valid(buf) {
-            return Err(Reject::BadRequest("invalid Content-Length"));
-        }
+        self.framing = self.request_framing(buf)?;
         let upgrade = self.header(buf, "upgrade").is_some_and(|v| {
             v.split(|&b| b == b',')
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"websocket"))
@@ -262,6 +290,11 @@ impl RequestHead {
                 "a WebSocket upgrade must be GET over HTTP/1.1",
             ));
         }
+        if self.framing != Framing::Empty {
+            // Bytes after the head of an upgrade are WebSocket frames, held until `101`;
+            // a body would make them ambiguous.
+            return Err(Reject::BadRequest("a WebSocket upgrade with a body"));
+        }
         let connection_upgrade = self.headers_named(buf, "connection").any(|v| {
             v.split(|&b| b == b',')
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
@@ -271,9 +304,12 @@ impl RequestHead {
                 "WebSocket upgrade without `Connection: upgrade`",
             ));
         }
-        match self.header(buf, "sec-websocket-key") {
-            Some(k) if k.trim_ascii().len() == 24 => {}
-            _ => return Err(Reject::BadRequest("missing or malformed Sec-WebSocket-Key")),
+        let key_ok = {
+            let mut keys = self.headers_named(buf, "sec-websocket-key");
+            matches!((keys.next(), keys.next()), (Some(k), None) if is_websocket_key(k.trim_ascii()))
+        };
+        if !key_ok {
+            return Err(Reject::BadRequest("missing or malformed Sec-WebSocket-Key"));
         }
         if self
             .header(buf, "sec-websocket-version")
@@ -286,17 +322,32 @@ impl RequestHead {
         Ok(())
     }
 
-    /// All `Content-Length` headers agree and are numbers (or there are none).
-    fn content_length_is_valid(&self, buf: &[u8]) -> bool {
-        let mut lengths = self.headers_named(buf, "content-length");
-        let Some(first) = lengths.next() else {
-            return true;
-        };
-        let numeric = std::str::from_utf8(first)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .is_some();
-        numeric && lengths.all(|v| v == first)
+    /// Where the body ends (RFC 9112 §6.3), refusing every head whose framing two servers
+    /// could read differently: both `Transfer-Encoding` and `Content-Length`, lengths that
+    /// disagree or are not numbers, a transfer coding that does not end in `chunked`, or any
+    /// transfer coding in HTTP/1.0.
+    fn request_framing(&self, buf: &[u8]) -> Result<Framing, Reject> {
+        let length = content_length(self.headers_named(buf, "content-length"))
+            .map_err(|()| Reject::BadRequest("invalid Content-Length"))?;
+        let chunked = transfer_chunked(self.headers_named(buf, "transfer-encoding"));
+        match (chunked, length) {
+            (None, length) => Ok(length.unwrap_or(Framing::Empty)),
+            (Some(_), Some(_)) => Err(Reject::BadRequest(
+                "both Transfer-Encoding and Content-Length",
+            )),
+            (Some(_), None) if self.minor_version == 0 => Err(Reject::BadRequest(
+                "Transfer-Encoding in an HTTP/1.0 request",
+            )),
+            (Some(true), None) => Ok(Framing::Chunked),
+            (Some(false), None) => Err(Reject::BadRequest(
+                "Transfer-Encoding that does not end in chunked",
+            )),
+        }
+    }
+
+    /// True for `HEAD`, whose response has no body whatever its headers say.
+    pub fn is_head(&self, buf: &[u8]) -> bool {
+        &buf[self.method.clone()] == b"HEAD"
     }
 
     /// The first value of a header (case-insensitive name).
@@ -417,7 +468,57 @@ impl RequestHead {
     }
 }
 
-fn is_hop_by_hop(name: &[u8]) -> bool {
+/// The `Content-Length` of a head: `Ok(None)` without one, `Err` when the values are not all
+/// the same number.
+pub(crate) fn content_length<'b>(
+    mut values: impl Iterator<Item = &'b [u8]>,
+) -> Result<Option<Framing>, ()> {
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    let n = std::str::from_utf8(first)
+        .ok()
+        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or(())?;
+    if !values.all(|v| v == first) {
+        return Err(());
+    }
+    Ok(Some(
+        NonZeroU64::new(n).map_or(Framing::Empty, Framing::Length),
+    ))
+}
+
+/// `None` without `Transfer-Encoding`; otherwise whether its codings end in a single `chunked`.
+pub(crate) fn transfer_chunked<'b>(values: impl Iterator<Item = &'b [u8]>) -> Option<bool> {
+    let mut any = false;
+    let mut chunked_count = 0;
+    let mut last_is_chunked = false;
+    for value in values {
+        any = true;
+        for coding in value.split(|&b| b == b',') {
+            let coding = coding.trim_ascii();
+            if coding.is_empty() {
+                continue;
+            }
+            last_is_chunked = coding.eq_ignore_ascii_case(b"chunked");
+            chunked_count += usize::from(last_is_chunked);
+        }
+    }
+    any.then_some(last_is_chunked && chunked_count == 1)
+}
+
+/// A `Sec-WebSocket-Key` is the base64 of 16 bytes (RFC 6455 §4.1): 22 characters of the
+/// base64 alphabet, `==`, and no stray bits in the last character (a canonical encoding).
+fn is_websocket_key(key: &[u8]) -> bool {
+    let b64 = |b: &u8| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/';
+    key.len() == 24
+        && key[..22].iter().all(b64)
+        && &key[22..] == b"=="
+        && b"AQgw".contains(&key[21])
+}
+
+pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
     [
         &b"connection"[..],
         b"keep-alive",
@@ -428,38 +529,11 @@ fn is_hop_by_hop(name: &[u8]) -> bool {
     .any(|h| name.eq_ignore_ascii_case(h))
 }
 
-fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub(crate) fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-/// The parts of a backend's response head the proxy acts on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ResponseHead {
-    pub status: u16,
-    /// Length of the head in the buffer, including the blank line.
-    pub len: usize,
-}
-
-/// Parses a complete response head.
-pub fn parse_response(buf: &[u8]) -> Option<ResponseHead> {
-    let mut storage = [httparse::EMPTY_HEADER; 96];
-    let mut res = httparse::Response::new(&mut storage);
-    match res.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => Some(ResponseHead {
-            status: res.code?,
-            len,
-        }),
-        _ => None,
-    }
-}
-
-/// Inserts a header line just before the blank line that ends a head of `head_len` bytes.
-pub fn insert_header(buf: &mut Vec<u8>, head_len: usize, line: &str) {
-    let at = head_len - 2;
-    buf.splice(at..at, line.bytes().chain(*b"\r\n"));
 }
 
 #[cfg(test)]
@@ -486,6 +560,13 @@ mod tests {
             ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
             ("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n", 400),
             ("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n", 426),
+            ("GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nContent-Length: 3\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZR==\r\nSec-WebSocket-Version: 13\r\n\r\n", 400),
         ];
         for (head, status) in cases {
             let err = RequestHead::parse(head.as_bytes(), 64).unwrap_err();
@@ -496,6 +577,33 @@ mod tests {
             RequestHead::parse(many.as_bytes(), 5).unwrap_err().status(),
             431
         );
+    }
+
+    #[test]
+    fn request_framing_follows_rfc_9112() {
+        let framing = |head: &str| RequestHead::parse(head.as_bytes(), 64).unwrap().framing;
+        assert_eq!(framing("GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Framing::Empty);
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n"),
+            Framing::Empty
+        );
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 7\r\n\r\n"),
+            Framing::Length(NonZeroU64::new(7).unwrap())
+        );
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n"),
+            Framing::Chunked
+        );
+    }
+
+    #[test]
+    fn bytes_that_cannot_start_a_head_are_seen_at_once() {
+        assert!(check_head_bytes(b"\x16\x03\x01", 0, 3).is_err());
+        assert!(check_head_bytes(b"GET / HTTP/1.1\n", 0, 15).is_err());
+        assert!(check_head_bytes(b"GET / HTTP/1.1\r\nHost: a\r\n", 0, 25).is_ok());
+        // A CR at the end of one read and its LF at the start of the next.
+        assert!(check_head_bytes(b"GET / HTTP/1.1\r\n", 15, 16).is_ok());
     }
 
     #[test]
@@ -534,19 +642,6 @@ mod tests {
         assert!(
             text.contains("X-Forwarded-For: 1.2.3.4, 10.0.0.1, 10.0.0.2\r\n"),
             "{text}"
-        );
-    }
-
-    #[test]
-    fn header_is_inserted_before_the_blank_line() {
-        let mut buf =
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\nFRAME".to_vec();
-        let head = parse_response(&buf).unwrap();
-        assert_eq!(head.status, 101);
-        insert_header(&mut buf, head.len, "Set-Cookie: s=1");
-        assert_eq!(
-            buf,
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSet-Cookie: s=1\r\n\r\nFRAME"
         );
     }
 
@@ -601,7 +696,7 @@ mod tests {
                     head.forwarded_for(&input),
                 );
             }
-            let _ = parse_response(&input);
+            let _ = crate::response::parse_response(&input);
             let _ = crate::client_ip::parse_proxy_header(&input);
         }
     }

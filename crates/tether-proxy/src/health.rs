@@ -90,7 +90,8 @@ async fn check(kind: CheckKind, backend: &Backend, path: &str) -> io::Result<()>
 async fn expect_status(stream: &mut TcpStream, ok: impl Fn(u16) -> bool) -> io::Result<()> {
     let mut buf = Vec::with_capacity(512);
     loop {
-        if let Some(head) = crate::handshake::parse_response(&buf) {
+        let parsed = crate::response::parse_response(&buf).map_err(io::Error::other)?;
+        if let Some(head) = parsed {
             return if ok(head.status) {
                 Ok(())
             } else {

@@ -22,9 +22,11 @@
 pub mod admin;
 pub mod backend;
 pub mod balance;
+pub mod body;
 pub mod client_ip;
 pub mod config;
 mod connection;
+mod exchange;
 pub mod handshake;
 pub mod health;
 pub mod key;
@@ -32,13 +34,14 @@ pub mod limits;
 mod listener;
 pub mod metrics;
 pub mod prefixed;
+pub mod response;
 mod shared;
 pub mod tls;
 pub mod tunnel;
 
 pub use backend::BackendState;
 pub use config::{Config, ConfigError};
-pub use listener::{Proxy, ProxyError, RunningProxy};
+pub use listener::{Proxy, ProxyError, RunningProxy, Stopped};
 
 use shared::Shared;
 

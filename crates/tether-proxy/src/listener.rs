@@ -15,7 +15,11 @@ use tracing::{error, info, warn};
 use crate::admin::BackendView;
 use crate::connection::{self, ConnId};
 use crate::shared::Shared;
+use crate::tunnel::CloseReason;
 use crate::{health, Config, ReloadError};
+
+/// How long closed connections get to finish closing after the grace period.
+const CLOSE_PATIENCE: Duration = Duration::from_secs(2);
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -73,22 +77,25 @@ impl Proxy {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// Serves until `shutdown` completes, then stops accepting and waits up to
-    /// `runtime.grace` for open connections to finish.
+    /// Serves until `shutdown` completes, then stops accepting, waits up to `runtime.grace`
+    /// for open connections to finish, and closes the ones that remain (their tunnels end
+    /// with reason `Shutdown`). It returns once they are gone, so a proxy embedded in a
+    /// larger program (the demo, tests) leaves no tunnel, admin listener or health check
+    /// behind.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let addr = self.local_addr();
         let shared = self.shared.clone();
         for backend in shared.registry.snapshot().backends.iter() {
             health::spawn(backend.clone(), shared.config.health.clone());
         }
-        if let Some(admin) = self.admin {
-            let router = crate::admin::router(shared.clone());
+        let admin = self.admin.map(|admin| {
+            let serving = crate::admin::serve(admin, shared.clone());
             tokio::spawn(async move {
-                if let Err(e) = axum::serve(admin, router).await {
+                if let Err(e) = serving.await {
                     error!(error = %e, "admin listener failed");
                 }
-            });
-        }
+            })
+        });
         info!(%addr, backends = shared.registry.snapshot().backends.len(), "proxy listening");
         tokio::select! {
             () = accept_loop(self.listener, shared.clone()) => {}
@@ -103,6 +110,20 @@ impl Proxy {
         let left = shared.gate.open();
         if left > 0 {
             warn!(left, "grace period over; closing the remaining connections");
+        }
+        shared.closing.close(CloseReason::Shutdown);
+        // Each connection ends at its next poll; this waits for them to be counted and
+        // their sockets closed, bounded in case one is stuck in a write to a dead peer.
+        let deadline = tokio::time::Instant::now() + CLOSE_PATIENCE;
+        while shared.gate.open() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if let Some(admin) = admin {
+            admin.abort();
+        }
+        for backend in shared.registry.snapshot().backends.iter() {
+            // Stops its health checker at the next tick.
+            backend.retire();
         }
     }
 
@@ -198,9 +219,25 @@ impl RunningProxy {
         self.shared.metrics.encode()
     }
 
-    /// Stops accepting and waits for the grace period as SIGTERM would.
-    pub async fn shutdown(self) {
+    /// Stops accepting, waits for the grace period as SIGTERM would, then closes every
+    /// connection still open. What the proxy counted stays readable in the result.
+    pub async fn shutdown(self) -> Stopped {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        Stopped {
+            shared: self.shared,
+        }
+    }
+}
+
+/// A proxy that has shut down: its final counts, for the program that embedded it.
+pub struct Stopped {
+    shared: Arc<Shared>,
+}
+
+impl Stopped {
+    /// The Prometheus text exposition as it stood when the last connection closed.
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.encode()
     }
 }

@@ -109,7 +109,7 @@ impl Metrics {
         registry.register("bytes", "Bytes moved through tunnels", m.bytes.clone());
         registry.register(
             "backend_failures",
-            "Failed connects and 5xx handshakes",
+            "Passive failures: failed connects, invalid or absent response heads, 5xx to upgrades",
             m.backend_failures.clone(),
         );
         registry.register(

@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::handshake::HeadLimits;
 use crate::limits::{ConnectionGate, RateLimiter};
 use crate::metrics::Metrics;
+use crate::tunnel::CloseSignal;
 
 #[derive(Debug)]
 pub struct Shared {
@@ -23,6 +24,10 @@ pub struct Shared {
     pub gate: Arc<ConnectionGate>,
     pub rate: Option<RateLimiter>,
     pub head_limits: HeadLimits,
+    /// Raised to end every connection and tunnel (shutdown past the grace period).
+    pub closing: CloseSignal,
+    /// Who may use the admin API, on either listener.
+    pub admin_access: crate::admin::Access,
 }
 
 /// Keeps `tether_client_connections` right however a connection ends.
@@ -46,10 +51,12 @@ impl Shared {
         let metrics = Metrics::new();
         let registry = Registry::new(&config.backends, &metrics);
         Shared {
+            admin_access: crate::admin::Access::new(&config.admin),
             balancer: Balancer::new(&config.balance),
             trusted: TrustedProxies::new(config.listen.trusted_proxies.clone()),
             gate: ConnectionGate::new(config.limits.maxconn),
             rate: RateLimiter::new(config.limits.rate_per_ip, config.limits.rate_burst),
+            closing: CloseSignal::default(),
             head_limits: HeadLimits {
                 max_bytes: config.limits.max_head_bytes,
                 max_headers: config.limits.max_headers,

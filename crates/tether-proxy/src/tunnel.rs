@@ -8,6 +8,11 @@
 //!
 //! A half-close is forwarded (`shutdown(SHUT_WR)` on the other socket) and the other direction
 //! keeps flowing until it ends too; an error on either socket ends the whole tunnel.
+//!
+//! The proxy ends every tunnel at once through a [`CloseSignal`] (shutdown after the grace
+//! period). Listening costs a tunnel one registration when it starts and one relaxed atomic
+//! load per wake-up: the signal's wait list is locked only to register and to unregister,
+//! never while bytes move.
 
 use std::cell::RefCell;
 use std::future::poll_fn;
@@ -15,6 +20,7 @@ use std::io;
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -22,6 +28,7 @@ use prometheus_client::encoding::EncodeLabelValue;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 /// Scratch space per worker thread. 64 KiB lets a large message cross in few syscalls.
@@ -44,6 +51,93 @@ pub enum EndReason {
     IdleTimeout,
     /// The proxy shut down past its grace period.
     Shutdown,
+}
+
+/// Why the proxy tells its tunnels to end. Carried by a [`CloseSignal`], so a tunnel can say
+/// goodbye the way the reason asks for (a later close frame with 1001 for a shutdown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CloseReason {
+    /// The proxy is shutting down and its grace period is over.
+    Shutdown = 1,
+}
+
+impl CloseReason {
+    fn from_u8(v: u8) -> Option<CloseReason> {
+        match v {
+            1 => Some(CloseReason::Shutdown),
+            _ => None,
+        }
+    }
+}
+
+impl From<CloseReason> for EndReason {
+    fn from(reason: CloseReason) -> EndReason {
+        match reason {
+            CloseReason::Shutdown => EndReason::Shutdown,
+        }
+    }
+}
+
+/// Wait lists of a [`CloseSignal`]; a tunnel registers on one chosen by its key, so tunnels
+/// starting and ending on different threads rarely take the same lock.
+const CLOSE_SHARDS: usize = 8;
+
+/// "Close your tunnels, for this reason", broadcast to every tunnel listening, including the
+/// ones that start after it was raised. Raised once; the first reason stays.
+#[derive(Debug, Default)]
+pub struct CloseSignal {
+    /// 0 until raised, then a [`CloseReason`].
+    reason: AtomicU8,
+    shards: [Notify; CLOSE_SHARDS],
+}
+
+impl CloseSignal {
+    /// Raises the signal: every listening tunnel ends with `reason`.
+    pub fn close(&self, reason: CloseReason) {
+        let _ = self
+            .reason
+            .compare_exchange(0, reason as u8, Ordering::Release, Ordering::Relaxed);
+        for shard in &self.shards {
+            shard.notify_waiters();
+        }
+    }
+
+    /// The reason, once raised.
+    pub fn reason(&self) -> Option<CloseReason> {
+        CloseReason::from_u8(self.reason.load(Ordering::Acquire))
+    }
+
+    /// Waits until the signal is raised. Like a tunnel, it registers once and then reads
+    /// only the flag, so polling it beside a busy future costs no lock.
+    pub async fn closed(&self, key: u64) -> CloseReason {
+        let notified = self.shard(key).notified();
+        let mut notified = std::pin::pin!(notified);
+        let mut listening = false;
+        poll_fn(|cx| {
+            if !listening {
+                listening = true;
+                let _ = notified.as_mut().poll(cx);
+            }
+            match self.reason() {
+                Some(reason) => Poll::Ready(reason),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    fn shard(&self, key: u64) -> &Notify {
+        &self.shards[(key % CLOSE_SHARDS as u64) as usize]
+    }
+}
+
+/// What a tunnel listens to for an order to end: the signal and the key that picks its shard
+/// (the connection id).
+#[derive(Debug, Clone, Copy)]
+pub struct Closer<'a> {
+    pub signal: &'a CloseSignal,
+    pub key: u64,
 }
 
 /// Bytes each way and why the tunnel ended.
@@ -204,6 +298,7 @@ pub async fn run(
     backend: &TcpStream,
     idle: Option<Duration>,
     counters: &Counters<'_>,
+    closer: Closer<'_>,
 ) -> Outcome {
     let mut up = Direction {
         src: client,
@@ -225,7 +320,21 @@ pub async fn run(
         idle.map(|d| (d, Box::pin(tokio::time::sleep(d))));
     let mut last = Instant::now();
     let mut error = None;
+    // Created before the flag is first read, so a signal raised in between still wakes it.
+    let notified = closer.signal.shard(closer.key).notified();
+    let mut notified = std::pin::pin!(notified);
+    let mut listening = false;
     let reason = poll_fn(|cx| {
+        if !listening {
+            // Polled once, to leave this task's waker on the wait list. It is not polled
+            // again: that would lock the list on every wake-up, and the task's waker does
+            // not change. The flag says whether the wake-up was the signal.
+            listening = true;
+            let _ = notified.as_mut().poll(cx);
+        }
+        if let Some(reason) = closer.signal.reason() {
+            return Poll::Ready(EndReason::from(reason));
+        }
         let mut activity = false;
         let down_finished = matches!(down.flow, Flow::Finished);
         let up_done = match up.poll_pump(cx, &mut activity, down_finished) {
@@ -319,7 +428,12 @@ mod tests {
                 to_backend: &to_backend,
                 to_client: &to_client,
             };
-            run(&proxy_client, &proxy_backend, idle, &c).await
+            let signal = CloseSignal::default();
+            let closer = Closer {
+                signal: &signal,
+                key: 0,
+            };
+            run(&proxy_client, &proxy_backend, idle, &c, closer).await
         });
         (client, backend, task)
     }
@@ -377,6 +491,58 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(outcome.reason, EndReason::IdleTimeout);
+    }
+
+    #[tokio::test]
+    async fn a_raised_close_signal_ends_idle_tunnels_and_later_ones() {
+        let signal = std::sync::Arc::new(CloseSignal::default());
+        let (to_backend, to_client) = (Counter::default(), Counter::default());
+        let mut tunnels = Vec::new();
+        let mut ends = Vec::new();
+        for key in 0..3u64 {
+            let (client, proxy_client) = pair().await;
+            let (proxy_backend, backend) = pair().await;
+            let (signal, up, down) = (signal.clone(), to_backend.clone(), to_client.clone());
+            ends.push((client, backend));
+            tunnels.push(tokio::spawn(async move {
+                let c = Counters {
+                    to_backend: &up,
+                    to_client: &down,
+                };
+                let closer = Closer {
+                    signal: &signal,
+                    key,
+                };
+                run(&proxy_client, &proxy_backend, None, &c, closer).await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(tunnels.iter().all(|t| !t.is_finished()));
+        signal.close(CloseReason::Shutdown);
+        for t in tunnels {
+            let outcome = tokio::time::timeout(Duration::from_secs(3), t)
+                .await
+                .expect("tunnel still open after the signal")
+                .unwrap();
+            assert_eq!(outcome.reason, EndReason::Shutdown);
+        }
+        // A tunnel that starts after the signal ends at once.
+        let (_c, proxy_client) = pair().await;
+        let (proxy_backend, _b) = pair().await;
+        let c = Counters {
+            to_backend: &to_backend,
+            to_client: &to_client,
+        };
+        let closer = Closer {
+            signal: &signal,
+            key: 9,
+        };
+        let late = run(&proxy_client, &proxy_backend, None, &c, closer);
+        let outcome = tokio::time::timeout(Duration::from_secs(3), late)
+            .await
+            .unwrap();
+        assert_eq!(outcome.reason, EndReason::Shutdown);
+        drop(ends);
     }
 
     #[tokio::test]

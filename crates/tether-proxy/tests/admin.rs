@@ -1,12 +1,80 @@
-//! The admin API, reloads, PROXY protocol and graceful shutdown.
+//! The admin API, its access rules, reloads, PROXY protocol and graceful shutdown.
 
 mod common;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
+
+const TOKEN: &str = "test-admin-token-0123456789abcdef";
+
+/// One request on a fresh connection, with `Host` naming the address dialled unless
+/// `headers` has its own; returns the status and the whole answer.
+async fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    let mut request = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        request.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    raw(addr, request.as_bytes()).await
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// Opens an event stream and returns its status and everything up to the first `backends`
+/// event (or the whole answer if it ends first); 10 s at most.
+async fn first_event(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    // `Connection: close` ends a refused request at once; a stream stays open regardless.
+    let mut request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\nConnection: close\r\n"
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+            }
+            if String::from_utf8_lossy(&out).contains("event: backends") {
+                break;
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// The body of an answer `raw` or `call` returned.
+fn body(answer: &str) -> &str {
+    answer.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
 
 #[tokio::test]
 async fn metrics_name_the_documented_series() {
@@ -39,8 +107,9 @@ async fn drain_stops_new_tunnels_but_keeps_live_ones() {
         live.push(open(&proxy, "/ws").await);
     }
     let admin = proxy.admin_addr().unwrap();
-    let (status, body) = http(admin, "POST", "/api/backends/b1/drain").await;
-    assert_eq!(status, 200, "{body}");
+    // No token is configured: the admin listener takes changes from loopback.
+    let (status, answer) = call(admin, "POST", "/api/backends/b1/drain", &[], "").await;
+    assert_eq!(status, 200, "{answer}");
     let (_, list) = http(admin, "GET", "/api/backends").await;
     let json: serde_json::Value =
         serde_json::from_str(list.rsplit("\r\n\r\n").next().unwrap()).unwrap();
@@ -59,8 +128,10 @@ async fn drain_stops_new_tunnels_but_keeps_live_ones() {
     // The tunnel already on b1 still works.
     let (ws, name) = live.iter_mut().find(|(_, b)| b == "b1").unwrap();
     assert_eq!(whoami(ws).await.unwrap(), name.as_str());
-    assert_eq!(http(admin, "POST", "/api/backends/b1/enable").await.0, 200);
-    assert_eq!(http(admin, "POST", "/api/backends/nope/drain").await.0, 404);
+    let enable = call(admin, "POST", "/api/backends/b1/enable", &[], "").await;
+    assert_eq!(enable.0, 200, "{}", enable.1);
+    let unknown = call(admin, "POST", "/api/backends/nope/drain", &[], "").await;
+    assert_eq!(unknown.0, 404, "{}", unknown.1);
     let names: Vec<String> = futures_util::future::join_all((0..4).map(|_| open(&proxy, "/ws")))
         .await
         .into_iter()
@@ -97,8 +168,9 @@ async fn reload_replaces_backends_without_cutting_tunnels() {
         live.push(open(&proxy, "/ws").await);
     }
     write(&[1, 2]);
-    let (status, body) = http(proxy.admin_addr().unwrap(), "POST", "/api/reload").await;
-    assert_eq!(status, 200, "{body}");
+    let admin = proxy.admin_addr().unwrap();
+    let (status, answer) = call(admin, "POST", "/api/reload", &[], "").await;
+    assert_eq!(status, 200, "{answer}");
     for (ws, name) in live.iter_mut() {
         assert_eq!(
             whoami(ws).await.unwrap(),
@@ -117,9 +189,9 @@ async fn reload_replaces_backends_without_cutting_tunnels() {
     );
     // A broken file is refused and the current backends stay.
     std::fs::write(&path, "[balance]\nstrategy = \"nope\"\n").unwrap();
-    let (status, body) = http(proxy.admin_addr().unwrap(), "POST", "/api/reload").await;
+    let (status, answer) = call(admin, "POST", "/api/reload", &[], "").await;
     assert_eq!(status, 422);
-    assert!(body.contains("balance.strategy"), "{body}");
+    assert!(answer.contains("balance.strategy"), "{answer}");
     assert_eq!(proxy.backends().len(), 2);
 }
 
@@ -191,4 +263,287 @@ async fn shutdown_waits_for_tunnels_within_the_grace_period() {
         .unwrap();
     assert!(started.elapsed() < Duration::from_secs(5));
     let _ = tokio::io::sink().write_all(b"").await;
+}
+
+/// A proxy with `[admin]` keys `admin` (and `stats_uri = "/_tether/"`) in front of one backend.
+async fn locked_proxy(admin: &str) -> (tether_proxy::RunningProxy, Vec<EchoServer>) {
+    let backends = echo_backends(1).await;
+    let proxy = proxy(
+        &format!("[admin]\nstats_uri = \"/_tether/\"\n{admin}"),
+        &backends,
+    )
+    .await;
+    (proxy, backends)
+}
+
+#[tokio::test]
+async fn anonymous_changes_get_401_with_a_bearer_challenge_on_both_listeners() {
+    let (proxy, _backends) = locked_proxy(&format!("token = \"{TOKEN}\"")).await;
+    let admin = proxy.admin_addr().unwrap();
+    for (addr, prefix) in [(admin, ""), (proxy.addr(), "/_tether")] {
+        for path in [
+            "/api/backends/b1/drain",
+            "/api/backends/b1/enable",
+            "/api/reload",
+        ] {
+            let (status, answer) = call(addr, "POST", &format!("{prefix}{path}"), &[], "").await;
+            assert_eq!(status, 401, "{prefix}{path}: {answer}");
+            assert!(
+                answer.contains("www-authenticate: Bearer realm=\"tether admin\"\r\n"),
+                "{answer}"
+            );
+        }
+    }
+    assert_eq!(
+        state_of(&proxy, "b1"),
+        "up",
+        "a refused drain changed nothing"
+    );
+}
+
+#[tokio::test]
+async fn the_token_from_token_file_drains_enables_and_reloads() {
+    let dir = std::env::temp_dir().join(format!("tether-admin-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("admin.token"), format!("  {TOKEN}\n")).unwrap();
+    let backends = echo_backends(1).await;
+    let path = dir.join("proxy.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\nstats_uri = \"/_tether/\"\ntoken_file = \"admin.token\"\n[[backend]]\nname = \"b1\"\naddr = \"{}\"\n",
+            backends[0].addr()
+        ),
+    )
+    .unwrap();
+    let config = tether_proxy::Config::from_file(&path).unwrap();
+    let proxy = tether_proxy::Proxy::bind(config, Some(path))
+        .await
+        .unwrap()
+        .spawn();
+    let auth = bearer(TOKEN);
+    let auth = [("Authorization", auth.as_str())];
+    let admin = proxy.admin_addr().unwrap();
+    let (status, answer) = call(admin, "POST", "/api/backends/b1/drain", &auth, "").await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(body(&answer).contains("\"state\":\"draining\""), "{answer}");
+    assert_eq!(state_of(&proxy, "b1"), "draining");
+    // The same token works through stats_uri on the main listener.
+    let (status, answer) = call(
+        proxy.addr(),
+        "POST",
+        "/_tether/api/backends/b1/enable",
+        &auth,
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(state_of(&proxy, "b1"), "up");
+    let (status, answer) = call(proxy.addr(), "POST", "/_tether/api/reload", &auth, "").await;
+    assert_eq!(status, 200, "{answer}");
+    // JSON is the one body type accepted.
+    let json = [auth[0], ("Content-Type", "application/json")];
+    let (status, answer) = call(admin, "POST", "/api/backends/b1/drain", &json, "{}").await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+#[tokio::test]
+async fn a_wrong_token_gets_401_and_changes_nothing() {
+    let (proxy, _backends) = locked_proxy(&format!("token = \"{TOKEN}\"")).await;
+    let wrong = bearer("test-admin-token-0123456789abcdeX");
+    let almost = bearer(&TOKEN[..TOKEN.len() - 1]);
+    let basic = format!("Basic {TOKEN}");
+    for value in [wrong.as_str(), almost.as_str(), basic.as_str(), "Bearer "] {
+        for addr_path in [
+            (proxy.admin_addr().unwrap(), "/api/backends/b1/drain"),
+            (proxy.addr(), "/_tether/api/backends/b1/drain"),
+        ] {
+            let (status, answer) = call(
+                addr_path.0,
+                "POST",
+                addr_path.1,
+                &[("Authorization", value)],
+                "",
+            )
+            .await;
+            assert_eq!(status, 401, "{value}: {answer}");
+            assert!(answer.contains("error=\"invalid_token\""), "{answer}");
+            assert!(
+                !answer.contains(TOKEN),
+                "the answer repeats the token: {answer}"
+            );
+        }
+    }
+    assert_eq!(state_of(&proxy, "b1"), "up");
+}
+
+#[tokio::test]
+async fn posts_a_browser_could_send_cross_site_are_refused_even_with_the_token() {
+    let (proxy, _backends) = locked_proxy(&format!("token = \"{TOKEN}\"")).await;
+    let auth = bearer(TOKEN);
+    let main = proxy.addr();
+    let drain = "/_tether/api/backends/b1/drain";
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, u16);
+    let cases: [Case; 7] = [
+        // What an HTML form on another site sends: no Authorization, a form body.
+        (
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Origin", "http://evil.example"),
+                ("Sec-Fetch-Site", "cross-site"),
+            ],
+            "a=1",
+            403,
+        ),
+        (
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            "a=1",
+            415,
+        ),
+        (
+            &[("Content-Type", "multipart/form-data; boundary=x")],
+            "--x--",
+            415,
+        ),
+        (&[("Content-Type", "text/plain")], "hi", 415),
+        (
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "text/plain;charset=UTF-8"),
+            ],
+            "hi",
+            415,
+        ),
+        (
+            &[("Authorization", &auth), ("Origin", "http://evil.example")],
+            "",
+            403,
+        ),
+        (
+            &[("Authorization", &auth), ("Sec-Fetch-Site", "same-site")],
+            "",
+            403,
+        ),
+    ];
+    for (headers, payload, want) in cases {
+        let (status, answer) = call(main, "POST", drain, headers, payload).await;
+        assert_eq!(status, want, "{headers:?}: {answer}");
+    }
+    assert_eq!(
+        state_of(&proxy, "b1"),
+        "up",
+        "no refused request changed anything"
+    );
+    // The dashboard's own request: same origin, the token, no body.
+    let origin = format!("http://{main}");
+    let own = [
+        ("Authorization", auth.as_str()),
+        ("Origin", origin.as_str()),
+        ("Sec-Fetch-Site", "same-origin"),
+    ];
+    let (status, answer) = call(main, "POST", drain, &own, "").await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+#[tokio::test]
+async fn without_a_token_only_loopback_names_on_the_admin_listener_may_change_state() {
+    let (proxy, _backends) = locked_proxy("").await;
+    let admin = proxy.admin_addr().unwrap();
+    // The main listener faces clients: no change without a token, even from loopback.
+    let (status, answer) = call(
+        proxy.addr(),
+        "POST",
+        "/_tether/api/backends/b1/drain",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        body(&answer).contains("token_file"),
+        "the refusal says how to fix it: {answer}"
+    );
+    // DNS rebinding: a page on evil.example whose name now points at 127.0.0.1.
+    let rebound = [("Host", "evil.example:9090")];
+    let (status, answer) = call(admin, "POST", "/api/backends/b1/drain", &rebound, "").await;
+    assert_eq!(status, 403, "{answer}");
+    // A form from any page, even posted to 127.0.0.1.
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let (status, answer) = call(admin, "POST", "/api/backends/b1/drain", &form, "x=1").await;
+    assert_eq!(status, 415, "{answer}");
+    assert_eq!(state_of(&proxy, "b1"), "up");
+    // curl on the machine itself.
+    let (status, answer) = call(admin, "POST", "/api/backends/b1/drain", &[], "").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(state_of(&proxy, "b1"), "draining");
+    let localhost = [("Host", "localhost")];
+    let (status, answer) = call(admin, "POST", "/api/backends/b1/enable", &localhost, "").await;
+    assert_eq!(status, 200, "{answer}");
+    // Tickets exist only to carry a token.
+    let (status, _) = call(admin, "POST", "/api/events/ticket", &[], "").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn reads_are_public_by_default() {
+    let (proxy, _backends) = locked_proxy(&format!("token = \"{TOKEN}\"")).await;
+    for (addr, prefix) in [
+        (proxy.admin_addr().unwrap(), ""),
+        (proxy.addr(), "/_tether"),
+    ] {
+        for path in ["/metrics", "/api/backends"] {
+            let (status, answer) = call(addr, "GET", &format!("{prefix}{path}"), &[], "").await;
+            assert_eq!(status, 200, "{prefix}{path}: {answer}");
+        }
+        let (status, events) = first_event(addr, &format!("{prefix}/api/events"), &[]).await;
+        assert_eq!(status, 200, "{events}");
+        assert!(events.contains("\"name\":\"b1\""), "{events}");
+    }
+}
+
+#[tokio::test]
+async fn read_token_locks_reads_and_the_stream_takes_a_single_use_ticket() {
+    let (proxy, _backends) = locked_proxy(&format!("token = \"{TOKEN}\"\nread = \"token\"")).await;
+    let auth = bearer(TOKEN);
+    let auth = [("Authorization", auth.as_str())];
+    for (addr, prefix) in [
+        (proxy.admin_addr().unwrap(), ""),
+        (proxy.addr(), "/_tether"),
+    ] {
+        for path in ["/metrics", "/api/backends"] {
+            let path = format!("{prefix}{path}");
+            let (status, answer) = call(addr, "GET", &path, &[], "").await;
+            assert_eq!(status, 401, "{path}: {answer}");
+            assert!(!answer.contains("tether_backend_up"), "{answer}");
+            let (status, answer) = call(addr, "GET", &path, &auth, "").await;
+            assert_eq!(status, 200, "{path}: {answer}");
+            assert!(answer.contains("no-store"), "{answer}");
+        }
+        let events = format!("{prefix}/api/events");
+        let (status, answer) = first_event(addr, &events, &[]).await;
+        assert_eq!(status, 401, "{answer}");
+        let (status, answer) = first_event(addr, &format!("{events}?ticket=00ff"), &[]).await;
+        assert_eq!(status, 401, "a made-up ticket: {answer}");
+        // curl can send the header to the stream itself.
+        let (status, answer) = first_event(addr, &events, &auth).await;
+        assert_eq!(status, 200, "{answer}");
+        // A browser buys a ticket with the token, then opens the stream with it, once.
+        let ticket_path = format!("{prefix}/api/events/ticket");
+        assert_eq!(call(addr, "POST", &ticket_path, &[], "").await.0, 401);
+        let (status, answer) = call(addr, "POST", &ticket_path, &auth, "").await;
+        assert_eq!(status, 200, "{answer}");
+        let issued: serde_json::Value = serde_json::from_str(body(&answer)).unwrap();
+        let ticket = issued["ticket"].as_str().unwrap();
+        assert_eq!(issued["expires_in_secs"], 30);
+        let with_ticket = format!("{events}?ticket={ticket}");
+        let (status, answer) = first_event(addr, &with_ticket, &[]).await;
+        assert_eq!(status, 200, "{answer}");
+        assert!(answer.contains("event: backends"), "{answer}");
+        let (status, answer) = first_event(addr, &with_ticket, &[]).await;
+        assert_eq!(status, 401, "a used ticket: {answer}");
+    }
+    // The page itself carries no data and stays reachable, but not inside another site.
+    let (status, page) = call(proxy.addr(), "GET", "/_tether/", &[], "").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("x-frame-options: DENY"), "{page}");
 }

@@ -204,3 +204,91 @@ async fn no_backend_up_answers_503() {
     let (status, text) = raw(proxy.addr(), format!("{WS_HEAD}\r\n").as_bytes()).await;
     assert_eq!(status, 503, "{text}");
 }
+
+#[tokio::test]
+async fn heads_that_cannot_be_http_get_400_at_once() {
+    let backends = echo_backends(1).await;
+    let proxy = proxy("", &backends).await;
+    let cases: [&[u8]; 3] = [
+        // A TLS ClientHello on the plain port: no blank line will ever come.
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",
+        // A bare-LF head.
+        b"GET / HTTP/1.1\nHost: a\n\n",
+        b"GET / HTTP/1.1\r\nHost: a\nX: 1\r\n",
+    ];
+    for request in cases {
+        let started = Instant::now();
+        let (status, text) = raw(proxy.addr(), request).await;
+        assert_eq!(status, 400, "{request:?} → {text}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{request:?} answered after {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
+async fn two_hosts_and_invalid_websocket_keys_get_400() {
+    let backends = echo_backends(1).await;
+    let proxy = proxy("", &backends).await;
+    let ws = |key_lines: &str| {
+        format!("GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{key_lines}Sec-WebSocket-Version: 13\r\n\r\n")
+    };
+    let cases = [
+        "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_owned(),
+        ws("Sec-WebSocket-Key: !!!!!!!!!!!!!!!!!!!!!!==\r\n"),
+        // 24 characters, but the base64 of 18 bytes.
+        ws("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQQQ\r\n"),
+        ws("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Key: c211Z2dsZWQgcmVxdWVzdA==\r\n"),
+    ];
+    for request in cases {
+        let (status, text) = raw(proxy.addr(), request.as_bytes()).await;
+        assert_eq!(status, 400, "{request:?} → {text}");
+    }
+    assert_eq!(
+        backends[0]
+            .stats()
+            .http_requests
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert_eq!(
+        backends[0]
+            .stats()
+            .accepted
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_response_head_with_too_many_lines_gets_502_at_once() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let lines = "X-Filler: 1\r\n".repeat(120);
+            let _ = s
+                .write_all(format!("HTTP/1.1 200 OK\r\n{lines}").as_bytes())
+                .await;
+            // Never finishes the head and never closes.
+            held.push(s);
+        }
+    });
+    let proxy = proxy_from_toml(&format!(
+        "[listen]\naddr = \"127.0.0.1:0\"\n[admin]\nenabled = false\n[[backend]]\nname = \"chatty\"\naddr = \"{addr}\"\n"
+    ))
+    .await;
+    let started = Instant::now();
+    let (status, text) = http(proxy.addr(), "GET", "/").await;
+    assert_eq!(status, 502, "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -130,4 +131,46 @@ async fn plain_http_requests_are_proxied_one_per_connection() {
     assert_eq!(count(names.iter()).len(), 2, "{names:?}");
     // Plain requests do not count as live tunnels.
     assert!(proxy.backends().iter().all(|b| b.active == 0));
+}
+
+#[tokio::test]
+async fn shutdown_closes_the_tunnels_left_after_the_grace_period() {
+    let backends = echo_backends(1).await;
+    let proxy = proxy("[runtime]\ngrace = \"200ms\"", &backends).await;
+    let (mut ws, _) = open(&proxy, "/ws").await;
+    assert_eq!(whoami(&mut ws).await.unwrap(), "b1");
+    // A client still in its handshake when the grace period ends is closed too.
+    let mut slow = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    slow.write_all(b"GET /ws HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .unwrap();
+    let stopped = tokio::time::timeout(Duration::from_secs(5), proxy.shutdown())
+        .await
+        .expect("shutdown did not return");
+    // The client sees its tunnel end without sending anything.
+    let end = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    assert!(end.is_ok(), "the tunnel outlived the proxy");
+    let mut byte = [0u8; 1];
+    let slow_end = tokio::time::timeout(Duration::from_secs(2), slow.read(&mut byte)).await;
+    assert!(
+        matches!(slow_end, Ok(Ok(0) | Err(_))),
+        "a handshake outlived the proxy: {slow_end:?}"
+    );
+    assert_eq!(
+        backends[0]
+            .stats()
+            .open
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert!(
+        stopped
+            .metrics_text()
+            .contains("tether_tunnels_ended_total{reason=\"Shutdown\"} 1"),
+        "{}",
+        stopped.metrics_text()
+    );
 }

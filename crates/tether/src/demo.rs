@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tether_hub::Broker;
+use tether_proxy::admin::AdminToken;
 use tether_proxy::{Config, Proxy, RunningProxy};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -66,6 +67,10 @@ async fn serve(args: DemoArgs) -> anyhow::Result<()> {
     println!("tether demo is running:");
     println!("  chat       http://{addr}/");
     println!("  dashboard  http://{addr}{STATS_URI}");
+    // The dashboard's drain/enable buttons need the proxy's admin token, as in production.
+    // The link carries it in its fragment, which the browser never sends anywhere.
+    let token = demo.admin_token.expose();
+    println!("  admin token  {token}  (or open http://{addr}{STATS_URI}#token={token})");
     for (name, hub) in &demo.hubs {
         println!("  {name}      {hub} (behind the proxy)");
     }
@@ -89,6 +94,8 @@ struct Demo {
     fleet: Arc<Fleet>,
     proxy: Arc<RunningProxy>,
     hubs: Vec<(HubName, SocketAddr)>,
+    /// A fresh token for each run: the dashboard asks for it before it drains a backend.
+    admin_token: AdminToken,
 }
 
 impl Demo {
@@ -101,14 +108,20 @@ impl Demo {
     ) -> anyhow::Result<Demo> {
         let fleet = Fleet::new(count, broker, timings, routes);
         let hubs = fleet.start_all().await.context("starting the hubs")?;
-        let config = Config::from_toml(&proxy_config(listen, &hubs))
+        let admin_token = AdminToken::generate();
+        let config = Config::from_toml(&proxy_config(listen, &hubs, &admin_token))
             .context("building the proxy configuration")?;
         let proxy = Proxy::bind(config, None)
             .await
             .with_context(|| format!("--listen {listen} (choose another with --listen ADDR)"))?;
         let proxy = Arc::new(proxy.spawn());
         fleet.attach_proxy(proxy.clone());
-        Ok(Demo { fleet, proxy, hubs })
+        Ok(Demo {
+            fleet,
+            proxy,
+            hubs,
+            admin_token,
+        })
     }
 }
 
@@ -120,7 +133,8 @@ fn routes(fleet: Arc<Fleet>, served_by: HubName) -> axum::Router {
 /// The proxy's configuration, in the same TOML a user would write, so it is validated the
 /// same way. Least connections spreads two browsers over two hubs; one-second HTTP health
 /// checks that fall and rise on the first result notice a crash or a restart within a second.
-fn proxy_config(listen: SocketAddr, hubs: &[(HubName, SocketAddr)]) -> String {
+fn proxy_config(listen: SocketAddr, hubs: &[(HubName, SocketAddr)], token: &AdminToken) -> String {
+    let token = token.expose();
     let mut toml = format!(
         r#"[listen]
 addr = "{listen}"
@@ -128,6 +142,7 @@ addr = "{listen}"
 [admin]
 enabled = false
 stats_uri = "{STATS_URI}"
+token = "{token}"
 
 [runtime]
 grace = "2s"
@@ -250,14 +265,53 @@ mod tests {
         demo.fleet.abort_all();
     }
 
+    /// `POST path` on a fresh connection, with the token as a bearer header if given.
+    async fn post(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))
+            .await
+            .expect("an answer within 10 s")
+            .expect("read");
+        let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok());
+        (status.unwrap_or(0), answer)
+    }
+
+    #[tokio::test]
+    async fn dashboard_changes_through_the_proxy_need_the_demo_token() {
+        let demo = demo_of(1).await;
+        let proxy = demo.proxy.addr();
+        let drain = "/_tether/api/backends/hub-1/drain";
+        let (status, answer) = post(proxy, drain, None).await;
+        assert_eq!(status, 401, "{answer}");
+        assert_ne!(proxy_state(&demo, "hub-1"), BackendState::Draining);
+        let (status, answer) = post(proxy, drain, Some(demo.admin_token.expose())).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(proxy_state(&demo, "hub-1"), BackendState::Draining);
+        demo.fleet.abort_all();
+    }
+
     #[test]
     fn proxy_config_is_valid_and_names_backends_after_hubs() {
         let hubs = [
             (HubName::numbered(1), "127.0.0.1:7001".parse().unwrap()),
             (HubName::numbered(2), "127.0.0.1:7002".parse().unwrap()),
         ];
-        let config = Config::from_toml(&proxy_config("127.0.0.1:0".parse().unwrap(), &hubs))
-            .expect("the demo's own proxy config validates");
+        let token = AdminToken::generate();
+        let config =
+            Config::from_toml(&proxy_config("127.0.0.1:0".parse().unwrap(), &hubs, &token))
+                .expect("the demo's own proxy config validates");
+        assert_eq!(
+            config.admin.token,
+            Some(token),
+            "the dashboard's buttons need a token"
+        );
         let names: Vec<_> = config.backends.iter().map(|b| b.name.as_str()).collect();
         assert_eq!(names, ["hub-1", "hub-2"]);
         assert_eq!(config.admin.stats_uri, STATS_URI);

@@ -58,6 +58,14 @@ pub struct HubArgs {
     /// On SIGTERM, clients are closed with 1012 spread over this window.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     shutdown_window: Duration,
+    /// Longest time a connection may take to send a complete request head, from when it
+    /// opens or its previous response went out; slower (or silent) sockets are closed.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    head_timeout: Duration,
+    /// Longest time an HTTP connection (not yet a WebSocket) may send nothing, e.g. in the
+    /// middle of a request body, before it is closed.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
 }
 
 impl HubArgs {
@@ -75,6 +83,8 @@ impl HubArgs {
             write_delay: self.write_delay,
             max_subscriptions: self.max_subscriptions,
             shutdown_window: self.shutdown_window,
+            head_timeout: self.head_timeout,
+            idle_timeout: self.idle_timeout,
         }
     }
 
@@ -85,6 +95,7 @@ impl HubArgs {
                 ttl: self.history_ttl,
             },
             redis_prefix: self.redis_prefix.clone(),
+            ..Default::default()
         }
     }
 }

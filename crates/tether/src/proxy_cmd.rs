@@ -70,11 +70,22 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
 pub fn check(args: CheckArgs) -> anyhow::Result<()> {
     match Config::from_file(&args.config) {
         Ok(config) => {
+            // Says where the admin token comes from (never the token itself): the one line
+            // an operator reads to confirm the admin API is locked.
+            let admin = &config.admin;
+            let token = match (&admin.token, &admin.token_file) {
+                (Some(_), Some(file)) => format!("admin token from {}", file.display()),
+                (Some(_), None) => "admin token inline".to_owned(),
+                (None, _) => {
+                    "no admin token: changes from loopback on the admin listener only".to_owned()
+                }
+            };
             println!(
-                "{}: ok ({} backends, strategy {:?})",
+                "{}: ok ({} backends, strategy {:?}, {token}, reads {:?})",
                 args.config.display(),
                 config.backends.len(),
-                config.balance.strategy
+                config.balance.strategy,
+                admin.read
             );
             Ok(())
         }

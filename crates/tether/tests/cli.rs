@@ -81,6 +81,64 @@ fn check_names_the_file_the_key_and_the_problem() {
     }
 }
 
+#[test]
+fn check_reads_the_admin_token_file_and_names_it_when_it_cannot() {
+    let backend = "[[backend]]\nname = \"b\"\naddr = \"127.0.0.1:1\"\n";
+    let missing = write_config(
+        "token-missing.toml",
+        &format!("[admin]\ntoken_file = \"no-such.token\"\n{backend}"),
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("admin.token_file"), "{err}");
+    let token_path = missing.with_file_name("no-such.token");
+    assert!(err.contains(token_path.to_str().unwrap()), "{err}");
+
+    let secret = "check-me-0123456789abcdef";
+    std::fs::write(token_path.with_file_name("short.token"), "short\n").unwrap();
+    std::fs::write(
+        token_path.with_file_name("good.token"),
+        format!("{secret}\n"),
+    )
+    .unwrap();
+    let short = write_config(
+        "token-short.toml",
+        &format!("[admin]\ntoken_file = \"short.token\"\n{backend}"),
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&short)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("at least 16"), "{err}");
+    assert!(!err.contains("short\n"), "{err}");
+
+    let good = write_config(
+        "token-good.toml",
+        &format!("[admin]\ntoken_file = \"good.token\"\n{backend}"),
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("admin token from"), "{said}");
+    assert!(!said.contains(secret), "check printed the token: {said}");
+}
+
 #[tokio::test]
 async fn sigterm_lets_tunnels_finish_and_logs_one_json_line_per_tunnel() {
     let backends = echo_backends(1).await;

@@ -5,17 +5,20 @@
 //! channels it subscribed through the link, plus [`BrokerEvent::Resync`] whenever the feed may
 //! have lost messages (a reconnect), so the node refills from history.
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
 
 use crate::protocol::{ChannelName, Offset, Publication};
 
+pub mod feed;
 pub mod memory;
 pub mod redis;
+
+pub use feed::{Feed, FeedLimit};
 
 /// How much history each channel keeps: at most `size` messages, none older than `ttl`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +43,8 @@ pub struct BrokerOptions {
     /// Prefix of every Redis key and pub/sub channel, so deployments and tests can share a
     /// Redis without seeing each other.
     pub redis_prefix: String,
+    /// How much each node's feed holds before it overflows into a resync (see `feed`).
+    pub feed: FeedLimit,
 }
 
 impl Default for BrokerOptions {
@@ -47,11 +52,41 @@ impl Default for BrokerOptions {
         Self {
             history: HistoryPolicy::default(),
             redis_prefix: "tether".into(),
+            feed: FeedLimit::DEFAULT,
         }
     }
 }
 
-/// The answer to a history query.
+/// How much one history read may return. A replay reads a channel's history page by page,
+/// asking for the next page only once the previous one was written to the client, so what
+/// a subscribe costs the broker and the node is one page however much the channel holds:
+/// a channel of 1000 × 60 KB messages read whole by twenty clients at once grew Redis by
+/// 1.4 GB and stalled everyone's publishes for seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    /// At most this many messages.
+    pub messages: NonZeroUsize,
+    /// At most this many bytes of message data, except that a page always holds at least
+    /// one message (when there is one), so a reader always makes progress.
+    pub bytes: NonZeroUsize,
+}
+
+impl Page {
+    /// 256 messages or 1 MiB: small enough that a page in flight per client is cheap, large
+    /// enough that a replay of small messages takes few round trips.
+    pub const DEFAULT: Page = Page {
+        messages: NonZeroUsize::new(256).unwrap(),
+        bytes: NonZeroUsize::new(1024 * 1024).unwrap(),
+    };
+}
+
+impl Default for Page {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// The answer to a history query: one page of it.
 #[derive(Debug)]
 pub struct History {
     /// The newest offset the channel has handed out (0 if it never had a message).
@@ -65,8 +100,12 @@ pub struct History {
     /// Whether `messages` holds every message after `since`; `false` when the history was
     /// trimmed (size or age) past `since` or restarted after data loss.
     pub recovered: bool,
-    /// Retained messages after `since`, oldest first (empty when `since` was not given).
+    /// Retained messages after `since`, oldest first (empty when `since` was not given),
+    /// at most one [`Page`] of them.
     pub messages: Vec<Arc<Publication>>,
+    /// Whether the page limit cut the answer short: more messages follow the last one in
+    /// `messages`; read them with that message's offset as `since`.
+    pub more: bool,
 }
 
 impl History {
@@ -77,6 +116,7 @@ impl History {
         base: Option<Offset>,
         since: Option<Offset>,
         messages: Vec<Arc<Publication>>,
+        more: bool,
     ) -> Self {
         let recovered = match since {
             None => true,
@@ -93,8 +133,30 @@ impl History {
             base,
             recovered,
             messages,
+            more,
         }
     }
+}
+
+/// Takes messages from `retained` (ascending) while they fit in `page`; returns them and
+/// whether any were left out.
+pub(crate) fn paginate<'a>(
+    retained: impl Iterator<Item = &'a Arc<Publication>>,
+    page: Page,
+) -> (Vec<Arc<Publication>>, bool) {
+    let mut taken = Vec::new();
+    let mut bytes = 0usize;
+    for p in retained {
+        let size = p.data.get().len();
+        let full = taken.len() >= page.messages.get()
+            || (!taken.is_empty() && bytes.saturating_add(size) > page.bytes.get());
+        if full {
+            return (taken, true);
+        }
+        bytes = bytes.saturating_add(size);
+        taken.push(p.clone());
+    }
+    (taken, false)
 }
 
 /// Whether the first of `messages` is the one at `offset` (nothing before it is missing).
@@ -112,6 +174,9 @@ pub enum BrokerEvent {
     /// The feed is down (the reason is for logs and metrics); a `Resync` follows when it is
     /// back.
     Lost(String),
+    /// The node fell behind and its feed dropped events (see `feed`): refill every channel
+    /// from history, as for `Resync`.
+    Overflowed,
 }
 
 /// Why a broker operation failed. Every variant is transient from the hub's point of view:
@@ -146,15 +211,26 @@ pub trait Broker: Send + Sync + 'static {
         data: Box<RawValue>,
     ) -> BoxFuture<'static, Result<Offset, BrokerError>>;
 
-    /// The channel's top offset and, with `since`, the retained messages after it.
+    /// The channel's top offset and, with `since`, the first [`Page`] of retained messages
+    /// after it ([`History::more`] says whether the page limit left some out).
+    fn history_page<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        since: Option<Offset>,
+        page: Page,
+    ) -> BoxFuture<'a, Result<History, BrokerError>>;
+
+    /// [`Broker::history_page`] with the [`Page::DEFAULT`] limits.
     fn history<'a>(
         &'a self,
         channel: &'a ChannelName,
         since: Option<Offset>,
-    ) -> BoxFuture<'a, Result<History, BrokerError>>;
+    ) -> BoxFuture<'a, Result<History, BrokerError>> {
+        self.history_page(channel, since, Page::DEFAULT)
+    }
 
-    /// Opens one node's live feed.
-    fn attach(&self) -> (Arc<dyn Link>, mpsc::UnboundedReceiver<BrokerEvent>);
+    /// Opens one node's live feed, bounded as the broker's options say.
+    fn attach(&self) -> (Arc<dyn Link>, Feed);
 
     /// Short name for logs and metrics ("memory", "redis").
     fn kind(&self) -> &'static str;
@@ -177,7 +253,9 @@ pub fn broker_from_url(url: &str) -> Result<Arc<dyn Broker>, BrokerError> {
 /// Builds a broker from its URL with explicit history limits and Redis key prefix.
 pub fn broker_with(url: &str, options: BrokerOptions) -> Result<Arc<dyn Broker>, BrokerError> {
     if url == "memory" || url == "memory://" {
-        return Ok(Arc::new(memory::MemoryBroker::new(options.history)));
+        return Ok(Arc::new(
+            memory::MemoryBroker::new(options.history).with_feed_limit(options.feed),
+        ));
     }
     if url.starts_with("redis://") {
         return Ok(Arc::new(redis::RedisBroker::new(url, options)?));
@@ -202,6 +280,7 @@ mod tests {
             base,
             Some(Offset(3)),
             vec![publication(4), publication(5)],
+            false,
         );
         assert!(reaches.recovered);
         let trimmed = History::from_retained(
@@ -209,11 +288,13 @@ mod tests {
             Some(Offset(1)),
             Some(Offset(2)),
             vec![publication(4), publication(5)],
+            false,
         );
         assert!(!trimmed.recovered);
-        let up_to_date = History::from_retained(Offset(5), base, Some(Offset(5)), vec![]);
+        let up_to_date = History::from_retained(Offset(5), base, Some(Offset(5)), vec![], false);
         assert!(up_to_date.recovered);
-        let from_lost_history = History::from_retained(Offset(5), base, Some(Offset(9)), vec![]);
+        let from_lost_history =
+            History::from_retained(Offset(5), base, Some(Offset(9)), vec![], false);
         assert!(!from_lost_history.recovered);
     }
 
@@ -225,6 +306,7 @@ mod tests {
             Some(Offset(base)),
             Some(Offset(0)),
             (base + 1..=base + 3).map(publication).collect(),
+            false,
         );
         assert!(
             untrimmed.recovered,
@@ -236,6 +318,7 @@ mod tests {
             Some(Offset(base)),
             Some(Offset(0)),
             (base + 2..=base + 3).map(publication).collect(),
+            false,
         );
         assert!(!trimmed.recovered, "the first message was trimmed");
         let expired = History::from_retained(
@@ -243,9 +326,10 @@ mod tests {
             Some(Offset(base)),
             Some(Offset(0)),
             vec![],
+            false,
         );
         assert!(!expired.recovered, "everything expired");
-        let still_empty = History::from_retained(Offset(0), None, Some(Offset(0)), vec![]);
+        let still_empty = History::from_retained(Offset(0), None, Some(Offset(0)), vec![], false);
         assert!(still_empty.recovered);
     }
 
@@ -257,11 +341,51 @@ mod tests {
             None,
             Some(Offset(0)),
             vec![publication(base + 1)],
+            false,
         );
         assert!(
             !history.recovered,
             "without the base nobody knows what came first"
         );
+    }
+
+    #[test]
+    fn a_page_stops_at_its_message_or_byte_limit_but_never_empty() {
+        let retained: Vec<_> = (1..=5).map(publication).collect();
+        let by_count = Page {
+            messages: NonZeroUsize::new(2).unwrap(),
+            bytes: NonZeroUsize::new(1024).unwrap(),
+        };
+        let (taken, more) = paginate(retained.iter(), by_count);
+        assert_eq!(taken.len(), 2);
+        assert!(more);
+        // Each message's data is 1 byte: 3 bytes hold 3 of them.
+        let by_bytes = Page {
+            messages: NonZeroUsize::new(100).unwrap(),
+            bytes: NonZeroUsize::new(3).unwrap(),
+        };
+        let (taken, more) = paginate(retained.iter(), by_bytes);
+        assert_eq!(taken.len(), 3);
+        assert!(more);
+        let tiny = Page {
+            messages: NonZeroUsize::new(100).unwrap(),
+            bytes: NonZeroUsize::new(1).unwrap(),
+        };
+        let big = Publication::new(
+            ChannelName::parse("c").unwrap(),
+            Offset(1),
+            RawValue::from_string("\"a long message\"".into()).unwrap(),
+        );
+        let (taken, more) = paginate([big].iter(), tiny);
+        assert_eq!(
+            taken.len(),
+            1,
+            "one message larger than the page still goes"
+        );
+        assert!(!more);
+        let (taken, more) = paginate(retained.iter(), Page::DEFAULT);
+        assert_eq!(taken.len(), 5);
+        assert!(!more);
     }
 
     #[test]

@@ -47,6 +47,7 @@ pub fn redis_options(prefix: &str, history: HistoryPolicy) -> BrokerOptions {
     BrokerOptions {
         history,
         redis_prefix: prefix.into(),
+        ..Default::default()
     }
 }
 
@@ -467,4 +468,70 @@ pub fn assert_exactly_once_in_order(received: &Received, expected: &[Value]) {
         expected,
         "messages differ from what was published"
     );
+}
+
+/// An HTTP answer with its head, for tests that check headers as well as the body.
+pub struct HttpAnswer {
+    pub status: u16,
+    /// The status line and headers, lowercased.
+    pub head: String,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    /// Asserts the answer is `status` with a JSON body `{code, message}` whose code is `code`.
+    pub fn assert_json_error(&self, status: u16, code: &str, case: &str) {
+        assert_eq!(self.status, status, "{case}: {}\n{}", self.head, self.body);
+        assert!(
+            self.head.contains("content-type: application/json"),
+            "{case}: not JSON: {}",
+            self.head
+        );
+        let body: Value = serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("{case}: body is not JSON ({e}): {}", self.body));
+        assert_eq!(body["code"], code, "{case}: {body}");
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{case}: {body}"
+        );
+    }
+}
+
+/// Like [`http`], keeping the response head.
+pub async fn http_answer(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> HttpAnswer {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let body = body.unwrap_or("");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("HTTP answer within 10 s")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let head = head.to_ascii_lowercase();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = if head.contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    HttpAnswer { status, head, body }
 }

@@ -16,6 +16,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Keys, COMMAND_TIMEOUT};
+use crate::broker::feed::{self as node_feed, Feed as NodeFeed, FeedLimit, FeedSender};
 use crate::broker::{BrokerError, BrokerEvent, Link};
 use crate::protocol::{ChannelName, Offset, Publication};
 
@@ -54,9 +55,10 @@ impl Link for RedisLink {
 pub(super) fn spawn(
     client: ::redis::Client,
     keys: Keys,
-) -> (RedisLink, mpsc::UnboundedReceiver<BrokerEvent>) {
+    limit: FeedLimit,
+) -> (RedisLink, NodeFeed) {
     let (commands, command_rx) = mpsc::unbounded_channel();
-    let (events, event_rx) = mpsc::unbounded_channel();
+    let (events, event_rx) = node_feed::feed(limit);
     let feed = Feed {
         client,
         keys,
@@ -77,7 +79,7 @@ struct Feed {
     /// Subscribes asked for while disconnected: counted, answered after the next attempt.
     waiting: Vec<(ChannelName, oneshot::Sender<Result<(), BrokerError>>)>,
     commands: mpsc::UnboundedReceiver<Command>,
-    events: mpsc::UnboundedSender<BrokerEvent>,
+    events: FeedSender,
 }
 
 /// Why a connected session of the feed ended.

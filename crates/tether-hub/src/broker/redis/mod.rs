@@ -7,10 +7,17 @@
 //!
 //! | key           | type   | holds                                               |
 //! |---------------|--------|-----------------------------------------------------|
-//! | `P:seq:C`     | string | the channel's top offset (no expiry)                |
-//! | `P:base:C`    | string | the offset its history started after (no expiry)    |
+//! | `P:seq:C`     | string | the channel's top offset, expires after ttl         |
+//! | `P:base:C`    | string | the offset its history started after, same expiry   |
 //! | `P:hist:C`    | stream | retained messages, `MAXLEN` size, expires after ttl |
 //! | `P:live:C`    | pubsub | `"<offset> <json>"` per message                     |
+//!
+//! Every publish pushes the expiry of all three keys to now + ttl, so a channel nobody
+//! publishes to leaves nothing behind once its history has expired (100 000 channels
+//! published once used to leave 200 000 keys for good). A channel published to again
+//! after that starts a fresh history at the current time in microseconds (see
+//! [`Offset::fresh_base`]), above every offset it had before, and a resume from an old
+//! offset is answered `recovered: false`.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -19,9 +26,11 @@ use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::Script;
 use futures_util::future::{BoxFuture, FutureExt};
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, OnceCell};
+use tokio::sync::OnceCell;
 
-use super::{Broker, BrokerError, BrokerEvent, BrokerOptions, History, HistoryPolicy, Link};
+use super::{
+    Broker, BrokerError, BrokerOptions, Feed, FeedLimit, History, HistoryPolicy, Link, Page,
+};
 use crate::protocol::{ChannelName, Offset, Publication};
 
 mod feed;
@@ -33,9 +42,9 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 /// Assigns the offset, appends, trims, expires and publishes in one atomic step.
 /// A missing sequence starts at the server's clock in microseconds (see `Offset`);
 /// `%.0f` prints such numbers exactly, where Lua's default would use an exponent.
-/// The base key is written in the same step as the sequence it describes, with no expiry
-/// either, so the two are created, kept and lost together (a stale base left by an older
-/// version is overwritten here).
+/// The base key is written in the same step as the sequence it describes, and both expire
+/// with the history, so the three are created, kept and lost together (a stale base left
+/// by an older version is overwritten here).
 const PUBLISH_SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -47,32 +56,57 @@ end
 local offset = string.format('%.0f', redis.call('INCR', KEYS[1]))
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-0', 't', now_ms, 'd', ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
 redis.call('PUBLISH', ARGV[4], offset .. ' ' .. ARGV[1])
 return offset
 "#;
 
-/// Returns `{top, base}` or, with a `since`, `{top, base, offset1, data1, offset2, data2,
-/// …}` for the entries after `since` that are younger than the ttl. `base` is `''` when
-/// unknown (no sequence yet, or one written before the base key existed).
+/// Returns `{top, base, more}` or, with a `since`, `{top, base, more, offset1, data1,
+/// offset2, data2, …}` for the entries after `since` that are younger than the ttl, one page
+/// of them: at most `ARGV[3]` entries and `ARGV[4]` bytes of data (but at least one entry).
+/// `more` is `'1'` when the page limit left entries out. `base` is `''` when unknown (no
+/// sequence yet, or one written before the base key existed).
+///
+/// The stream is walked in small `XRANGE … COUNT` steps, so what the script holds at once
+/// is one step and the page it builds, never the whole history.
 const HISTORY_SCRIPT: &str = r#"
 local top = redis.call('GET', KEYS[1]) or '0'
 local base = ''
 if top ~= '0' then base = redis.call('GET', KEYS[3]) or '' end
-if ARGV[1] == '' then return {top, base} end
+if ARGV[1] == '' then return {top, base, '0'} end
 local t = redis.call('TIME')
 local cutoff = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[2])
-local out = {top, base}
-for _, entry in ipairs(redis.call('XRANGE', KEYS[2], '(' .. ARGV[1] .. '-0', '+')) do
-  local fields = entry[2]
-  local at, data
-  for i = 1, #fields, 2 do
-    if fields[i] == 't' then at = tonumber(fields[i + 1]) end
-    if fields[i] == 'd' then data = fields[i + 1] end
+local max_n = tonumber(ARGV[3])
+local max_bytes = tonumber(ARGV[4])
+local out = {top, base, '0'}
+local n, bytes = 0, 0
+local start = '(' .. ARGV[1] .. '-0'
+local full = false
+while not full do
+  local step = math.min(max_n - n + 1, 16)
+  local entries = redis.call('XRANGE', KEYS[2], start, '+', 'COUNT', step)
+  for _, entry in ipairs(entries) do
+    local fields = entry[2]
+    local at, data
+    for i = 1, #fields, 2 do
+      if fields[i] == 't' then at = tonumber(fields[i + 1]) end
+      if fields[i] == 'd' then data = fields[i + 1] end
+    end
+    if at and data and at >= cutoff then
+      if n >= max_n or (n > 0 and bytes + #data > max_bytes) then
+        out[3] = '1'
+        full = true
+        break
+      end
+      table.insert(out, string.match(entry[1], '^(%d+)'))
+      table.insert(out, data)
+      n = n + 1
+      bytes = bytes + #data
+    end
+    start = '(' .. entry[1]
   end
-  if at and data and at >= cutoff then
-    table.insert(out, string.match(entry[1], '^(%d+)'))
-    table.insert(out, data)
-  end
+  if #entries < step then break end
 end
 return out
 "#;
@@ -144,6 +178,7 @@ pub struct RedisBroker {
     publisher: OnceLock<publisher::Publisher>,
     keys: Keys,
     policy: HistoryPolicy,
+    feed_limit: FeedLimit,
     history_script: Script,
 }
 
@@ -161,6 +196,7 @@ impl RedisBroker {
                 prefix: options.redis_prefix.into(),
             },
             policy: options.history,
+            feed_limit: options.feed,
             history_script: Script::new(HISTORY_SCRIPT),
         })
     }
@@ -175,6 +211,7 @@ impl RedisBroker {
         &self,
         channel: &ChannelName,
         since: Option<Offset>,
+        page: Page,
     ) -> Result<History, BrokerError> {
         let mut conn = self.connector.get().await?;
         let since_arg = since.map(|s| s.0.to_string()).unwrap_or_default();
@@ -185,11 +222,14 @@ impl RedisBroker {
             .key(self.keys.base(channel))
             .arg(since_arg)
             .arg(self.policy.ttl.as_millis() as u64)
+            .arg(page.messages.get())
+            .arg(page.bytes.get())
             .invoke_async(&mut conn)
             .await?;
         let mut items = reply.into_iter();
         let top = parse_offset(&items.next().unwrap_or_else(|| "0".into()))?;
         let base = parse_base(&items.next().unwrap_or_default())?;
+        let more = items.next().is_some_and(|more| more == "1");
         let mut messages = Vec::new();
         while let (Some(offset), Some(data)) = (items.next(), items.next()) {
             let data = RawValue::from_string(data)
@@ -200,7 +240,7 @@ impl RedisBroker {
                 data,
             ));
         }
-        Ok(History::from_retained(top, base, since, messages))
+        Ok(History::from_retained(top, base, since, messages, more))
     }
 }
 
@@ -236,16 +276,17 @@ impl Broker for RedisBroker {
         self.publisher().publish(channel, data)
     }
 
-    fn history<'a>(
+    fn history_page<'a>(
         &'a self,
         channel: &'a ChannelName,
         since: Option<Offset>,
+        page: Page,
     ) -> BoxFuture<'a, Result<History, BrokerError>> {
-        bounded(self.history_inner(channel, since)).boxed()
+        bounded(self.history_inner(channel, since, page)).boxed()
     }
 
-    fn attach(&self) -> (Arc<dyn Link>, mpsc::UnboundedReceiver<BrokerEvent>) {
-        let (link, events) = feed::spawn(self.client.clone(), self.keys.clone());
+    fn attach(&self) -> (Arc<dyn Link>, Feed) {
+        let (link, events) = feed::spawn(self.client.clone(), self.keys.clone(), self.feed_limit);
         (Arc::new(link), events)
     }
 
