@@ -338,12 +338,7 @@ mod tests {
     use super::*;
 
     fn config(name: &str, port: u16) -> BackendConfig {
-        BackendConfig {
-            name: name.into(),
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            weight: 1,
-            maxconn: 0,
-        }
+        BackendConfig::new(name, SocketAddr::from(([127, 0, 0, 1], port)))
     }
 
     #[test]

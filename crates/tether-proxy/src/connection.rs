@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, debug_span, info, Instrument};
@@ -20,10 +20,13 @@ use crate::body::Body;
 use crate::client_ip::{parse_proxy_header, ProxyHeader};
 use crate::config::Strategy;
 use crate::exchange::{self, note_failure, Sent, Switched};
-use crate::handshake::{self, ReadError, Reject, RequestHead};
+use crate::frontend::Frontend;
+use crate::handshake::{self, ReadError, Reject, RequestHead, Via};
 use crate::key::routing_key;
 use crate::limits::Admitted;
 use crate::shared::{ClientGauge, Shared};
+use crate::tls::{hello, ClientIdentity, HandshakeFailure, TlsVersion};
+use crate::transport::{BackendIo, ClientIo, Io};
 use crate::tunnel::{self, Closer, Counters};
 
 /// The identifier of a client connection in logs.
@@ -57,11 +60,20 @@ struct Open {
 /// The task that lives as long as the WebSocket is memory per idle tunnel, so it holds only
 /// the tunnel's state: this future, with room for every phase of the handshake, ends here,
 /// and the phases that need buffers are boxed and freed as soon as they are over.
-pub async fn handle(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr, id: ConnId) {
+pub async fn handle(
+    shared: Arc<Shared>,
+    frontend: Arc<Frontend>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    id: ConnId,
+) {
     let started = Instant::now();
     let gauge = ClientGauge::new(&shared);
     let Some(admitted) = shared.gate.admit() else {
-        Box::pin(refuse(&shared, &mut client, Reject::MaxConn)).await;
+        let mut client: ClientIo = Io::Plain(tcp);
+        if frontend.tls.is_none() {
+            Box::pin(refuse(&shared, &mut client, Reject::MaxConn)).await;
+        }
         return;
     };
     // A debug span: at the default level it is disabled and costs nothing, where an enabled
@@ -69,20 +81,22 @@ pub async fn handle(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr
     let span = debug_span!("conn", %id, %peer);
     // Both phases in one future, so listening for the close signal costs one registration.
     let phases = async {
-        let handshake = Box::pin(handshake(&shared, &mut client, peer, started))
+        let (client, handshake) = Box::pin(handshake(&shared, &frontend, tcp, peer, started))
             .instrument(span.clone())
             .await;
-        match handshake {
+        let mut client = client?;
+        let next = match handshake {
             Handshake::Sent(sent) => Box::pin(exchange::run(&shared, &mut client, sent))
                 .instrument(span)
                 .await
                 .map(Next::Tunnel),
             Handshake::Admin(head) => Some(Next::Admin(head)),
             Handshake::Done => None,
-        }
+        };
+        Some((client, next?))
     };
     match until_closed(&shared, id, phases).await.flatten() {
-        Some(Next::Tunnel(switched)) => {
+        Some((client, Next::Tunnel(switched))) => {
             let open = Open {
                 _gauge: gauge,
                 _admitted: admitted,
@@ -91,7 +105,7 @@ pub async fn handle(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr
                 shared, client, switched, id, started, open,
             )));
         }
-        Some(Next::Admin(head)) => {
+        Some((client, Next::Admin(head))) => {
             let admin = Box::pin(crate::admin::serve_on_main(shared.clone(), client, head));
             until_closed(&shared, id, admin).await;
         }
@@ -121,7 +135,11 @@ async fn until_closed<T>(
     }
 }
 
-async fn refuse(shared: &Shared, client: &mut TcpStream, reject: Reject) {
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    client: &mut S,
+    reject: Reject,
+) {
     debug!(status = reject.status(), %reject, "answered by the proxy");
     shared.metrics.reject(reject.metric());
     let _ = client
@@ -134,8 +152,7 @@ async fn refuse(shared: &Shared, client: &mut TcpStream, reject: Reject) {
 /// Closing a socket that still has unread request bytes sends a reset, which can destroy the
 /// response before the client reads it. So after answering, read and discard what the client
 /// still sends until it closes, for a short while.
-pub(crate) async fn linger(client: &mut TcpStream) {
-    use tokio::io::AsyncReadExt;
+pub(crate) async fn linger<S: AsyncRead + Unpin>(client: &mut S) {
     let mut sink = [0u8; 512];
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {}
@@ -145,39 +162,140 @@ pub(crate) async fn linger(client: &mut TcpStream) {
 
 async fn handshake(
     shared: &Shared,
-    client: &mut TcpStream,
+    frontend: &Frontend,
+    mut tcp: TcpStream,
     peer: SocketAddr,
     started: Instant,
-) -> Handshake {
+) -> (Option<ClientIo>, Handshake) {
     let mut buf = Vec::with_capacity(1024);
     let mut peer_ip = peer.ip();
-    if shared.config.listen.accept_proxy && shared.trusted.contains(peer_ip) {
-        match read_proxy_header(shared, client, &mut buf, started).await {
+    if frontend.accept_proxy && frontend.trusted.contains(peer_ip) {
+        match read_proxy_header(shared, &mut tcp, &mut buf, started).await {
             Ok(Some(source)) => peer_ip = source,
             Ok(None) => {}
             Err(reject) => {
-                refuse(shared, client, reject).await;
-                return Handshake::Done;
+                if frontend.tls.is_none() {
+                    refuse(shared, &mut tcp, reject).await;
+                }
+                return (None, Handshake::Done);
             }
         }
     }
-    let head_len = match handshake::read_head(client, &mut buf, &shared.head_limits, started).await
-    {
-        Ok(n) => n,
-        Err(ReadError::Closed | ReadError::Io(_)) => return Handshake::Done,
-        Err(ReadError::Reject(r)) => {
-            refuse(shared, client, r).await;
-            return Handshake::Done;
-        }
+    let mut via = Via::default();
+    let mut client: ClientIo = match &frontend.tls {
+        None => Io::Plain(tcp),
+        Some(tls) => match accept_tls(shared, tls, tcp, std::mem::take(&mut buf), started).await {
+            Some((stream, identity)) => {
+                via.https = true;
+                via.client_cert = identity.map(|id| id.header_value());
+                stream
+            }
+            None => return (None, Handshake::Done),
+        },
     };
-    match route(shared, &buf, head_len, peer_ip).await {
+    let head_len =
+        match handshake::read_head(&mut client, &mut buf, &shared.head_limits, started).await {
+            Ok(n) => n,
+            Err(ReadError::Closed | ReadError::Io(_)) => return (None, Handshake::Done),
+            Err(ReadError::Reject(r)) => {
+                refuse(shared, &mut client, r).await;
+                return (None, Handshake::Done);
+            }
+        };
+    let outcome = match route(shared, frontend, &buf, head_len, peer_ip, &via).await {
         Ok(Routed::Backend(sent)) => Handshake::Sent(sent),
         Ok(Routed::Admin) => Handshake::Admin(buf),
         Err(Some(reject)) => {
-            refuse(shared, client, reject).await;
+            refuse(shared, &mut client, reject).await;
             Handshake::Done
         }
         Err(None) => Handshake::Done,
+    };
+    (Some(client), outcome)
+}
+
+/// The TLS handshake of a connection to a `[listen.tls]` listener, under the same deadlines
+/// as a request head: the first byte within `timeouts.first_byte`, the whole handshake within
+/// `timeouts.head` of the accept, so a client stalling mid-ClientHello is cut like a
+/// slowloris one. The ClientHello is read by the proxy first (bounded in size, refusing
+/// plain HTTP and SSLv2/SSLv3 before rustls sees a byte), then replayed to rustls. A failed
+/// handshake is counted by reason and the connection closed, without an HTTP answer a TLS
+/// client could not read.
+async fn accept_tls(
+    shared: &Shared,
+    tls: &crate::tls::TlsServer,
+    mut tcp: TcpStream,
+    mut buf: Vec<u8>,
+    started: Instant,
+) -> Option<(ClientIo, Option<ClientIdentity>)> {
+    let metrics = &shared.metrics.tls;
+    let fail = |reason: HandshakeFailure, detail: &dyn std::fmt::Display| {
+        debug!(?reason, %detail, "TLS handshake failed");
+        metrics.failure(reason);
+    };
+    let first_byte = started + shared.head_limits.first_byte;
+    let deadline = started + shared.head_limits.complete;
+    if buf.is_empty() {
+        match tokio::time::timeout_at(first_byte, tcp.read_buf(&mut buf)).await {
+            Err(_) => {
+                fail(HandshakeFailure::Timeout, &"no first byte");
+                return None;
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                fail(HandshakeFailure::Closed, &"closed before a ClientHello");
+                return None;
+            }
+            Ok(Ok(_)) => {}
+        }
+    }
+    let read = hello::read(&mut tcp, &mut buf, hello::DEFAULT_LIMIT);
+    match tokio::time::timeout_at(deadline, read).await {
+        Err(_) => {
+            fail(HandshakeFailure::Timeout, &"ClientHello incomplete");
+            return None;
+        }
+        Ok(Err(e)) => {
+            fail(hello_failure(&e), &e);
+            // A plain-HTTP client gets an orderly close (FIN after its request is drained),
+            // not bytes it would show as garbage.
+            let _ = tcp.shutdown().await;
+            linger(&mut tcp).await;
+            return None;
+        }
+        Ok(Ok(_)) => {}
+    }
+    let accept = tls
+        .acceptor()
+        .accept(crate::prefixed::PrefixedIo::new(buf, tcp));
+    match tokio::time::timeout_at(deadline, accept).await {
+        Err(_) => {
+            fail(HandshakeFailure::Timeout, &"handshake incomplete");
+            None
+        }
+        Ok(Err(e)) => {
+            fail(HandshakeFailure::of(&e), &e);
+            None
+        }
+        Ok(Ok(stream)) => {
+            let conn = stream.get_ref().1;
+            metrics.handshake(TlsVersion::of(conn));
+            let identity = ClientIdentity::of(conn);
+            Some((Io::Tls(Box::new(stream)), identity))
+        }
+    }
+}
+
+fn hello_failure(e: &hello::ReadHelloError) -> HandshakeFailure {
+    use hello::{HelloError, ReadHelloError};
+    match e {
+        ReadHelloError::Hello(HelloError::NotTls(_)) => HandshakeFailure::NotTls,
+        ReadHelloError::Hello(HelloError::Legacy(_)) => HandshakeFailure::LegacyVersion,
+        ReadHelloError::Hello(HelloError::TooLarge { .. }) => HandshakeFailure::TooLarge,
+        ReadHelloError::Hello(HelloError::Malformed(_) | HelloError::Truncated(_)) => {
+            HandshakeFailure::Malformed
+        }
+        ReadHelloError::Closed(_) => HandshakeFailure::Closed,
+        ReadHelloError::Io(_) => HandshakeFailure::Other,
     }
 }
 
@@ -188,7 +306,6 @@ async fn read_proxy_header(
     buf: &mut Vec<u8>,
     started: Instant,
 ) -> Result<Option<IpAddr>, Reject> {
-    use tokio::io::AsyncReadExt;
     let deadline = started + shared.head_limits.complete;
     loop {
         match parse_proxy_header(buf) {
@@ -226,23 +343,27 @@ enum Routed {
 /// that came with it). `Err(None)`: the client is gone, nothing to answer.
 async fn route(
     shared: &Shared,
+    frontend: &Frontend,
     buf: &[u8],
     head_len: usize,
     peer_ip: IpAddr,
+    via: &Via,
 ) -> Result<Routed, Option<Reject>> {
     let head =
         RequestHead::parse(&buf[..head_len], shared.config.limits.max_headers).map_err(Some)?;
     if shared.is_stats_path(head.path(buf)) {
         return Ok(Routed::Admin);
     }
-    let peer_trusted = shared.trusted.contains(peer_ip);
-    let client_ip = shared.trusted.client_ip(peer_ip, &head.forwarded_for(buf));
+    let peer_trusted = frontend.trusted.contains(peer_ip);
+    let client_ip = frontend
+        .trusted
+        .client_ip(peer_ip, &head.forwarded_for(buf));
     if let Some(rate) = &shared.rate {
         if !rate.allow(client_ip, std::time::Instant::now()) {
             return Err(Some(Reject::RateLimited));
         }
     }
-    if head.websocket && !shared.origin_allowed(head.header(buf, "origin")) {
+    if head.websocket && !frontend.origin_allowed(head.header(buf, "origin")) {
         return Err(Some(Reject::Origin));
     }
     let sticky = sticky_backend(shared, &head, buf);
@@ -266,7 +387,7 @@ async fn route(
         Vec::new()
     };
     let mut out = Vec::with_capacity(head_len + 128 + body_len);
-    head.forward(buf, client_ip, peer_trusted, !head.websocket, &mut out);
+    head.forward_via(buf, client_ip, peer_trusted, !head.websocket, via, &mut out);
     out.extend_from_slice(&after_head[..body_len]);
     let sent_at = Instant::now();
     let (backend_stream, lease) = connect(
@@ -280,13 +401,15 @@ async fn route(
     let cookie = &shared.config.balance.cookie;
     let cookie = (!cookie.is_empty() && sticky.as_ref().is_none_or(|b| !Arc::ptr_eq(b, backend)))
         .then(|| {
+            // Over TLS the cookie is `Secure`, so a browser never sends it in clear text.
+            let secure = if via.https { "; Secure" } else { "" };
             format!(
-                "Set-Cookie: {cookie}={}; Path=/; HttpOnly; SameSite=Lax",
+                "Set-Cookie: {cookie}={}; Path=/; HttpOnly; SameSite=Lax{secure}",
                 backend.cookie
             )
         });
     Ok(Routed::Backend(Sent {
-        backend: backend_stream,
+        backend: Io::Plain(backend_stream),
         lease,
         client_ip,
         websocket: head.websocket,
@@ -390,8 +513,8 @@ async fn open(addr: SocketAddr, head: &[u8], limit: Duration) -> std::io::Result
 /// the task's state machine stores each piece once.
 struct Tunnel {
     shared: Arc<Shared>,
-    client: TcpStream,
-    backend: TcpStream,
+    client: ClientIo,
+    backend: BackendIo,
     /// Counts the tunnel on its backend (least-connections, `maxconn`) while it lives.
     lease: Lease,
     client_ip: IpAddr,
@@ -403,7 +526,7 @@ struct Tunnel {
 impl Tunnel {
     fn new(
         shared: Arc<Shared>,
-        client: TcpStream,
+        client: ClientIo,
         switched: Switched,
         id: ConnId,
         started: Instant,
@@ -423,7 +546,7 @@ impl Tunnel {
 }
 
 /// The tunnel of a WebSocket, after `101`.
-async fn relay(t: Tunnel) {
+async fn relay(mut t: Tunnel) {
     let backend: &Backend = t.lease.backend();
     let counters = Counters {
         to_backend: &backend.metrics.bytes_to_backend,
@@ -434,7 +557,14 @@ async fn relay(t: Tunnel) {
         signal: &t.shared.closing,
         key: t.id.0,
     };
-    let outcome = tunnel::run(&t.client, &t.backend, idle, &counters, closer).await;
+    // Plain on both sides: the readiness-driven tunnel that holds no buffer while idle.
+    // Otherwise TLS is involved, and bytes go through the sessions' streams.
+    let outcome = match (&mut t.client, &mut t.backend) {
+        (Io::Plain(client), Io::Plain(backend)) => {
+            tunnel::run(client, backend, idle, &counters, closer).await
+        }
+        (client, backend) => tunnel::run_stream(client, backend, idle, &counters, closer).await,
+    };
     t.shared
         .metrics
         .tunnels_ended
@@ -470,7 +600,7 @@ mod tests {
         let config =
             crate::Config::from_toml("[[backend]]\nname = \"b\"\naddr = \"127.0.0.1:1\"\n")
                 .unwrap();
-        let shared = std::sync::Arc::new(crate::shared::Shared::new(config, None));
+        let shared = std::sync::Arc::new(crate::shared::Shared::new(config, None).unwrap());
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = tokio::net::TcpStream::connect(l.local_addr().unwrap())
             .await
@@ -479,7 +609,7 @@ mod tests {
         let peer = client.local_addr().unwrap();
         let set = shared.registry.snapshot();
         let switched = crate::exchange::Switched {
-            backend,
+            backend: crate::transport::Io::Plain(backend),
             lease: set.backends[0].lease(),
             client_ip: peer.ip(),
         };
@@ -489,7 +619,7 @@ mod tests {
         };
         let tunnel = super::Tunnel::new(
             shared.clone(),
-            client,
+            crate::transport::Io::Plain(client),
             switched,
             super::ConnId(1),
             tokio::time::Instant::now(),

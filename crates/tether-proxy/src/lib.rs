@@ -27,6 +27,7 @@ pub mod client_ip;
 pub mod config;
 mod connection;
 mod exchange;
+mod frontend;
 pub mod handshake;
 pub mod health;
 pub mod key;
@@ -37,6 +38,7 @@ pub mod prefixed;
 pub mod response;
 mod shared;
 pub mod tls;
+pub mod transport;
 pub mod tunnel;
 
 pub use backend::BackendState;
