@@ -114,6 +114,10 @@ impl Proxy {
                 }
             })
         });
+        let cert_watch = tokio::spawn(crate::tls::watch::run(
+            shared.clone(),
+            crate::tls::watch::INTERVAL,
+        ));
         info!(
             ?addrs,
             backends = shared.registry.snapshot().backends.len(),
@@ -152,6 +156,7 @@ impl Proxy {
         if let Some(admin) = admin {
             admin.abort();
         }
+        cert_watch.abort();
         for backend in shared.registry.snapshot().backends.iter() {
             // Stops its health checker at the next tick.
             backend.retire();

@@ -11,6 +11,7 @@ pub mod hello;
 pub mod material;
 pub mod server;
 pub mod store;
+pub(crate) mod watch;
 
 use std::sync::{Arc, OnceLock};
 
