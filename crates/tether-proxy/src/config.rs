@@ -453,6 +453,9 @@ pub struct BackendConfig {
     /// The TLS keys, validated, once the configuration is loaded; `None` for plain TCP.
     #[serde(skip)]
     pub tls_settings: Option<BackendTls>,
+    /// The TLS client built from `tls_settings` (its files read) at load time.
+    #[serde(skip)]
+    pub connector: Option<crate::tls::BackendConnector>,
 }
 
 impl BackendConfig {
@@ -471,6 +474,7 @@ impl BackendConfig {
             client_cert: None,
             client_key: None,
             tls_settings: None,
+            connector: None,
         }
     }
 
@@ -558,6 +562,11 @@ impl Config {
                 Some(tls) => Some(tls.validate(&format!("{at}.tls"), base)?),
                 None => None,
             };
+            // Read every file now, so a configuration that loads is one that serves (and
+            // `tether check` proves it). The listener loads them again when it starts.
+            if let Some(settings) = &l.tls_settings {
+                crate::tls::TlsServer::load(settings.clone()).map_err(file_problem)?;
+            }
             if l.mode == ListenMode::TlsPassthrough && l.tls.is_some() {
                 return Err((
                     format!("{at}.tls"),
@@ -570,22 +579,10 @@ impl Config {
             b.tls_settings = b
                 .tls_keys()
                 .validate(&format!("backend[{i}]"), b.addr, base)?;
-        }
-        Ok(())
-    }
-
-    /// Every file the configuration names for TLS, with the key that names it: what
-    /// `tether check` opens to prove they load.
-    pub fn check_tls_files(&self) -> Result<(), crate::tls::FileError> {
-        for l in &self.listeners {
-            if let Some(settings) = &l.tls_settings {
-                crate::tls::TlsServer::load(settings.clone())?;
-            }
-        }
-        for b in &self.backends {
-            if let Some(tls) = &b.tls_settings {
-                crate::tls::BackendConnector::new(tls)?;
-            }
+            b.connector = match &b.tls_settings {
+                Some(tls) => Some(crate::tls::BackendConnector::new(tls).map_err(file_problem)?),
+                None => None,
+            };
         }
         Ok(())
     }
@@ -683,6 +680,12 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A certificate file's error as a configuration error: the key that names the file, then
+/// the file and what is wrong with it.
+fn file_problem(e: crate::tls::FileError) -> (String, String) {
+    (e.key, format!("{}: {}", e.file.display(), e.problem))
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

@@ -409,7 +409,7 @@ async fn route(
             )
         });
     Ok(Routed::Backend(Sent {
-        backend: Io::Plain(backend_stream),
+        backend: backend_stream,
         lease,
         client_ip,
         websocket: head.websocket,
@@ -439,7 +439,7 @@ async fn connect(
     sticky: Option<Arc<Backend>>,
     key: Option<&[u8]>,
     head: &[u8],
-) -> Result<(TcpStream, Lease), Option<Reject>> {
+) -> Result<(BackendIo, Lease), Option<Reject>> {
     let set = shared.registry.snapshot();
     let mut tried: Vec<BackendId> = Vec::new();
     let attempts = shared.config.balance.retries + 1;
@@ -464,7 +464,13 @@ async fn connect(
                 tried.push(id);
             }
         }
-        match open(backend.addr, head, shared.config.timeouts.connect).await {
+        let opened = match &backend.tls {
+            None => open(backend.addr, head, shared.config.timeouts.connect)
+                .await
+                .map(Io::Plain),
+            Some(tls) => open_tls(backend.addr, tls, head, shared.config.timeouts.connect).await,
+        };
+        match opened {
             Ok(stream) => return Ok((stream, lease)),
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 note_failure(shared, &backend, "connect timed out")
@@ -507,6 +513,29 @@ async fn open(addr: SocketAddr, head: &[u8], limit: Duration) -> std::io::Result
             .map_err(|_| std::io::ErrorKind::TimedOut)??;
     }
     Ok(stream)
+}
+
+/// Opens a TLS connection to `addr` (TCP connect and TLS handshake within `limit`) and
+/// writes `head` on it. A failed handshake (an untrusted certificate, a wrong name) is a
+/// failed connect: the backend is marked and another one tried.
+async fn open_tls(
+    addr: SocketAddr,
+    tls: &crate::tls::BackendConnector,
+    head: &[u8],
+    limit: Duration,
+) -> std::io::Result<BackendIo> {
+    let connect = async {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let mut stream = tls.connect(tcp).await?;
+        stream.write_all(head).await?;
+        stream.flush().await?;
+        Ok::<_, std::io::Error>(stream)
+    };
+    let stream = tokio::time::timeout(limit, connect)
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    Ok(Io::Tls(Box::new(stream)))
 }
 
 /// Everything the tunnel's task owns. Kept in one place (and borrowed, not destructured) so

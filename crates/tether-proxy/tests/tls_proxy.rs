@@ -248,3 +248,163 @@ async fn bad_input_on_a_tls_port_is_refused_counted_and_others_are_served() {
     let mut tls = s.tls(None).await.expect("others are served");
     upgrade(&mut tls, "").await;
 }
+
+/// A TLS backend: answers `101` to an upgrade and echoes, recording each request head and
+/// the identity the proxy presented.
+async fn tls_backend(
+    dir: &TempDir,
+    ca: &Ca,
+    client_ca: Option<&Ca>,
+) -> (
+    SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>,
+) {
+    let (cert, key) = write_leaf(dir, "backend", &ca.server(&["backend.internal"]));
+    let mut text = format!(
+        "cert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    if let Some(c) = client_ca {
+        let path = dir.write("proxy-ca.pem", &c.pem);
+        text.push_str(&format!("client_ca = \"{}\"\n", path.display()));
+    }
+    let raw: tether_proxy::tls::ListenTlsConfig = toml::from_str(&text).unwrap();
+    let server = std::sync::Arc::new(
+        tether_proxy::tls::TlsServer::load(raw.validate("listen.tls", &dir.0).unwrap()).unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (server, log) = (server.clone(), log.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = server.acceptor().accept(tcp).await else {
+                    return;
+                };
+                let id = tether_proxy::tls::ClientIdentity::of(tls.get_ref().1)
+                    .map(|i| i.header_value());
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match tls.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                log.lock()
+                    .unwrap()
+                    .push((String::from_utf8_lossy(&head).into_owned(), id));
+                let answer = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+                if tls.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+                let _ = tls.flush().await;
+                let mut buf = [0u8; 4096];
+                loop {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if tls.write_all(&buf[..n]).await.is_err() || tls.flush().await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn backend_tls_verifies_with_ca_and_presents_the_proxy_certificate() {
+    let dir = TempDir::new("proxy-backend-tls");
+    let backend_ca = Ca::new("Backend Root");
+    let proxy_ca = Ca::new("Proxy Identity Root");
+    let (addr, seen) = tls_backend(&dir, &backend_ca, Some(&proxy_ca)).await;
+    let ca = dir.write("backend-ca.pem", &backend_ca.pem);
+    let (cert, key) = write_leaf(
+        &dir,
+        "proxy-id",
+        &proxy_ca.client("tether", Some("spiffe://example.org/proxy")),
+    );
+    let text = format!(
+        "[listen]\naddr = \"127.0.0.1:0\"\n[admin]\nenabled = false\n[health]\nkind = \"websocket\"\ninterval = \"200ms\"\n\
+         [[backend]]\nname = \"secure\"\naddr = \"{addr}\"\ntls = true\nsni = \"backend.internal\"\nca = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\n",
+        ca.display(), cert.display(), key.display()
+    );
+    let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}"));
+    let proxy = Proxy::bind(config, None).await.unwrap().spawn();
+    let mut client = TcpStream::connect(proxy.addr()).await.unwrap();
+    upgrade(&mut client, "").await;
+    let (head, id) = seen.lock().unwrap().first().cloned().unwrap();
+    assert!(head.starts_with("GET /chat HTTP/1.1"), "{head}");
+    assert_eq!(
+        id.as_deref(),
+        Some("Subject=\"CN=tether, O=Tether Tests\";URI=spiffe://example.org/proxy")
+    );
+    // Health checks over the same TLS keep it up.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(proxy.backends()[0].state, tether_proxy::BackendState::Up);
+    assert!(
+        seen.lock().unwrap().len() >= 2,
+        "websocket health checks reached the backend over TLS"
+    );
+}
+
+#[tokio::test]
+async fn an_untrusted_backend_certificate_is_a_failed_connect() {
+    let dir = TempDir::new("proxy-backend-untrusted");
+    let real = Ca::new("Backend Root");
+    let other = Ca::new("Some Other Root");
+    let (addr, seen) = tls_backend(&dir, &real, None).await;
+    let ca = dir.write("wrong-ca.pem", &other.pem);
+    let text = format!(
+        "[listen]\naddr = \"127.0.0.1:0\"\n[admin]\nenabled = false\n[health]\nkind = \"none\"\n\
+         [[backend]]\nname = \"b\"\naddr = \"{addr}\"\ntls = true\nsni = \"backend.internal\"\nca = \"{}\"\n",
+        ca.display()
+    );
+    let proxy = Proxy::bind(Config::from_toml(&text).unwrap(), None)
+        .await
+        .unwrap()
+        .spawn();
+    let mut client = TcpStream::connect(proxy.addr()).await.unwrap();
+    client
+        .write_all(format!("{UPGRADE}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), client.read_to_string(&mut answer)).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 503") || answer.starts_with("HTTP/1.1 502"),
+        "{answer}"
+    );
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "no request reached an unverified backend"
+    );
+}
+
+#[test]
+fn check_names_the_key_and_the_file_that_does_not_load() {
+    let dir = TempDir::new("proxy-check");
+    let missing = dir.path("missing.pem");
+    let text = format!(
+        "[listen]\n[listen.tls]\ncert = \"{}\"\nkey = \"{}\"\n[[backend]]\nname = \"b\"\naddr = \"127.0.0.1:1\"\n",
+        missing.display(),
+        missing.display()
+    );
+    let e = Config::from_toml(&text).unwrap_err();
+    assert_eq!(e.key, "listen.tls.cert");
+    assert!(e.problem.contains(&*missing.to_string_lossy()), "{e}");
+    let text = format!(
+        "[[backend]]\nname = \"b\"\naddr = \"127.0.0.1:1\"\ntls = true\nca = \"{}\"\n",
+        missing.display()
+    );
+    let e = Config::from_toml(&text).unwrap_err();
+    assert_eq!(e.key, "backend[0].ca", "{e}");
+}
