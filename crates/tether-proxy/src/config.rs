@@ -76,6 +76,9 @@ pub struct ListenConfig {
     pub mode: ListenMode,
     /// `[listen.tls]`: terminate TLS on this listener.
     pub tls: Option<ListenTlsConfig>,
+    /// `tls-passthrough`: the backend (by name) for a ClientHello without a server name;
+    /// without it such a connection is refused.
+    pub default_backend: Option<String>,
     /// `tls`, validated (paths resolved), once the configuration is loaded.
     #[serde(skip)]
     pub tls_settings: Option<ServerTlsSettings>,
@@ -90,6 +93,7 @@ impl Default for ListenConfig {
             allowed_origins: Vec::new(),
             mode: ListenMode::Http,
             tls: None,
+            default_backend: None,
             tls_settings: None,
         }
     }
@@ -249,6 +253,8 @@ pub enum KeySource {
     Cookie(String),
     /// The Nth path segment, 1-based (`/room/42` → `path:2` is `42`).
     Path(usize),
+    /// The server name of the TLS ClientHello, on `tls-passthrough` listeners.
+    Sni,
 }
 
 impl FromStr for KeySource {
@@ -265,6 +271,7 @@ impl FromStr for KeySource {
         };
         match kind {
             "ip" if arg.is_empty() => Ok(KeySource::Ip),
+            "sni" if arg.is_empty() => Ok(KeySource::Sni),
             "query" => need_name("query").map(KeySource::Query),
             "header" => need_name("header").map(|h| KeySource::Header(h.to_ascii_lowercase())),
             "cookie" => need_name("cookie").map(KeySource::Cookie),
@@ -273,7 +280,7 @@ impl FromStr for KeySource {
                 _ => Err(format!("`path:N` needs N ≥ 1, got `{arg}`")),
             },
             _ => Err(format!(
-                "unknown key `{s}`; expected ip | query:NAME | header:NAME | cookie:NAME | path:N"
+                "unknown key `{s}`; expected ip | query:NAME | header:NAME | cookie:NAME | path:N | sni"
             )),
         }
     }
@@ -294,6 +301,7 @@ impl fmt::Display for KeySource {
             KeySource::Header(n) => write!(f, "header:{n}"),
             KeySource::Cookie(n) => write!(f, "cookie:{n}"),
             KeySource::Path(n) => write!(f, "path:{n}"),
+            KeySource::Sni => f.write_str("sni"),
         }
     }
 }
@@ -558,6 +566,13 @@ impl Config {
             } else {
                 "listen".to_owned()
             };
+            if l.mode == ListenMode::TlsPassthrough && l.tls.is_some() {
+                return Err((
+                    format!("{at}.tls"),
+                    "a `tls-passthrough` listener does not terminate TLS; remove [listen.tls]"
+                        .into(),
+                ));
+            }
             l.tls_settings = match &l.tls {
                 Some(tls) => Some(tls.validate(&format!("{at}.tls"), base)?),
                 None => None,
@@ -566,13 +581,6 @@ impl Config {
             // `tether check` proves it). The listener loads them again when it starts.
             if let Some(settings) = &l.tls_settings {
                 crate::tls::TlsServer::load(settings.clone()).map_err(file_problem)?;
-            }
-            if l.mode == ListenMode::TlsPassthrough && l.tls.is_some() {
-                return Err((
-                    format!("{at}.tls"),
-                    "a `tls-passthrough` listener does not terminate TLS; remove [listen.tls]"
-                        .into(),
-                ));
             }
         }
         for (i, b) in self.backends.iter_mut().enumerate() {
@@ -597,6 +605,20 @@ impl Config {
         }
         let mut addrs = HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
+            if let Some(name) = &l.default_backend {
+                if l.mode != ListenMode::TlsPassthrough {
+                    return err(
+                        &format!("listen[{i}].default_backend"),
+                        "only used with `mode = \"tls-passthrough\"`".into(),
+                    );
+                }
+                if !self.backends.iter().any(|b| &b.name == name) {
+                    return err(
+                        &format!("listen[{i}].default_backend"),
+                        format!("no [[backend]] is named `{name}`"),
+                    );
+                }
+            }
             // Port 0 asks the system for a free port: never the same twice.
             if l.addr.port() != 0 && !addrs.insert(l.addr) {
                 return err(

@@ -45,6 +45,8 @@ enum Handshake {
     Sent(Sent),
     /// The request was for the admin pages under `stats_uri`; the head is handed over.
     Admin(Vec<u8>),
+    /// A `tls-passthrough` connection whose ClientHello went to a backend: tunnel now.
+    Passthrough(Switched),
     /// Nothing more to do (the client left, or was answered by the proxy).
     Done,
 }
@@ -91,6 +93,7 @@ pub async fn handle(
                 .await
                 .map(Next::Tunnel),
             Handshake::Admin(head) => Some(Next::Admin(head)),
+            Handshake::Passthrough(switched) => Some(Next::Tunnel(switched)),
             Handshake::Done => None,
         };
         Some((client, next?))
@@ -167,6 +170,12 @@ async fn handshake(
     peer: SocketAddr,
     started: Instant,
 ) -> (Option<ClientIo>, Handshake) {
+    if frontend.mode == crate::config::ListenMode::TlsPassthrough {
+        return match passthrough(shared, frontend, tcp, peer, started).await {
+            Some((client, switched)) => (Some(client), Handshake::Passthrough(switched)),
+            None => (None, Handshake::Done),
+        };
+    }
     let mut buf = Vec::with_capacity(1024);
     let mut peer_ip = peer.ip();
     if frontend.accept_proxy && frontend.trusted.contains(peer_ip) {
@@ -285,6 +294,87 @@ async fn accept_tls(
     }
 }
 
+/// A `tls-passthrough` connection: reads the ClientHello (under the first-byte and head
+/// deadlines, bounded in size), routes on its server name (`key = "sni"` for consistent
+/// hashing; `default_backend` or a close when there is none), replays every byte read to the
+/// backend and tunnels at L4. The backend terminates TLS itself; `tls` on a backend is not
+/// used here, since the bytes are already TLS.
+async fn passthrough(
+    shared: &Shared,
+    frontend: &Frontend,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    started: Instant,
+) -> Option<(ClientIo, Switched)> {
+    let metrics = &shared.metrics.tls;
+    let mut buf = Vec::with_capacity(2048);
+    let first = started + shared.head_limits.first_byte;
+    let deadline = started + shared.head_limits.complete;
+    let refuse_with = |reason: HandshakeFailure, detail: &dyn std::fmt::Display| {
+        debug!(?reason, %detail, "passthrough refused");
+        metrics.failure(reason);
+    };
+    match tokio::time::timeout_at(first, tcp.read_buf(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => {}
+        Err(_) => {
+            refuse_with(HandshakeFailure::Timeout, &"no first byte");
+            return None;
+        }
+        _ => {
+            refuse_with(HandshakeFailure::Closed, &"closed before a ClientHello");
+            return None;
+        }
+    }
+    let read = hello::read(&mut tcp, &mut buf, hello::DEFAULT_LIMIT);
+    let hello = match tokio::time::timeout_at(deadline, read).await {
+        Err(_) => {
+            refuse_with(HandshakeFailure::Timeout, &"ClientHello incomplete");
+            return None;
+        }
+        Ok(Err(e)) => {
+            refuse_with(hello_failure(&e), &e);
+            let _ = tcp.shutdown().await;
+            linger(&mut tcp).await;
+            return None;
+        }
+        Ok(Ok(hello)) => hello,
+    };
+    let set = shared.registry.snapshot();
+    let (backend, lease) = match &hello.sni {
+        Some(name) => {
+            let key = (shared.config.balance.key == Some(crate::config::KeySource::Sni)
+                && shared.config.balance.strategy == Strategy::ConsistentHash)
+                .then(|| name.as_ref().as_bytes());
+            connect(shared, None, key, &buf, true).await.ok()?
+        }
+        None => {
+            let named = frontend
+                .default_backend
+                .as_deref()
+                .and_then(|n| set.by_name(n))
+                .filter(|b| b.accepts_new())
+                .cloned();
+            let Some(named) = named else {
+                refuse_with(
+                    HandshakeFailure::NoServerName,
+                    &"no SNI and no default_backend",
+                );
+                return None;
+            };
+            connect(shared, Some(named), None, &buf, true).await.ok()?
+        }
+    };
+    debug!(sni = ?hello.sni, backend = %lease.backend().name, "passthrough routed");
+    Some((
+        Io::Plain(tcp),
+        Switched {
+            backend,
+            lease,
+            client_ip: peer.ip(),
+        },
+    ))
+}
+
 fn hello_failure(e: &hello::ReadHelloError) -> HandshakeFailure {
     use hello::{HelloError, ReadHelloError};
     match e {
@@ -395,6 +485,7 @@ async fn route(
         sticky.clone(),
         key.as_ref().map(|k| k.as_bytes()),
         &out,
+        false,
     )
     .await?;
     let backend = lease.backend();
@@ -439,6 +530,7 @@ async fn connect(
     sticky: Option<Arc<Backend>>,
     key: Option<&[u8]>,
     head: &[u8],
+    raw: bool,
 ) -> Result<(BackendIo, Lease), Option<Reject>> {
     let set = shared.registry.snapshot();
     let mut tried: Vec<BackendId> = Vec::new();
@@ -464,7 +556,7 @@ async fn connect(
                 tried.push(id);
             }
         }
-        let opened = match &backend.tls {
+        let opened = match backend.tls.as_ref().filter(|_| !raw) {
             None => open(backend.addr, head, shared.config.timeouts.connect)
                 .await
                 .map(Io::Plain),

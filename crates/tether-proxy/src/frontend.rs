@@ -21,6 +21,8 @@ pub struct Frontend {
     pub allowed_origins: Vec<String>,
     /// Terminates TLS when `[listen.tls]` is set.
     pub tls: Option<TlsServer>,
+    /// `tls-passthrough`: where a ClientHello without SNI goes (refused when `None`).
+    pub default_backend: Option<String>,
 }
 
 impl Frontend {
@@ -38,6 +40,7 @@ impl Frontend {
             trusted: TrustedProxies::new(config.trusted_proxies.clone()),
             allowed_origins: config.allowed_origins.clone(),
             tls,
+            default_backend: config.default_backend.clone(),
         })
     }
 

@@ -182,6 +182,8 @@ pub enum HandshakeFailure {
     LegacyVersion,
     /// The ClientHello passed the size limit.
     TooLarge,
+    /// A `tls-passthrough` ClientHello without SNI, and no `default_backend`.
+    NoServerName,
     /// Bytes that are not valid TLS.
     Malformed,
     /// No version, cipher suite or ALPN protocol in common (a TLS 1.2 client on a
