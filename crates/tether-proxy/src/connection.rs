@@ -29,6 +29,12 @@ use crate::tls::{hello, ClientIdentity, HandshakeFailure, TlsVersion};
 use crate::transport::{BackendIo, ClientIo, Io};
 use crate::tunnel::{self, Closer, Counters};
 
+mod passthrough;
+mod termination;
+
+use passthrough::passthrough;
+use termination::{accept_tls, hello_failure};
+
 /// The identifier of a client connection in logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnId(pub u64);
@@ -221,172 +227,6 @@ async fn handshake(
         Err(None) => Handshake::Done,
     };
     (Some(client), outcome)
-}
-
-/// The TLS handshake of a connection to a `[listen.tls]` listener, under the same deadlines
-/// as a request head: the first byte within `timeouts.first_byte`, the whole handshake within
-/// `timeouts.head` of the accept, so a client stalling mid-ClientHello is cut like a
-/// slowloris one. The ClientHello is read by the proxy first (bounded in size, refusing
-/// plain HTTP and SSLv2/SSLv3 before rustls sees a byte), then replayed to rustls. A failed
-/// handshake is counted by reason and the connection closed, without an HTTP answer a TLS
-/// client could not read.
-async fn accept_tls(
-    shared: &Shared,
-    tls: &crate::tls::TlsServer,
-    mut tcp: TcpStream,
-    mut buf: Vec<u8>,
-    started: Instant,
-) -> Option<(ClientIo, Option<ClientIdentity>)> {
-    let metrics = &shared.metrics.tls;
-    let fail = |reason: HandshakeFailure, detail: &dyn std::fmt::Display| {
-        debug!(?reason, %detail, "TLS handshake failed");
-        metrics.failure(reason);
-    };
-    let first_byte = started + shared.head_limits.first_byte;
-    let deadline = started + shared.head_limits.complete;
-    if buf.is_empty() {
-        match tokio::time::timeout_at(first_byte, tcp.read_buf(&mut buf)).await {
-            Err(_) => {
-                fail(HandshakeFailure::Timeout, &"no first byte");
-                return None;
-            }
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                fail(HandshakeFailure::Closed, &"closed before a ClientHello");
-                return None;
-            }
-            Ok(Ok(_)) => {}
-        }
-    }
-    let read = hello::read(&mut tcp, &mut buf, hello::DEFAULT_LIMIT);
-    match tokio::time::timeout_at(deadline, read).await {
-        Err(_) => {
-            fail(HandshakeFailure::Timeout, &"ClientHello incomplete");
-            return None;
-        }
-        Ok(Err(e)) => {
-            fail(hello_failure(&e), &e);
-            // A plain-HTTP client gets an orderly close (FIN after its request is drained),
-            // not bytes it would show as garbage.
-            let _ = tcp.shutdown().await;
-            linger(&mut tcp).await;
-            return None;
-        }
-        Ok(Ok(_)) => {}
-    }
-    let accept = tls
-        .acceptor()
-        .accept(crate::prefixed::PrefixedIo::new(buf, tcp));
-    match tokio::time::timeout_at(deadline, accept).await {
-        Err(_) => {
-            fail(HandshakeFailure::Timeout, &"handshake incomplete");
-            None
-        }
-        Ok(Err(e)) => {
-            fail(HandshakeFailure::of(&e), &e);
-            None
-        }
-        Ok(Ok(stream)) => {
-            let conn = stream.get_ref().1;
-            metrics.handshake(TlsVersion::of(conn));
-            let identity = ClientIdentity::of(conn);
-            Some((Io::Tls(Box::new(stream)), identity))
-        }
-    }
-}
-
-/// A `tls-passthrough` connection: reads the ClientHello (under the first-byte and head
-/// deadlines, bounded in size), routes on its server name (`key = "sni"` for consistent
-/// hashing; `default_backend` or a close when there is none), replays every byte read to the
-/// backend and tunnels at L4. The backend terminates TLS itself; `tls` on a backend is not
-/// used here, since the bytes are already TLS.
-async fn passthrough(
-    shared: &Shared,
-    frontend: &Frontend,
-    mut tcp: TcpStream,
-    peer: SocketAddr,
-    started: Instant,
-) -> Option<(ClientIo, Switched)> {
-    let metrics = &shared.metrics.tls;
-    let mut buf = Vec::with_capacity(2048);
-    let first = started + shared.head_limits.first_byte;
-    let deadline = started + shared.head_limits.complete;
-    let refuse_with = |reason: HandshakeFailure, detail: &dyn std::fmt::Display| {
-        debug!(?reason, %detail, "passthrough refused");
-        metrics.failure(reason);
-    };
-    match tokio::time::timeout_at(first, tcp.read_buf(&mut buf)).await {
-        Ok(Ok(n)) if n > 0 => {}
-        Err(_) => {
-            refuse_with(HandshakeFailure::Timeout, &"no first byte");
-            return None;
-        }
-        _ => {
-            refuse_with(HandshakeFailure::Closed, &"closed before a ClientHello");
-            return None;
-        }
-    }
-    let read = hello::read(&mut tcp, &mut buf, hello::DEFAULT_LIMIT);
-    let hello = match tokio::time::timeout_at(deadline, read).await {
-        Err(_) => {
-            refuse_with(HandshakeFailure::Timeout, &"ClientHello incomplete");
-            return None;
-        }
-        Ok(Err(e)) => {
-            refuse_with(hello_failure(&e), &e);
-            let _ = tcp.shutdown().await;
-            linger(&mut tcp).await;
-            return None;
-        }
-        Ok(Ok(hello)) => hello,
-    };
-    let set = shared.registry.snapshot();
-    let (backend, lease) = match &hello.sni {
-        Some(name) => {
-            let key = (shared.config.balance.key == Some(crate::config::KeySource::Sni)
-                && shared.config.balance.strategy == Strategy::ConsistentHash)
-                .then(|| name.as_ref().as_bytes());
-            connect(shared, None, key, &buf, true).await.ok()?
-        }
-        None => {
-            let named = frontend
-                .default_backend
-                .as_deref()
-                .and_then(|n| set.by_name(n))
-                .filter(|b| b.accepts_new())
-                .cloned();
-            let Some(named) = named else {
-                refuse_with(
-                    HandshakeFailure::NoServerName,
-                    &"no SNI and no default_backend",
-                );
-                return None;
-            };
-            connect(shared, Some(named), None, &buf, true).await.ok()?
-        }
-    };
-    debug!(sni = ?hello.sni, backend = %lease.backend().name, "passthrough routed");
-    Some((
-        Io::Plain(tcp),
-        Switched {
-            backend,
-            lease,
-            client_ip: peer.ip(),
-        },
-    ))
-}
-
-fn hello_failure(e: &hello::ReadHelloError) -> HandshakeFailure {
-    use hello::{HelloError, ReadHelloError};
-    match e {
-        ReadHelloError::Hello(HelloError::NotTls(_)) => HandshakeFailure::NotTls,
-        ReadHelloError::Hello(HelloError::Legacy(_)) => HandshakeFailure::LegacyVersion,
-        ReadHelloError::Hello(HelloError::TooLarge { .. }) => HandshakeFailure::TooLarge,
-        ReadHelloError::Hello(HelloError::Malformed(_) | HelloError::Truncated(_)) => {
-            HandshakeFailure::Malformed
-        }
-        ReadHelloError::Closed(_) => HandshakeFailure::Closed,
-        ReadHelloError::Io(_) => HandshakeFailure::Other,
-    }
 }
 
 /// Reads a PROXY protocol header if the peer sent one; returns the original client address.
