@@ -408,3 +408,48 @@ fn check_names_the_key_and_the_file_that_does_not_load() {
     let e = Config::from_toml(&text).unwrap_err();
     assert_eq!(e.key, "backend[0].ca", "{e}");
 }
+
+#[tokio::test]
+async fn untrusted_and_expired_client_certificates_are_refused_and_counted() {
+    let s = setup(
+        "client_ca = \"CLIENT_CA\"\nclient_auth = \"optional\"\n",
+        "",
+    )
+    .await;
+    let stranger = Ca::new("Other Root").client("mallory", None);
+    let expired = s.clients.leaf(&[], |p| {
+        p.distinguished_name.push(rcgen::DnType::CommonName, "old");
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    });
+    for (leaf, reason) in [
+        (&stranger, "CertificateRejected"),
+        (&expired, "CertificateExpired"),
+    ] {
+        let attempt = async {
+            let mut tls = s.tls(Some(leaf)).await?;
+            tls.write_all(format!("{UPGRADE}\r\n").as_bytes()).await?;
+            let mut buf = [0u8; 1];
+            tls.read(&mut buf).await
+        };
+        assert!(attempt.await.is_err(), "{reason}");
+        let key = format!("tether_tls_handshake_errors_total{{reason=\"{reason}\"}}");
+        assert!(
+            tokio_eventually(|| s.metric(&key) == 1.0).await,
+            "{reason}\n{}",
+            s.proxy.metrics_text()
+        );
+    }
+    assert!(
+        s.backend.heads.lock().unwrap().is_empty(),
+        "nothing reached the backend"
+    );
+    // Optional: a client without a certificate is served, with no identity header.
+    let mut tls = s.tls(None).await.unwrap();
+    upgrade(&mut tls, "").await;
+    assert!(!s
+        .last_head()
+        .to_ascii_lowercase()
+        .contains("x-forwarded-client-cert"));
+}
