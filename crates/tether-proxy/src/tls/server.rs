@@ -329,8 +329,7 @@ mod tests {
         let v = id.header_value();
         assert_eq!(
             v,
-            "Subject=\"CN=alice, O=Acme \\\"Q\\\"%0D%0AX-Evil: 1\";URI=\"spiffe://example.org/ns/a\""
-                .replace("\"spiffe://example.org/ns/a\"", "spiffe://example.org/ns/a")
+            r#"Subject="CN=alice, O=Acme \"Q\"%0D%0AX-Evil: 1";URI=spiffe://example.org/ns/a"#
         );
         assert!(v.bytes().all(|b| (0x20..0x7f).contains(&b)));
     }
