@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: tether proxy vs HAProxy vs nginx (and direct), and tether hub vs
-# Socket.IO with its Redis adapter. Prints one table and writes it to bench/results/latest.md.
+# Socket.IO with its Redis adapter. Prints one table and writes it to bench/results/latest.md;
+# a full run (neither --quick nor --skip-*) also writes it into docs/bench.md and the README's
+# headline table, between their bench:results / bench:headline markers.
 #
 # Usage: bench/compare.sh [--quick] [--skip-proxies] [--skip-hub] [--no-build] [--instructions]
+#                         [--no-docs]
 #   --quick         short runs (smoke test of the script, numbers not meaningful)
 #   --skip-proxies  only the hub fan-out comparison
 #   --skip-hub      only the proxy comparison
@@ -10,6 +13,7 @@
 #   --rounds N      measure every proxy N times, in turn, and report medians (default 3)
 #   --instructions  also count each proxy's user-space instructions per round trip under
 #                   callgrind: deterministic where CPU time on a shared machine is not (~3 min)
+#   --no-docs       a full run leaves docs/bench.md and README.md alone
 # Environment: CARGO_TARGET_DIR (where the release binary is built), TETHER_BIN (use this
 # binary instead), SERVER_CPU (0) and CLIENT_CPU (1): servers under test are pinned to one CPU,
 # the load generator and echo backends to the other. REDIS_URL (redis://127.0.0.1:6379).
@@ -24,7 +28,7 @@ SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 WRITE_DELAY=${WRITE_DELAY:-10ms}
-QUICK=0 SKIP_PROXIES=0 SKIP_HUB=0 BUILD=1 ROUNDS= INSTRUCTIONS=0
+QUICK=0 SKIP_PROXIES=0 SKIP_HUB=0 BUILD=1 ROUNDS= INSTRUCTIONS=0 DOCS=1
 ARGS=("$@")
 while [ $# -gt 0 ]; do
   arg=$1; shift
@@ -35,7 +39,8 @@ while [ $# -gt 0 ]; do
     --skip-hub) SKIP_HUB=1 ;;
     --no-build) BUILD=0 ;;
     --instructions) INSTRUCTIONS=1 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --no-docs) DOCS=0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "compare.sh: unknown argument $arg (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -359,7 +364,7 @@ hub_suite() {
   start_hubs "$prefix-hub"
   fanout tether-hub tether "${HUB_PORTS[@]}"
   for pid in "${HUB_MAINS[@]}"; do stop_pid "$pid"; done
-  # Again with a write delay: what a busy deployment would set (see README, "Hub tuning").
+  # Again with a write delay: what a busy deployment would set (see docs/hub.md, "Hub tuning").
   start_hubs "$prefix-hub-batched" --write-delay "$WRITE_DELAY"
   fanout tether-hub-batched tether "${HUB_PORTS[@]}"
   for pid in "${HUB_MAINS[@]}"; do stop_pid "$pid"; done
@@ -414,14 +419,20 @@ main() {
   mkdir -p "$ROOT/bench/results"
   local out=$ROOT/bench/results/latest.md
   [ "$QUICK" = 0 ] || out=$WORK/latest.md
-  BENCH_DATE=$(date -u '+%Y-%m-%d %H:%M UTC') BENCH_MACHINE=$(machine) \
-    BENCH_IDLE_N=$IDLE_N BENCH_WRITE_DELAY=$WRITE_DELAY BENCH_COMMAND="bench/compare.sh ${ARGS[*]}" BENCH_COMMIT="$(commit)" \
+  # Only a full run speaks for the project: a partial or quick one leaves the docs alone.
+  local docs=()
+  if [ "$DOCS" = 1 ] && [ "$QUICK" = 0 ] && [ "$SKIP_PROXIES" = 0 ] && [ "$SKIP_HUB" = 0 ]; then
+    docs=("BENCH_DOC=$ROOT/docs/bench.md" "BENCH_README=$ROOT/README.md")
+  fi
+  env ${docs[@]+"${docs[@]}"} \
+    BENCH_DATE="$(date -u '+%Y-%m-%d %H:%M UTC')" BENCH_MACHINE="$(machine)" BENCH_SECONDS=$((SECONDS - began)) \
+    BENCH_IDLE_N="$IDLE_N" BENCH_WRITE_DELAY="$WRITE_DELAY" BENCH_COMMAND="bench/compare.sh ${ARGS[*]}" BENCH_COMMIT="$(commit)" \
     BENCH_LOAD="load average $load_before before, $(cut -d' ' -f1-3 /proc/loadavg) after (other processes on the machine add noise)" \
     node "$ROOT/bench/table.js" "$RESULTS" > "$WORK/latest.md"
   cp "$RESULTS" "${out%.md}.jsonl"
   [ "$out" = "$WORK/latest.md" ] || cp "$WORK/latest.md" "$out"
   cat "$WORK/latest.md"
-  log "done in $((SECONDS - began)) s; table written to $out"
+  log "done in $((SECONDS - began)) s; table written to $out${docs[*]:+, docs/bench.md and README.md}"
 }
 
 main; exit $?  # one line: edits to this file during a run cannot change it

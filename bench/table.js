@@ -4,6 +4,12 @@
 //
 // Usage: node bench/table.js results.jsonl  (BENCH_DATE, BENCH_MACHINE, BENCH_IDLE_N and
 // BENCH_COMMAND, when set, go into the header).
+//
+// With BENCH_DOC=docs/bench.md and BENCH_README=README.md (compare.sh sets them after a full
+// run) it also writes the tables into those files, between their `<!-- bench:results:begin`
+// / `<!-- bench:results:end -->` and `<!-- bench:headline:begin` / `<!-- bench:headline:end -->`
+// markers, so the published figures are always the script's own output, never retyped.
+// Either file without its markers is an error that leaves both files untouched.
 
 "use strict";
 
@@ -113,8 +119,12 @@ if (process.env.BENCH_COMMAND) out.push(`- command: \`${process.env.BENCH_COMMAN
 if (ROUNDS > 1) out.push(`- every proxy figure is the median of ${ROUNDS} rounds (each round measures every target once, in turn)`);
 out.push("");
 
+// The two headline tables (proxy figures, hub fan-out summary) as [start, end) into `out`,
+// for the README.
+const headline = [];
 const haveProxies = ["direct", ...PEERS, "tether"].some((t) => runs.has(`${t}/lat1`));
 if (haveProxies) {
+  const start = out.length;
   out.push("| figure | direct | HAProxy | nginx | tether | tether/HAProxy | tether/nginx | target | met |");
   out.push("|---|---:|---:|---:|---:|---:|---:|---|:-:|");
   for (const row of rows) {
@@ -126,6 +136,7 @@ if (haveProxies) {
         `${fmt(r[0], 2)} | ${fmt(r[1], 2)} | ${row.goal} | ${met ? "yes" : "no"} |`,
     );
   }
+  headline.push([start, out.length]);
   out.push("");
   const checks = [];
   // Checks look at every round, not only the last: a round that failed or lost tunnels
@@ -199,6 +210,7 @@ const TETHER_HUBS = HUBS.filter(([t]) => t !== "socketio");
 if (HUBS.length) {
   const head = HUBS.map(([, name]) => name);
   const vs = TETHER_HUBS.map(([, name]) => `${name} / Socket.IO`);
+  const start = out.length;
   out.push(`| hub fan-out (2 nodes, shared Redis) | ${[...head, ...vs].join(" | ")} | target | met |`);
   out.push(`|---|${[...head, ...vs].map(() => "---:").join("|")}|---|:-:|`);
   const best = (t) => (fan(t) ? fan(t).best_deliveries_per_sec : null);
@@ -217,6 +229,7 @@ if (HUBS.length) {
   out.push(`${row("last delivery of a message at that rate, p50 ms", (t) => stepMs(t, "last_delivery"), false)} | | |`);
   out.push(`${row("publish rate at that step, msg/s", (t) => (fan(t) ? fan(t).best_rate : null), false)} | | |`);
   out.push(`${row("highest deliveries/s with zero loss and p99 ≤ 1 s", (t) => (fan(t) ? fan(t).best_sustained_deliveries_per_sec : null), false)} | | |`);
+  headline.push([start, out.length]);
   out.push("");
   // The whole curve: each step's rate with every server's result side by side.
   const rates = [...new Set(HUBS.flatMap(([t]) => (fan(t) ? fan(t).steps.map((s) => s.rate) : [])))].sort((a, b) => a - b);
@@ -257,3 +270,50 @@ if (HUBS.length) {
 }
 
 process.stdout.write(out.join("\n"));
+
+// Replaces what lies between a file's `<!-- bench:NAME:begin …-->` line and its
+// `<!-- bench:NAME:end -->` marker; both markers stay. Returns the new text, or throws.
+function replaceRegion(file, text, name, lines) {
+  const begin = text.indexOf(`<!-- bench:${name}:begin`);
+  const end = text.indexOf(`<!-- bench:${name}:end -->`);
+  if (begin < 0 || end < 0 || end < begin) {
+    throw new Error(`${file}: no <!-- bench:${name}:begin --> … <!-- bench:${name}:end --> markers`);
+  }
+  const afterBegin = text.indexOf("\n", begin) + 1;
+  if (afterBegin === 0 || afterBegin > end) throw new Error(`${file}: the bench:${name}:begin marker must end its line`);
+  return `${text.slice(0, afterBegin)}${lines.join("\n").trim()}\n${text.slice(end)}`;
+}
+
+const docFile = process.env.BENCH_DOC;
+const readmeFile = process.env.BENCH_README;
+if (docFile || readmeFile) {
+  const command = (process.env.BENCH_COMMAND || "bench/compare.sh").trim();
+  const took = process.env.BENCH_SECONDS ? ` (${process.env.BENCH_SECONDS} s)` : "";
+  // Everything below the title: the header list, the tables, the checks.
+  const results = [
+    `The latest full unattended run of \`${command}\`${took}, written here by the script from its own output.`,
+    "",
+    ...out.slice(2),
+  ];
+  const when = process.env.BENCH_DATE ? ` on ${process.env.BENCH_DATE}` : "";
+  const what = [process.env.BENCH_COMMIT && `tether ${process.env.BENCH_COMMIT}`, process.env.BENCH_MACHINE].filter(Boolean);
+  const summary = [
+    `Measured by \`${command}\`${when}${what.length ? ` (${what.join("; ")})` : ""}. ` +
+      "Method, every figure and step, and earlier runs: [docs/bench.md](docs/bench.md).",
+  ];
+  for (const [from, to] of headline) summary.push("", ...out.slice(from, to));
+  // Read and check both files before writing either: a run updates both or neither.
+  const writes = [];
+  try {
+    if (docFile) writes.push([docFile, replaceRegion(docFile, fs.readFileSync(docFile, "utf8"), "results", results)]);
+    if (readmeFile) writes.push([readmeFile, replaceRegion(readmeFile, fs.readFileSync(readmeFile, "utf8"), "headline", summary)]);
+  } catch (e) {
+    process.stderr.write(`table.js: ${e.message}; nothing written\n`);
+    process.exit(1);
+  }
+  for (const [file, text] of writes) {
+    const tmp = `${file}.tmp-${process.pid}`;
+    fs.writeFileSync(tmp, text);
+    fs.renameSync(tmp, file);
+  }
+}

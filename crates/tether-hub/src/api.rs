@@ -1,9 +1,9 @@
 //! The HTTP side of a node: `/health`, `/metrics` and the publish/history API.
 //!
 //! Every error this side answers is JSON `{code, message}` with a code from a fixed list
-//! (README, "HTTP API"): handlers build an [`ApiError`]; whatever the framework answers by
-//! itself (an unknown path, a wrong method, a rejected extractor) is rewritten into one by
-//! [`json_errors`], so a client never has to parse plain text.
+//! (docs/protocol.md, "HTTP API"): handlers build an [`ApiError`]; whatever the framework
+//! answers by itself (an unknown path, a wrong method, a rejected extractor) is rewritten
+//! into one by [`json_errors`], so a client never has to parse plain text.
 
 use std::sync::Arc;
 

@@ -7,7 +7,7 @@
 //! wait a whole pass over them before it is even handed out, and each hop of the way in
 //! (the pub/sub connection, the feed, the dispatcher) could wait again. On its own thread
 //! the way in is woken by the kernel as soon as the broker's bytes arrive, and only the
-//! final write waits its turn. Measured with `tether bench fanout` (README, "Inside a
+//! final write waits its turn. Measured with `tether bench fanout` (docs/hub.md, "Inside a
 //! node"): what this shortened is the pass from a message's first delivery to its last,
 //! which took twice as long as the writes themselves needed while dispatch shared the
 //! sessions' runtime.

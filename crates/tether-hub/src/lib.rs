@@ -13,6 +13,8 @@
 //! # Ok(()) }
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod api;
 pub mod broker;
 mod channel;

@@ -169,6 +169,10 @@ fn routes(node: Arc<Node>) -> Router {
 /// idle session holds.
 const READ_BUFFER: usize = 1024;
 
+/// The versioned name of the hub's wire protocol (docs/protocol.md). A client that offers it
+/// gets it back in `Sec-WebSocket-Protocol`; one that offers none is still served, as before.
+const SUBPROTOCOL: &str = "tether.v1";
+
 async fn upgrade(
     State(node): State<Arc<Node>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -193,6 +197,7 @@ async fn upgrade(
         .max_message_size
         .saturating_mul(HARD_LIMIT_FACTOR);
     upgrade
+        .protocols([SUBPROTOCOL])
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(WRITE_BUFFER + hard_limit + WRITE_SLACK)

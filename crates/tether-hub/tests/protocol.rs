@@ -162,15 +162,27 @@ async fn client_that_stops_reading_is_dropped_and_others_get_every_message() {
     stalled.subscribe("firehose", None).await;
     let mut reader = Client::connect(addr).await;
     reader.subscribe("firehose", None).await;
-    let reading = tokio::spawn(async move { reader.messages(300).await.len() });
+    // The reader reports each message it gets, and the next one is published only after
+    // that: its queue never holds more than one message however loaded the machine is, so
+    // only the client that stopped reading can overflow its queue of 8.
+    let (got, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
+    let reading = tokio::spawn(async move {
+        for _ in 0..300 {
+            let frame = reader.next().await;
+            if got.send(frame["data"]["n"].as_u64()).is_err() {
+                break;
+            }
+        }
+    });
     // 300 × 50 KB is far more than the socket buffers hold for a client that never reads.
     let blob = "x".repeat(50_000);
-    for n in 0..300 {
+    for n in 0..300u64 {
         publish(addr, "firehose", json!({"n": n, "blob": blob}))
             .await
             .unwrap();
+        assert_eq!(arrivals.recv().await, Some(Some(n)), "the reader got message {n}");
     }
-    assert_eq!(reading.await.unwrap(), 300);
+    reading.await.unwrap();
     let dropped = eventually(Duration::from_secs(5), || async move {
         http(addr, "GET", "/metrics", None, None)
             .await

@@ -33,7 +33,7 @@ pub use access::{Access, Need, Refusal, Via};
 pub use ticket::Tickets;
 pub use token::AdminToken;
 
-const DASHBOARD: &str = include_str!("../../../web/dashboard/index.html");
+const DASHBOARD: &str = include_str!("../web/dashboard/index.html");
 
 /// A backend as `GET /api/backends` reports it.
 #[derive(Debug, Serialize)]

@@ -2,6 +2,8 @@
 //!
 //! Every role lives in its library crate; this file only wires them. `anyhow` stops here.
 
+#![forbid(unsafe_code)]
+
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 

@@ -21,17 +21,17 @@ const ASSETS: &[Asset] = &[
     Asset {
         path: "/",
         content_type: HTML,
-        body: include_str!("../../../../web/chat/index.html"),
+        body: include_str!("../../web/chat/index.html"),
     },
     Asset {
         path: "/chat.css",
         content_type: CSS,
-        body: include_str!("../../../../web/chat/chat.css"),
+        body: include_str!("../../web/chat/chat.css"),
     },
     Asset {
         path: "/chat.js",
         content_type: JS,
-        body: include_str!("../../../../web/chat/chat.js"),
+        body: include_str!("../../web/chat/chat.js"),
     },
     // The project's hub client, as any application would use it.
     Asset {
