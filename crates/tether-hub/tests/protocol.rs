@@ -180,7 +180,11 @@ async fn client_that_stops_reading_is_dropped_and_others_get_every_message() {
         publish(addr, "firehose", json!({"n": n, "blob": blob}))
             .await
             .unwrap();
-        assert_eq!(arrivals.recv().await, Some(Some(n)), "the reader got message {n}");
+        assert_eq!(
+            arrivals.recv().await,
+            Some(Some(n)),
+            "the reader got message {n}"
+        );
     }
     reading.await.unwrap();
     let dropped = eventually(Duration::from_secs(5), || async move {

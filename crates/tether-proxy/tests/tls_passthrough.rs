@@ -154,3 +154,19 @@ fn passthrough_listeners_cannot_terminate_and_default_backend_must_exist() {
     .unwrap_err();
     assert_eq!(e.key, "listen[0].default_backend");
 }
+
+#[tokio::test]
+async fn a_proxy_header_before_the_hello_is_read_and_not_replayed() {
+    let s = setup("accept_proxy = true\ntrusted_proxies = [\"127.0.0.1/32\"]\n").await;
+    let mut tcp = TcpStream::connect(s.proxy.addr()).await.unwrap();
+    tcp.write_all(b"PROXY TCP4 203.0.113.7 127.0.0.1 5000 443\r\n")
+        .await
+        .unwrap();
+    let config = client_config(s.ca.roots(), None, BOTH);
+    let name = rustls::pki_types::ServerName::try_from("a.example").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .expect("the backend got a clean ClientHello");
+    round_trip(&mut tls).await.unwrap();
+}

@@ -22,7 +22,25 @@ pub(super) async fn passthrough(
         debug!(?reason, %detail, "passthrough refused");
         metrics.failure(reason);
     };
-    match tokio::time::timeout_at(first, tcp.read_buf(&mut buf)).await {
+    let mut client_ip = peer.ip();
+    if frontend.accept_proxy && frontend.trusted.contains(client_ip) {
+        // The PROXY header is the proxy's, not the backend's: read and drop it; what
+        // follows it is the start of the ClientHello.
+        match read_proxy_header(shared, &mut tcp, &mut buf, started).await {
+            Ok(Some(source)) => client_ip = source,
+            Ok(None) => {}
+            Err(reject) => {
+                debug!(%reject, "passthrough refused");
+                return None;
+            }
+        }
+    }
+    let got = if buf.is_empty() {
+        tokio::time::timeout_at(first, tcp.read_buf(&mut buf)).await
+    } else {
+        Ok(Ok(buf.len()))
+    };
+    match got {
         Ok(Ok(n)) if n > 0 => {}
         Err(_) => {
             refuse_with(HandshakeFailure::Timeout, &"no first byte");
@@ -78,7 +96,7 @@ pub(super) async fn passthrough(
         Switched {
             backend,
             lease,
-            client_ip: peer.ip(),
+            client_ip,
         },
     ))
 }
