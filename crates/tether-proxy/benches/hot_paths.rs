@@ -37,11 +37,11 @@ fn parse_and_rewrite_head(bencher: divan::Bencher) {
 
 fn registry(n: usize) -> Registry {
     let configs: Vec<BackendConfig> = (0..n)
-        .map(|i| BackendConfig {
-            name: format!("backend-{i}"),
-            addr: SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
-            weight: 1,
-            maxconn: 0,
+        .map(|i| {
+            BackendConfig::new(
+                &format!("backend-{i}"),
+                SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
+            )
         })
         .collect();
     Registry::new(&configs, &Metrics::new())

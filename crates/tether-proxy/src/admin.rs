@@ -9,9 +9,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Path, Request, State};
@@ -22,8 +20,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use crate::backend::{Backend, BackendState};
 use crate::shared::Shared;
@@ -285,7 +282,7 @@ async fn events(
 
 /// Serves the admin router on the main listener for a request under `stats_uri`. `head`
 /// holds everything read so far, starting with the request head.
-pub async fn serve_on_main(shared: Arc<Shared>, stream: TcpStream, head: Vec<u8>) {
+pub async fn serve_on_main(shared: Arc<Shared>, stream: crate::transport::ClientIo, head: Vec<u8>) {
     let Some(prefix) = shared.stats_prefix().map(str::to_owned) else {
         return;
     };
@@ -293,11 +290,7 @@ pub async fn serve_on_main(shared: Arc<Shared>, stream: TcpStream, head: Vec<u8>
     let app = Router::new()
         .nest(&prefix, router(shared.clone(), Side::Main))
         .route(&format!("{prefix}/"), get(page));
-    let io = hyper_util::rt::TokioIo::new(Prefixed {
-        prefix: head,
-        pos: 0,
-        inner: stream,
-    });
+    let io = hyper_util::rt::TokioIo::new(crate::prefixed::PrefixedIo::new(head, stream));
     let service = hyper_util::service::TowerToHyperService::new(app);
     // One request per connection: the next request on this socket may not be for the admin
     // pages at all, and only the handshake path can route it.
@@ -305,47 +298,4 @@ pub async fn serve_on_main(shared: Arc<Shared>, stream: TcpStream, head: Vec<u8>
         .keep_alive(false)
         .serve_connection(io, service)
         .await;
-}
-
-/// A stream that first yields bytes already read from it.
-struct Prefixed {
-    prefix: Vec<u8>,
-    pos: usize,
-    inner: TcpStream,
-}
-
-impl AsyncRead for Prefixed {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.pos < self.prefix.len() {
-            let n = buf.remaining().min(self.prefix.len() - self.pos);
-            buf.put_slice(&self.prefix[self.pos..self.pos + n]);
-            self.pos += n;
-            if self.pos == self.prefix.len() {
-                self.prefix = Vec::new();
-                self.pos = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Prefixed {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }

@@ -116,6 +116,9 @@ pub struct Backend {
     failures: AtomicU32,
     successes: AtomicU32,
     pub metrics: BackendMetrics,
+    /// TLS to this backend (handshakes and health checks alike); `None` for plain TCP.
+    pub tls: Option<crate::tls::BackendConnector>,
+    tls_settings: Option<crate::tls::BackendTls>,
 }
 
 impl Backend {
@@ -134,6 +137,8 @@ impl Backend {
             failures: AtomicU32::new(0),
             successes: AtomicU32::new(0),
             metrics: m,
+            tls: config.connector.clone(),
+            tls_settings: config.tls_settings.clone(),
         }
     }
 
@@ -310,7 +315,12 @@ impl Registry {
         let backends: Vec<Arc<Backend>> = configs
             .iter()
             .map(|c| match old.by_name(&c.name) {
-                Some(b) if b.addr == c.addr && b.weight == c.weight && b.maxconn == c.maxconn => {
+                Some(b)
+                    if b.addr == c.addr
+                        && b.weight == c.weight
+                        && b.maxconn == c.maxconn
+                        && b.tls_settings == c.tls_settings =>
+                {
                     b.clone()
                 }
                 _ => {
@@ -338,12 +348,7 @@ mod tests {
     use super::*;
 
     fn config(name: &str, port: u16) -> BackendConfig {
-        BackendConfig {
-            name: name.into(),
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            weight: 1,
-            maxconn: 0,
-        }
+        BackendConfig::new(name, SocketAddr::from(([127, 0, 0, 1], port)))
     }
 
     #[test]

@@ -254,10 +254,8 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, (n, w))| BackendConfig {
-                name: (*n).into(),
-                addr: SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
                 weight: *w,
-                maxconn: 0,
+                ..BackendConfig::new(n, SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)))
             })
             .collect();
         Registry::new(&configs, &Metrics::new())

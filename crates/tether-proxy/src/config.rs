@@ -16,6 +16,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::tls::config::{BackendTls, BackendTlsConfig, ListenTlsConfig, ServerTlsSettings};
+
 pub use crate::admin::AdminToken;
 
 /// A configuration that could not be used.
@@ -34,8 +36,14 @@ pub struct ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    #[serde(default)]
-    pub listen: ListenConfig,
+    /// `[listen]` (one table) or `[[listen]]` (several); at least one, the default when
+    /// absent.
+    #[serde(
+        default = "default_listeners",
+        rename = "listen",
+        deserialize_with = "one_or_many"
+    )]
+    pub listeners: Vec<ListenConfig>,
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
@@ -63,6 +71,17 @@ pub struct ListenConfig {
     pub accept_proxy: bool,
     /// `Origin` values allowed to open a WebSocket; empty allows any.
     pub allowed_origins: Vec<String>,
+    /// `http` reads each request head; `tls-passthrough` routes on the ClientHello's SNI and
+    /// tunnels the TLS bytes untouched.
+    pub mode: ListenMode,
+    /// `[listen.tls]`: terminate TLS on this listener.
+    pub tls: Option<ListenTlsConfig>,
+    /// `tls-passthrough`: the backend (by name) for a ClientHello without a server name;
+    /// without it such a connection is refused.
+    pub default_backend: Option<String>,
+    /// `tls`, validated (paths resolved), once the configuration is loaded.
+    #[serde(skip)]
+    pub tls_settings: Option<ServerTlsSettings>,
 }
 
 impl Default for ListenConfig {
@@ -72,8 +91,47 @@ impl Default for ListenConfig {
             trusted_proxies: Vec::new(),
             accept_proxy: false,
             allowed_origins: Vec::new(),
+            mode: ListenMode::Http,
+            tls: None,
+            default_backend: None,
+            tls_settings: None,
         }
     }
+}
+
+/// What a listener does with a connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ListenMode {
+    /// HTTP/1.1 (over TLS with `[listen.tls]`): read the upgrade, route, then tunnel.
+    #[default]
+    Http,
+    /// Read the TLS ClientHello, route on its server name, tunnel the TLS bytes to a backend
+    /// that terminates TLS itself.
+    TlsPassthrough,
+}
+
+fn default_listeners() -> Vec<ListenConfig> {
+    vec![ListenConfig::default()]
+}
+
+/// `[listen]` as one table, or `[[listen]]` as several.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ListenConfig>, D::Error> {
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = Vec<ListenConfig>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a [listen] table or [[listen]] tables")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            ListenConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                .map(|l| vec![l])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            Vec::<ListenConfig>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+        }
+    }
+    d.deserialize_any(Visitor)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -195,6 +253,8 @@ pub enum KeySource {
     Cookie(String),
     /// The Nth path segment, 1-based (`/room/42` → `path:2` is `42`).
     Path(usize),
+    /// The server name of the TLS ClientHello, on `tls-passthrough` listeners.
+    Sni,
 }
 
 impl FromStr for KeySource {
@@ -211,6 +271,7 @@ impl FromStr for KeySource {
         };
         match kind {
             "ip" if arg.is_empty() => Ok(KeySource::Ip),
+            "sni" if arg.is_empty() => Ok(KeySource::Sni),
             "query" => need_name("query").map(KeySource::Query),
             "header" => need_name("header").map(|h| KeySource::Header(h.to_ascii_lowercase())),
             "cookie" => need_name("cookie").map(KeySource::Cookie),
@@ -219,7 +280,7 @@ impl FromStr for KeySource {
                 _ => Err(format!("`path:N` needs N ≥ 1, got `{arg}`")),
             },
             _ => Err(format!(
-                "unknown key `{s}`; expected ip | query:NAME | header:NAME | cookie:NAME | path:N"
+                "unknown key `{s}`; expected ip | query:NAME | header:NAME | cookie:NAME | path:N | sni"
             )),
         }
     }
@@ -240,6 +301,7 @@ impl fmt::Display for KeySource {
             KeySource::Header(n) => write!(f, "header:{n}"),
             KeySource::Cookie(n) => write!(f, "cookie:{n}"),
             KeySource::Path(n) => write!(f, "path:{n}"),
+            KeySource::Sni => f.write_str("sni"),
         }
     }
 }
@@ -387,6 +449,53 @@ pub struct BackendConfig {
     /// Live tunnels this backend takes at most; 0 = no limit.
     #[serde(default)]
     pub maxconn: usize,
+    /// Speak TLS to this backend (see `docs/tls.md` for `sni`, `ca`, `verify`, `client_cert`,
+    /// `client_key`).
+    #[serde(default)]
+    pub tls: bool,
+    pub sni: Option<String>,
+    pub ca: Option<PathBuf>,
+    pub verify: Option<bool>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// The TLS keys, validated, once the configuration is loaded; `None` for plain TCP.
+    #[serde(skip)]
+    pub tls_settings: Option<BackendTls>,
+    /// The TLS client built from `tls_settings` (its files read) at load time.
+    #[serde(skip)]
+    pub connector: Option<crate::tls::BackendConnector>,
+}
+
+impl BackendConfig {
+    /// A plain backend with default weight and no limit, as `[[backend]]` with only
+    /// `name` and `addr` would give.
+    pub fn new(name: &str, addr: SocketAddr) -> BackendConfig {
+        BackendConfig {
+            name: name.to_owned(),
+            addr,
+            weight: 1,
+            maxconn: 0,
+            tls: false,
+            sni: None,
+            ca: None,
+            verify: None,
+            client_cert: None,
+            client_key: None,
+            tls_settings: None,
+            connector: None,
+        }
+    }
+
+    fn tls_keys(&self) -> BackendTlsConfig {
+        BackendTlsConfig {
+            tls: self.tls,
+            sni: self.sni.clone(),
+            ca: self.ca.clone(),
+            verify: self.verify,
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+        }
+    }
 }
 
 fn one() -> u32 {
@@ -433,6 +542,13 @@ impl Config {
                 key,
                 problem,
             })?;
+        config
+            .validate_tls(base.unwrap_or(Path::new("")))
+            .map_err(|(key, problem)| ConfigError {
+                file: file.to_owned(),
+                key,
+                problem,
+            })?;
         config.validate().map_err(|(key, problem)| ConfigError {
             file: file.to_owned(),
             key,
@@ -441,10 +557,75 @@ impl Config {
         Ok(config)
     }
 
+    /// The listeners' and backends' TLS keys, into settings whose paths start at `base`.
+    fn validate_tls(&mut self, base: &Path) -> Result<(), (String, String)> {
+        let many = self.listeners.len() > 1;
+        for (i, l) in self.listeners.iter_mut().enumerate() {
+            let at = if many {
+                format!("listen[{i}]")
+            } else {
+                "listen".to_owned()
+            };
+            if l.mode == ListenMode::TlsPassthrough && l.tls.is_some() {
+                return Err((
+                    format!("{at}.tls"),
+                    "a `tls-passthrough` listener does not terminate TLS; remove [listen.tls]"
+                        .into(),
+                ));
+            }
+            l.tls_settings = match &l.tls {
+                Some(tls) => Some(tls.validate(&format!("{at}.tls"), base)?),
+                None => None,
+            };
+            // Read every file now, so a configuration that loads is one that serves (and
+            // `tether check` proves it). The listener loads them again when it starts.
+            if let Some(settings) = &l.tls_settings {
+                crate::tls::TlsServer::load(settings.clone()).map_err(file_problem)?;
+            }
+        }
+        for (i, b) in self.backends.iter_mut().enumerate() {
+            b.tls_settings = b
+                .tls_keys()
+                .validate(&format!("backend[{i}]"), b.addr, base)?;
+            b.connector = match &b.tls_settings {
+                Some(tls) => Some(crate::tls::BackendConnector::new(tls).map_err(file_problem)?),
+                None => None,
+            };
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), (String, String)> {
         let err = |k: &str, p: String| Err((k.to_owned(), p));
         if self.backends.is_empty() {
             return err("backend", "at least one [[backend]] is needed".into());
+        }
+        if self.listeners.is_empty() {
+            return err("listen", "at least one listener is needed".into());
+        }
+        let mut addrs = HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            if let Some(name) = &l.default_backend {
+                if l.mode != ListenMode::TlsPassthrough {
+                    return err(
+                        &format!("listen[{i}].default_backend"),
+                        "only used with `mode = \"tls-passthrough\"`".into(),
+                    );
+                }
+                if !self.backends.iter().any(|b| &b.name == name) {
+                    return err(
+                        &format!("listen[{i}].default_backend"),
+                        format!("no [[backend]] is named `{name}`"),
+                    );
+                }
+            }
+            // Port 0 asks the system for a free port: never the same twice.
+            if l.addr.port() != 0 && !addrs.insert(l.addr) {
+                return err(
+                    &format!("listen[{i}].addr"),
+                    format!("{} is used by two listeners", l.addr),
+                );
+            }
         }
         let mut names = HashSet::new();
         for (i, b) in self.backends.iter().enumerate() {
@@ -523,6 +704,12 @@ impl Config {
     }
 }
 
+/// A certificate file's error as a configuration error: the key that names the file, then
+/// the file and what is wrong with it.
+fn file_problem(e: crate::tls::FileError) -> (String, String) {
+    (e.key, format!("{}: {}", e.file.display(), e.problem))
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
@@ -566,7 +753,8 @@ mod tests {
     #[test]
     fn minimal_config_gets_documented_defaults() {
         let c = Config::from_toml(MINIMAL).unwrap();
-        assert_eq!(c.listen.addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.listeners.len(), 1);
+        assert_eq!(c.listeners[0].addr.to_string(), "127.0.0.1:8080");
         assert_eq!(c.balance.strategy, Strategy::RoundRobin);
         assert_eq!(c.balance.balance_factor, 1.25);
         assert_eq!(c.timeouts.tunnel_idle, Duration::ZERO);

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, debug_span, info, Instrument};
@@ -20,11 +20,20 @@ use crate::body::Body;
 use crate::client_ip::{parse_proxy_header, ProxyHeader};
 use crate::config::Strategy;
 use crate::exchange::{self, note_failure, Sent, Switched};
-use crate::handshake::{self, ReadError, Reject, RequestHead};
+use crate::frontend::Frontend;
+use crate::handshake::{self, ReadError, Reject, RequestHead, Via};
 use crate::key::routing_key;
 use crate::limits::Admitted;
 use crate::shared::{ClientGauge, Shared};
+use crate::tls::{hello, ClientIdentity, HandshakeFailure, TlsVersion};
+use crate::transport::{BackendIo, ClientIo, Io};
 use crate::tunnel::{self, Closer, Counters};
+
+mod passthrough;
+mod termination;
+
+use passthrough::passthrough;
+use termination::{accept_tls, hello_failure};
 
 /// The identifier of a client connection in logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +51,8 @@ enum Handshake {
     Sent(Sent),
     /// The request was for the admin pages under `stats_uri`; the head is handed over.
     Admin(Vec<u8>),
+    /// A `tls-passthrough` connection whose ClientHello went to a backend: tunnel now.
+    Passthrough(Switched),
     /// Nothing more to do (the client left, or was answered by the proxy).
     Done,
 }
@@ -57,11 +68,20 @@ struct Open {
 /// The task that lives as long as the WebSocket is memory per idle tunnel, so it holds only
 /// the tunnel's state: this future, with room for every phase of the handshake, ends here,
 /// and the phases that need buffers are boxed and freed as soon as they are over.
-pub async fn handle(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr, id: ConnId) {
+pub async fn handle(
+    shared: Arc<Shared>,
+    frontend: Arc<Frontend>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    id: ConnId,
+) {
     let started = Instant::now();
     let gauge = ClientGauge::new(&shared);
     let Some(admitted) = shared.gate.admit() else {
-        Box::pin(refuse(&shared, &mut client, Reject::MaxConn)).await;
+        let mut client: ClientIo = Io::Plain(tcp);
+        if frontend.tls.is_none() {
+            Box::pin(refuse(&shared, &mut client, Reject::MaxConn)).await;
+        }
         return;
     };
     // A debug span: at the default level it is disabled and costs nothing, where an enabled
@@ -69,20 +89,23 @@ pub async fn handle(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr
     let span = debug_span!("conn", %id, %peer);
     // Both phases in one future, so listening for the close signal costs one registration.
     let phases = async {
-        let handshake = Box::pin(handshake(&shared, &mut client, peer, started))
+        let (client, handshake) = Box::pin(handshake(&shared, &frontend, tcp, peer, started))
             .instrument(span.clone())
             .await;
-        match handshake {
+        let mut client = client?;
+        let next = match handshake {
             Handshake::Sent(sent) => Box::pin(exchange::run(&shared, &mut client, sent))
                 .instrument(span)
                 .await
                 .map(Next::Tunnel),
             Handshake::Admin(head) => Some(Next::Admin(head)),
+            Handshake::Passthrough(switched) => Some(Next::Tunnel(switched)),
             Handshake::Done => None,
-        }
+        };
+        Some((client, next?))
     };
     match until_closed(&shared, id, phases).await.flatten() {
-        Some(Next::Tunnel(switched)) => {
+        Some((client, Next::Tunnel(switched))) => {
             let open = Open {
                 _gauge: gauge,
                 _admitted: admitted,
@@ -91,7 +114,7 @@ pub async fn handle(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr
                 shared, client, switched, id, started, open,
             )));
         }
-        Some(Next::Admin(head)) => {
+        Some((client, Next::Admin(head))) => {
             let admin = Box::pin(crate::admin::serve_on_main(shared.clone(), client, head));
             until_closed(&shared, id, admin).await;
         }
@@ -121,7 +144,11 @@ async fn until_closed<T>(
     }
 }
 
-async fn refuse(shared: &Shared, client: &mut TcpStream, reject: Reject) {
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    client: &mut S,
+    reject: Reject,
+) {
     debug!(status = reject.status(), %reject, "answered by the proxy");
     shared.metrics.reject(reject.metric());
     let _ = client
@@ -134,8 +161,7 @@ async fn refuse(shared: &Shared, client: &mut TcpStream, reject: Reject) {
 /// Closing a socket that still has unread request bytes sends a reset, which can destroy the
 /// response before the client reads it. So after answering, read and discard what the client
 /// still sends until it closes, for a short while.
-pub(crate) async fn linger(client: &mut TcpStream) {
-    use tokio::io::AsyncReadExt;
+pub(crate) async fn linger<S: AsyncRead + Unpin>(client: &mut S) {
     let mut sink = [0u8; 512];
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {}
@@ -145,40 +171,62 @@ pub(crate) async fn linger(client: &mut TcpStream) {
 
 async fn handshake(
     shared: &Shared,
-    client: &mut TcpStream,
+    frontend: &Frontend,
+    mut tcp: TcpStream,
     peer: SocketAddr,
     started: Instant,
-) -> Handshake {
+) -> (Option<ClientIo>, Handshake) {
+    if frontend.mode == crate::config::ListenMode::TlsPassthrough {
+        return match passthrough(shared, frontend, tcp, peer, started).await {
+            Some((client, switched)) => (Some(client), Handshake::Passthrough(switched)),
+            None => (None, Handshake::Done),
+        };
+    }
     let mut buf = Vec::with_capacity(1024);
     let mut peer_ip = peer.ip();
-    if shared.config.listen.accept_proxy && shared.trusted.contains(peer_ip) {
-        match read_proxy_header(shared, client, &mut buf, started).await {
+    if frontend.accept_proxy && frontend.trusted.contains(peer_ip) {
+        match read_proxy_header(shared, &mut tcp, &mut buf, started).await {
             Ok(Some(source)) => peer_ip = source,
             Ok(None) => {}
             Err(reject) => {
-                refuse(shared, client, reject).await;
-                return Handshake::Done;
+                if frontend.tls.is_none() {
+                    refuse(shared, &mut tcp, reject).await;
+                }
+                return (None, Handshake::Done);
             }
         }
     }
-    let head_len = match handshake::read_head(client, &mut buf, &shared.head_limits, started).await
-    {
-        Ok(n) => n,
-        Err(ReadError::Closed | ReadError::Io(_)) => return Handshake::Done,
-        Err(ReadError::Reject(r)) => {
-            refuse(shared, client, r).await;
-            return Handshake::Done;
-        }
+    let mut via = Via::default();
+    let mut client: ClientIo = match &frontend.tls {
+        None => Io::Plain(tcp),
+        Some(tls) => match accept_tls(shared, tls, tcp, std::mem::take(&mut buf), started).await {
+            Some((stream, identity)) => {
+                via.https = true;
+                via.client_cert = identity.map(|id| id.header_value());
+                stream
+            }
+            None => return (None, Handshake::Done),
+        },
     };
-    match route(shared, &buf, head_len, peer_ip).await {
+    let head_len =
+        match handshake::read_head(&mut client, &mut buf, &shared.head_limits, started).await {
+            Ok(n) => n,
+            Err(ReadError::Closed | ReadError::Io(_)) => return (None, Handshake::Done),
+            Err(ReadError::Reject(r)) => {
+                refuse(shared, &mut client, r).await;
+                return (None, Handshake::Done);
+            }
+        };
+    let outcome = match route(shared, frontend, &buf, head_len, peer_ip, &via).await {
         Ok(Routed::Backend(sent)) => Handshake::Sent(sent),
         Ok(Routed::Admin) => Handshake::Admin(buf),
         Err(Some(reject)) => {
-            refuse(shared, client, reject).await;
+            refuse(shared, &mut client, reject).await;
             Handshake::Done
         }
         Err(None) => Handshake::Done,
-    }
+    };
+    (Some(client), outcome)
 }
 
 /// Reads a PROXY protocol header if the peer sent one; returns the original client address.
@@ -188,7 +236,6 @@ async fn read_proxy_header(
     buf: &mut Vec<u8>,
     started: Instant,
 ) -> Result<Option<IpAddr>, Reject> {
-    use tokio::io::AsyncReadExt;
     let deadline = started + shared.head_limits.complete;
     loop {
         match parse_proxy_header(buf) {
@@ -226,23 +273,27 @@ enum Routed {
 /// that came with it). `Err(None)`: the client is gone, nothing to answer.
 async fn route(
     shared: &Shared,
+    frontend: &Frontend,
     buf: &[u8],
     head_len: usize,
     peer_ip: IpAddr,
+    via: &Via,
 ) -> Result<Routed, Option<Reject>> {
     let head =
         RequestHead::parse(&buf[..head_len], shared.config.limits.max_headers).map_err(Some)?;
     if shared.is_stats_path(head.path(buf)) {
         return Ok(Routed::Admin);
     }
-    let peer_trusted = shared.trusted.contains(peer_ip);
-    let client_ip = shared.trusted.client_ip(peer_ip, &head.forwarded_for(buf));
+    let peer_trusted = frontend.trusted.contains(peer_ip);
+    let client_ip = frontend
+        .trusted
+        .client_ip(peer_ip, &head.forwarded_for(buf));
     if let Some(rate) = &shared.rate {
         if !rate.allow(client_ip, std::time::Instant::now()) {
             return Err(Some(Reject::RateLimited));
         }
     }
-    if head.websocket && !shared.origin_allowed(head.header(buf, "origin")) {
+    if head.websocket && !frontend.origin_allowed(head.header(buf, "origin")) {
         return Err(Some(Reject::Origin));
     }
     let sticky = sticky_backend(shared, &head, buf);
@@ -266,7 +317,7 @@ async fn route(
         Vec::new()
     };
     let mut out = Vec::with_capacity(head_len + 128 + body_len);
-    head.forward(buf, client_ip, peer_trusted, !head.websocket, &mut out);
+    head.forward_via(buf, client_ip, peer_trusted, !head.websocket, via, &mut out);
     out.extend_from_slice(&after_head[..body_len]);
     let sent_at = Instant::now();
     let (backend_stream, lease) = connect(
@@ -274,14 +325,17 @@ async fn route(
         sticky.clone(),
         key.as_ref().map(|k| k.as_bytes()),
         &out,
+        false,
     )
     .await?;
     let backend = lease.backend();
     let cookie = &shared.config.balance.cookie;
     let cookie = (!cookie.is_empty() && sticky.as_ref().is_none_or(|b| !Arc::ptr_eq(b, backend)))
         .then(|| {
+            // Over TLS the cookie is `Secure`, so a browser never sends it in clear text.
+            let secure = if via.https { "; Secure" } else { "" };
             format!(
-                "Set-Cookie: {cookie}={}; Path=/; HttpOnly; SameSite=Lax",
+                "Set-Cookie: {cookie}={}; Path=/; HttpOnly; SameSite=Lax{secure}",
                 backend.cookie
             )
         });
@@ -316,7 +370,8 @@ async fn connect(
     sticky: Option<Arc<Backend>>,
     key: Option<&[u8]>,
     head: &[u8],
-) -> Result<(TcpStream, Lease), Option<Reject>> {
+    raw: bool,
+) -> Result<(BackendIo, Lease), Option<Reject>> {
     let set = shared.registry.snapshot();
     let mut tried: Vec<BackendId> = Vec::new();
     let attempts = shared.config.balance.retries + 1;
@@ -341,7 +396,13 @@ async fn connect(
                 tried.push(id);
             }
         }
-        match open(backend.addr, head, shared.config.timeouts.connect).await {
+        let opened = match backend.tls.as_ref().filter(|_| !raw) {
+            None => open(backend.addr, head, shared.config.timeouts.connect)
+                .await
+                .map(Io::Plain),
+            Some(tls) => open_tls(backend.addr, tls, head, shared.config.timeouts.connect).await,
+        };
+        match opened {
             Ok(stream) => return Ok((stream, lease)),
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 note_failure(shared, &backend, "connect timed out")
@@ -386,12 +447,35 @@ async fn open(addr: SocketAddr, head: &[u8], limit: Duration) -> std::io::Result
     Ok(stream)
 }
 
+/// Opens a TLS connection to `addr` (TCP connect and TLS handshake within `limit`) and
+/// writes `head` on it. A failed handshake (an untrusted certificate, a wrong name) is a
+/// failed connect: the backend is marked and another one tried.
+async fn open_tls(
+    addr: SocketAddr,
+    tls: &crate::tls::BackendConnector,
+    head: &[u8],
+    limit: Duration,
+) -> std::io::Result<BackendIo> {
+    let connect = async {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let mut stream = tls.connect(tcp).await?;
+        stream.write_all(head).await?;
+        stream.flush().await?;
+        Ok::<_, std::io::Error>(stream)
+    };
+    let stream = tokio::time::timeout(limit, connect)
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    Ok(Io::Tls(Box::new(stream)))
+}
+
 /// Everything the tunnel's task owns. Kept in one place (and borrowed, not destructured) so
 /// the task's state machine stores each piece once.
 struct Tunnel {
     shared: Arc<Shared>,
-    client: TcpStream,
-    backend: TcpStream,
+    client: ClientIo,
+    backend: BackendIo,
     /// Counts the tunnel on its backend (least-connections, `maxconn`) while it lives.
     lease: Lease,
     client_ip: IpAddr,
@@ -403,7 +487,7 @@ struct Tunnel {
 impl Tunnel {
     fn new(
         shared: Arc<Shared>,
-        client: TcpStream,
+        client: ClientIo,
         switched: Switched,
         id: ConnId,
         started: Instant,
@@ -423,7 +507,7 @@ impl Tunnel {
 }
 
 /// The tunnel of a WebSocket, after `101`.
-async fn relay(t: Tunnel) {
+async fn relay(mut t: Tunnel) {
     let backend: &Backend = t.lease.backend();
     let counters = Counters {
         to_backend: &backend.metrics.bytes_to_backend,
@@ -434,7 +518,14 @@ async fn relay(t: Tunnel) {
         signal: &t.shared.closing,
         key: t.id.0,
     };
-    let outcome = tunnel::run(&t.client, &t.backend, idle, &counters, closer).await;
+    // Plain on both sides: the readiness-driven tunnel that holds no buffer while idle.
+    // Otherwise TLS is involved, and bytes go through the sessions' streams.
+    let outcome = match (&mut t.client, &mut t.backend) {
+        (Io::Plain(client), Io::Plain(backend)) => {
+            tunnel::run(client, backend, idle, &counters, closer).await
+        }
+        (client, backend) => tunnel::run_stream(client, backend, idle, &counters, closer).await,
+    };
     t.shared
         .metrics
         .tunnels_ended
@@ -470,7 +561,7 @@ mod tests {
         let config =
             crate::Config::from_toml("[[backend]]\nname = \"b\"\naddr = \"127.0.0.1:1\"\n")
                 .unwrap();
-        let shared = std::sync::Arc::new(crate::shared::Shared::new(config, None));
+        let shared = std::sync::Arc::new(crate::shared::Shared::new(config, None).unwrap());
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = tokio::net::TcpStream::connect(l.local_addr().unwrap())
             .await
@@ -479,7 +570,7 @@ mod tests {
         let peer = client.local_addr().unwrap();
         let set = shared.registry.snapshot();
         let switched = crate::exchange::Switched {
-            backend,
+            backend: crate::transport::Io::Plain(backend),
             lease: set.backends[0].lease(),
             client_ip: peer.ip(),
         };
@@ -489,7 +580,7 @@ mod tests {
         };
         let tunnel = super::Tunnel::new(
             shared.clone(),
-            client,
+            crate::transport::Io::Plain(client),
             switched,
             super::ConnId(1),
             tokio::time::Instant::now(),

@@ -11,8 +11,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::transport::{BackendIo, ClientIo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -24,7 +24,7 @@ use crate::shared::Shared;
 
 /// A request whose head (and the body bytes that came with it) the backend has.
 pub(crate) struct Sent {
-    pub backend: TcpStream,
+    pub backend: BackendIo,
     pub lease: Lease,
     pub client_ip: IpAddr,
     /// A checked WebSocket upgrade (only then does a `101` start a tunnel).
@@ -43,7 +43,7 @@ pub(crate) struct Sent {
 
 /// A `101`: what the tunnel needs.
 pub(crate) struct Switched {
-    pub backend: TcpStream,
+    pub backend: BackendIo,
     pub lease: Lease,
     pub client_ip: IpAddr,
 }
@@ -89,7 +89,7 @@ const BODY_CHUNK: usize = 16 * 1024;
 
 /// Waits for the backend's answer to `sent`. Returns the tunnel's parts on `101` to an
 /// upgrade; otherwise relays that one response and ends the exchange.
-pub(crate) async fn run(shared: &Shared, client: &mut TcpStream, sent: Sent) -> Option<Switched> {
+pub(crate) async fn run(shared: &Shared, client: &mut ClientIo, sent: Sent) -> Option<Switched> {
     let Sent {
         mut backend,
         lease,
@@ -148,8 +148,8 @@ enum Ended {
 
 async fn exchange(
     shared: &Shared,
-    client: &mut TcpStream,
-    backend: &mut TcpStream,
+    client: &mut ClientIo,
+    backend: &mut BackendIo,
     lease: Lease,
     request: Request,
 ) -> Ended {
@@ -165,8 +165,8 @@ async fn exchange(
     let deadline = sent_at + shared.config.timeouts.response;
     let max_head = shared.config.limits.max_head_bytes;
 
-    let (mut client_rd, mut client_wr) = client.split();
-    let (mut backend_rd, mut backend_wr) = backend.split();
+    let (mut client_rd, mut client_wr) = client.halves();
+    let (mut backend_rd, mut backend_wr) = backend.halves();
     let up = relay_body(&mut client_rd, &mut backend_wr, &mut upload, idle);
     let mut up = std::pin::pin!(up);
     let mut up_result = None;

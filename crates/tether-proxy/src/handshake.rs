@@ -11,7 +11,6 @@ use std::ops::Range;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::body::Framing;
@@ -121,11 +120,20 @@ pub enum ReadError {
     Reject(Reject),
 }
 
+/// How a request reached the proxy, for the forwarding headers the proxy owns.
+#[derive(Debug, Clone, Default)]
+pub struct Via {
+    /// It came over TLS: `X-Forwarded-Proto: https`, `Forwarded: proto=https`.
+    pub https: bool,
+    /// The `X-Forwarded-Client-Cert` value of a verified client certificate.
+    pub client_cert: Option<String>,
+}
+
 /// Reads until `buf` holds a complete head (`\r\n\r\n`); returns the head's length. Bytes
 /// after it (a body, or early WebSocket frames) stay in `buf`. `started` is when the
 /// connection was accepted: the deadlines count from there, so a slowloris client is cut.
-pub async fn read_head(
-    stream: &mut TcpStream,
+pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
     buf: &mut Vec<u8>,
     limits: &HeadLimits,
     started: Instant,
@@ -405,6 +413,23 @@ impl RequestHead {
         close: bool,
         out: &mut Vec<u8>,
     ) {
+        self.forward_via(buf, client, peer_trusted, close, &Via::default(), out)
+    }
+
+    /// [`forward`](Self::forward) for a request that came in as `via` says: `https` sets
+    /// the forwarded protocol, and a verified client certificate goes up in
+    /// `X-Forwarded-Client-Cert`. That header is the proxy's: any copy in the request is
+    /// dropped, from trusted peers too, so no client can claim an identity it did not prove.
+    pub fn forward_via(
+        &self,
+        buf: &[u8],
+        client: IpAddr,
+        peer_trusted: bool,
+        close: bool,
+        via: &Via,
+        out: &mut Vec<u8>,
+    ) {
+        let proto = if via.https { "https" } else { "http" };
         out.extend_from_slice(&buf[self.method.clone()]);
         out.push(b' ');
         out.extend_from_slice(&buf[self.path.clone()]);
@@ -422,7 +447,9 @@ impl RequestHead {
                 prior_xff.push(value);
             } else if name.eq_ignore_ascii_case(b"forwarded") {
                 prior_fwd.push(value);
-            } else if close && is_hop_by_hop(name) {
+            } else if (close && is_hop_by_hop(name))
+                || name.eq_ignore_ascii_case(b"x-forwarded-client-cert")
+            {
                 continue;
             } else if name.eq_ignore_ascii_case(b"x-forwarded-proto") {
                 if peer_trusted {
@@ -443,7 +470,9 @@ impl RequestHead {
         out.extend_from_slice(client_text.as_bytes());
         out.extend_from_slice(b"\r\n");
         if !(peer_trusted && self.header(buf, "x-forwarded-proto").is_some()) {
-            out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
+            out.extend_from_slice(b"X-Forwarded-Proto: ");
+            out.extend_from_slice(proto.as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"Forwarded: ");
         if peer_trusted {
@@ -454,13 +483,19 @@ impl RequestHead {
         }
         match client {
             IpAddr::V4(_) => {
-                out.extend_from_slice(format!("for={client_text};proto=http").as_bytes())
+                out.extend_from_slice(format!("for={client_text};proto={proto}").as_bytes())
             }
             IpAddr::V6(_) => {
-                out.extend_from_slice(format!("for=\"[{client_text}]\";proto=http").as_bytes())
+                out.extend_from_slice(format!("for=\"[{client_text}]\";proto={proto}").as_bytes())
             }
         }
         out.extend_from_slice(b"\r\n");
+        if let Some(cert) = &via.client_cert {
+            out.extend_from_slice(crate::tls::server::CLIENT_CERT_HEADER.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(cert.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
         if close {
             out.extend_from_slice(b"Connection: close\r\n");
         }

@@ -62,12 +62,19 @@ pub fn log_transition(backend: &Backend, transition: Option<Transition>, cause: 
 }
 
 async fn check(kind: CheckKind, backend: &Backend, path: &str) -> io::Result<()> {
-    let mut stream = TcpStream::connect(backend.addr).await?;
+    let tcp = TcpStream::connect(backend.addr).await?;
+    // The same TLS client as the handshakes: a check passes only if a client would get
+    // through, certificate verification included.
+    let mut stream: crate::transport::BackendIo = match &backend.tls {
+        None => crate::transport::Io::Plain(tcp),
+        Some(tls) => crate::transport::Io::Tls(Box::new(tls.connect(tcp).await?)),
+    };
     match kind {
         CheckKind::None | CheckKind::Tcp => Ok(()),
         CheckKind::Http => {
             let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: tether-health\r\nConnection: close\r\n\r\n", backend.addr);
             stream.write_all(req.as_bytes()).await?;
+            stream.flush().await?;
             expect_status(&mut stream, |s| (200..300).contains(&s)).await
         }
         CheckKind::Websocket => {
@@ -76,6 +83,7 @@ async fn check(kind: CheckKind, backend: &Backend, path: &str) -> io::Result<()>
                 backend.addr
             );
             stream.write_all(req.as_bytes()).await?;
+            stream.flush().await?;
             expect_status(&mut stream, |s| s == 101).await?;
             // A masked close frame with status 1000 (normal closure), mask key 0.
             stream
@@ -87,7 +95,10 @@ async fn check(kind: CheckKind, backend: &Backend, path: &str) -> io::Result<()>
     }
 }
 
-async fn expect_status(stream: &mut TcpStream, ok: impl Fn(u16) -> bool) -> io::Result<()> {
+async fn expect_status<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    ok: impl Fn(u16) -> bool,
+) -> io::Result<()> {
     let mut buf = Vec::with_capacity(512);
     loop {
         let parsed = crate::response::parse_response(&buf).map_err(io::Error::other)?;

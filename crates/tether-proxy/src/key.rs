@@ -41,6 +41,9 @@ pub fn routing_key<'a>(
         KeySource::Header(name) => head.header(buf, name).map(<[u8]>::trim_ascii),
         KeySource::Cookie(name) => head.cookie(buf, name),
         KeySource::Path(n) => path_segment(head.path(buf), *n).map(str::as_bytes),
+        // The server name of a ClientHello: only `tls-passthrough` listeners route on it
+        // (see `connection::passthrough`); an HTTP request uses the fallback strategy.
+        KeySource::Sni => None,
     };
     found.filter(|v| !v.is_empty()).map(RoutingKey::Borrowed)
 }

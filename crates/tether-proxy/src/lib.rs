@@ -27,14 +27,18 @@ pub mod client_ip;
 pub mod config;
 mod connection;
 mod exchange;
+mod frontend;
 pub mod handshake;
 pub mod health;
 pub mod key;
 pub mod limits;
 mod listener;
 pub mod metrics;
+pub mod prefixed;
 pub mod response;
 mod shared;
+pub mod tls;
+pub mod transport;
 pub mod tunnel;
 
 pub use backend::BackendState;
@@ -43,12 +47,30 @@ pub use listener::{Proxy, ProxyError, RunningProxy, Stopped};
 
 use shared::Shared;
 
-/// Re-reads the configuration file and replaces the backend list; live tunnels are untouched.
-/// Only `[[backend]]` changes take effect; other sections need a restart.
+/// Re-reads the configuration file: the listeners' certificates (`[listen.tls]`, read
+/// again from their files) and the backend list; live tunnels are untouched. Other sections
+/// need a restart. A certificate that does not load fails the reload and changes nothing
+/// more: the listener keeps serving the certificates it had.
 pub(crate) fn reload_from_file(shared: &Shared) -> Result<(), ReloadError> {
     let path = shared.config_path.as_ref().ok_or(ReloadError::NoFile)?;
     let config = Config::from_file(path)?;
+    reload_tls(shared, &config)?;
     reload(shared, &config);
+    Ok(())
+}
+
+/// Gives each TLS listener the certificates `config` names, for new handshakes.
+pub(crate) fn reload_tls(shared: &Shared, config: &Config) -> Result<(), tls::FileError> {
+    for (frontend, listen) in shared.frontends.iter().zip(&config.listeners) {
+        if let (Some(tls), Some(settings)) = (&frontend.tls, &listen.tls_settings) {
+            if let Err(e) = tls.reload(settings.clone()) {
+                tracing::error!(error = %e, listener = frontend.index, "certificate reload failed; keeping the current certificates");
+                return Err(e);
+            }
+            shared.metrics.tls.set_certificates(&tls.certificates());
+            tracing::info!(listener = frontend.index, "certificates reloaded");
+        }
+    }
     Ok(())
 }
 
@@ -67,4 +89,7 @@ pub enum ReloadError {
     NoFile,
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A certificate, key or CA file did not load; the old certificates stay in use.
+    #[error(transparent)]
+    Tls(#[from] tls::FileError),
 }

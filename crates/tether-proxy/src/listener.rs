@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 
 use crate::admin::BackendView;
 use crate::connection::{self, ConnId};
+use crate::frontend::Frontend;
 use crate::shared::Shared;
 use crate::tunnel::CloseReason;
 use crate::{health, Config, ReloadError};
@@ -29,12 +30,16 @@ pub enum ProxyError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// A certificate, key or CA file named by `[listen.tls]` could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::FileError),
 }
 
 /// A bound proxy, not yet serving.
 pub struct Proxy {
     shared: Arc<Shared>,
-    listener: TcpListener,
+    /// One per `[[listen]]`, in the same order as `shared.frontends`.
+    listeners: Vec<TcpListener>,
     admin: Option<TcpListener>,
 }
 
@@ -54,23 +59,36 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
 impl Proxy {
     /// Binds the listener and the admin listener. `config_path` enables reloads from file.
     pub async fn bind(config: Config, config_path: Option<PathBuf>) -> Result<Proxy, ProxyError> {
-        let listener = bind(config.listen.addr)?;
-        let admin = if config.admin.enabled {
-            Some(bind(config.admin.addr)?)
+        // Certificates first: a listener that cannot serve TLS must not be bound at all.
+        let shared = Arc::new(Shared::new(config, config_path)?);
+        let listeners = shared
+            .frontends
+            .iter()
+            .map(|f| bind(f.addr))
+            .collect::<Result<Vec<_>, _>>()?;
+        let admin = if shared.config.admin.enabled {
+            Some(bind(shared.config.admin.addr)?)
         } else {
             None
         };
         Ok(Proxy {
-            shared: Arc::new(Shared::new(config, config_path)),
-            listener,
+            shared,
+            listeners,
             admin,
         })
     }
 
+    /// The address of the first listener.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.local_addrs()[0]
+    }
+
+    /// The address of every listener, in configuration order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .map(|l| l.local_addr().expect("bound listener has an address"))
+            .collect()
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
@@ -83,7 +101,7 @@ impl Proxy {
     /// larger program (the demo, tests) leaves no tunnel, admin listener or health check
     /// behind.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let addr = self.local_addr();
+        let addrs = self.local_addrs();
         let shared = self.shared.clone();
         for backend in shared.registry.snapshot().backends.iter() {
             health::spawn(backend.clone(), shared.config.health.clone());
@@ -96,9 +114,26 @@ impl Proxy {
                 }
             })
         });
-        info!(%addr, backends = shared.registry.snapshot().backends.len(), "proxy listening");
+        let cert_watch = tokio::spawn(crate::tls::watch::run(
+            shared.clone(),
+            crate::tls::watch::INTERVAL,
+        ));
+        info!(
+            ?addrs,
+            backends = shared.registry.snapshot().backends.len(),
+            "proxy listening"
+        );
+        let ids = Arc::new(AtomicU64::new(1));
+        let accepting = self
+            .listeners
+            .into_iter()
+            .zip(shared.frontends.clone())
+            .map(|(listener, frontend)| {
+                accept_loop(listener, shared.clone(), frontend, ids.clone())
+            });
+        let accepting = futures_util::future::join_all(accepting);
         tokio::select! {
-            () = accept_loop(self.listener, shared.clone()) => {}
+            _ = accepting => {}
             () = shutdown => {}
         }
         let open = shared.gate.open();
@@ -121,6 +156,7 @@ impl Proxy {
         if let Some(admin) = admin {
             admin.abort();
         }
+        cert_watch.abort();
         for backend in shared.registry.snapshot().backends.iter() {
             // Stops its health checker at the next tick.
             backend.retire();
@@ -129,7 +165,8 @@ impl Proxy {
 
     /// Runs on the current runtime; the returned handle reports addresses and stops it.
     pub fn spawn(self) -> RunningProxy {
-        let addr = self.local_addr();
+        let addrs = self.local_addrs();
+        let addr = addrs[0];
         let admin_addr = self.admin_addr();
         let shared = self.shared.clone();
         let (stop, mut stopped) = watch::channel(false);
@@ -138,6 +175,7 @@ impl Proxy {
         }));
         RunningProxy {
             addr,
+            addrs,
             admin_addr,
             shared,
             stop,
@@ -146,14 +184,24 @@ impl Proxy {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let ids = AtomicU64::new(1);
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    frontend: Arc<Frontend>,
+    ids: Arc<AtomicU64>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let id = ConnId(ids.fetch_add(1, Ordering::Relaxed));
-                tokio::spawn(connection::handle(shared.clone(), stream, peer, id));
+                tokio::spawn(connection::handle(
+                    shared.clone(),
+                    frontend.clone(),
+                    stream,
+                    peer,
+                    id,
+                ));
             }
             Err(e) => {
                 // Out of file descriptors or similar: back off instead of spinning.
@@ -167,6 +215,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 /// A proxy serving in the background.
 pub struct RunningProxy {
     addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
@@ -174,8 +223,14 @@ pub struct RunningProxy {
 }
 
 impl RunningProxy {
+    /// The first listener's address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Every listener's address, in configuration order.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {

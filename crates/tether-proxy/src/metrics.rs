@@ -71,6 +71,60 @@ pub struct Metrics {
     pub handshake_seconds: Histogram,
     pub client_connections: Gauge,
     pub retries: Counter,
+    pub tls: TlsMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TlsVersionLabels {
+    pub version: crate::tls::TlsVersion,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TlsFailureLabels {
+    pub reason: crate::tls::HandshakeFailure,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabels {
+    pub file: String,
+    pub subject: String,
+}
+
+/// TLS on the listeners: handshakes that finished (by version), that failed (by reason),
+/// and when each served certificate expires.
+#[derive(Clone, Default)]
+pub struct TlsMetrics {
+    pub handshakes: Family<TlsVersionLabels, Counter>,
+    pub failures: Family<TlsFailureLabels, Counter>,
+    pub certificate_expiry: Family<CertificateLabels, Gauge>,
+}
+
+impl TlsMetrics {
+    pub fn handshake(&self, version: Option<crate::tls::TlsVersion>) {
+        if let Some(version) = version {
+            self.handshakes
+                .get_or_create(&TlsVersionLabels { version })
+                .inc();
+        }
+    }
+
+    pub fn failure(&self, reason: crate::tls::HandshakeFailure) {
+        self.failures
+            .get_or_create(&TlsFailureLabels { reason })
+            .inc();
+    }
+
+    /// Sets the expiry of `certs` (called at load and after each reload).
+    pub fn set_certificates(&self, certs: &[crate::tls::CertInfo]) {
+        for c in certs {
+            self.certificate_expiry
+                .get_or_create(&CertificateLabels {
+                    file: c.file.display().to_string(),
+                    subject: c.subject.clone(),
+                })
+                .set(c.not_after_unix());
+        }
+    }
 }
 
 impl Metrics {
@@ -89,6 +143,7 @@ impl Metrics {
             ]),
             client_connections: Gauge::default(),
             retries: Counter::default(),
+            tls: TlsMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -136,6 +191,21 @@ impl Metrics {
             "retries",
             "Connects retried on another backend",
             m.retries.clone(),
+        );
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes completed on the listeners, by protocol version",
+            m.tls.handshakes.clone(),
+        );
+        registry.register(
+            "tls_handshake_errors",
+            "TLS handshakes that failed on the listeners, by reason",
+            m.tls.failures.clone(),
+        );
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "notAfter of each served certificate, in Unix seconds",
+            m.tls.certificate_expiry.clone(),
         );
         Metrics { registry, ..m }
     }

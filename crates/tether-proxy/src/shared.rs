@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use crate::backend::Registry;
 use crate::balance::Balancer;
-use crate::client_ip::TrustedProxies;
 use crate::config::Config;
+use crate::frontend::Frontend;
 use crate::handshake::HeadLimits;
 use crate::limits::{ConnectionGate, RateLimiter};
 use crate::metrics::Metrics;
@@ -20,7 +20,8 @@ pub struct Shared {
     pub registry: Registry,
     pub balancer: Balancer,
     pub metrics: Metrics,
-    pub trusted: TrustedProxies,
+    /// One per listener, in configuration order.
+    pub frontends: Vec<Arc<Frontend>>,
     pub gate: Arc<ConnectionGate>,
     pub rate: Option<RateLimiter>,
     pub head_limits: HeadLimits,
@@ -47,13 +48,28 @@ impl Drop for ClientGauge {
 }
 
 impl Shared {
-    pub fn new(config: Config, config_path: Option<PathBuf>) -> Shared {
+    /// Builds the state of a proxy, loading every listener's certificates.
+    pub fn new(
+        config: Config,
+        config_path: Option<PathBuf>,
+    ) -> Result<Shared, crate::tls::FileError> {
         let metrics = Metrics::new();
         let registry = Registry::new(&config.backends, &metrics);
-        Shared {
+        let frontends = config
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| Frontend::new(i, l).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        for f in &frontends {
+            if let Some(tls) = &f.tls {
+                metrics.tls.set_certificates(&tls.certificates());
+            }
+        }
+        Ok(Shared {
             admin_access: crate::admin::Access::new(&config.admin),
             balancer: Balancer::new(&config.balance),
-            trusted: TrustedProxies::new(config.listen.trusted_proxies.clone()),
+            frontends,
             gate: ConnectionGate::new(config.limits.maxconn),
             rate: RateLimiter::new(config.limits.rate_per_ip, config.limits.rate_burst),
             closing: CloseSignal::default(),
@@ -67,7 +83,7 @@ impl Shared {
             metrics,
             config,
             config_path,
-        }
+        })
     }
 
     /// `stats_uri` without its trailing slash (`/_tether`), when configured.
@@ -82,15 +98,5 @@ impl Shared {
             path.strip_prefix(prefix)
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?']))
         })
-    }
-
-    pub fn origin_allowed(&self, origin: Option<&[u8]>) -> bool {
-        let allowed = &self.config.listen.allowed_origins;
-        allowed.is_empty()
-            || origin.is_some_and(|o| {
-                allowed
-                    .iter()
-                    .any(|a| a.as_bytes().eq_ignore_ascii_case(o.trim_ascii()))
-            })
     }
 }

@@ -14,6 +14,10 @@
 //! load per wake-up: the signal's wait list is locked only to register and to unregister,
 //! never while bytes move.
 
+mod stream;
+
+pub use stream::run as run_stream;
+
 use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;

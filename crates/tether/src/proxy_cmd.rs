@@ -21,7 +21,8 @@ pub struct CheckArgs {
 }
 
 /// Loads the configuration, builds a runtime with `runtime.workers` threads (0 = every core)
-/// and serves until SIGTERM or SIGINT. SIGHUP reloads the backend list.
+/// and serves until SIGTERM or SIGINT. SIGHUP reloads the backend list and the listeners'
+/// certificates.
 pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let config = Config::from_file(&args.config)?;
     // One worker needs no work-stealing: a current-thread runtime saves the cross-thread
@@ -52,7 +53,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
                 _ = int.recv() => break,
                 _ = hup.recv() => {
                     if let Err(e) = running.reload_from_file() {
-                        tracing::error!(error = %e, "reload failed; keeping the current backends");
+                        tracing::error!(error = %e, "reload failed; keeping the current backends and certificates");
                     }
                 }
             }

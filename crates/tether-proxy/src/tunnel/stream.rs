@@ -1,0 +1,277 @@
+//! The tunnel over any byte stream, for connections where one side (or both) speaks TLS.
+//!
+//! The plain tunnel (the parent module) waits on socket readiness and reads with `recv`;
+//! a TLS stream has to be read through its session, so this one uses `poll_read` and
+//! `poll_write`. It keeps the same shape: per-thread scratch for a read, a buffer of its own
+//! only for what the destination refused, freed once drained, and no reading while bytes are
+//! pending, so back-pressure still reaches the sender. A TLS destination may accept bytes
+//! into its session before they reach the socket, so each write is followed by a flush.
+//! EOF is forwarded with `poll_shutdown`, which for TLS sends `close_notify` first.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use super::{blame, Closer, Counters, EndReason, Outcome, Side, SCRATCH_BUF};
+
+/// The state of one direction.
+#[derive(Debug)]
+enum Flow {
+    /// Waiting for bytes from the source. Holds nothing.
+    Idle,
+    /// The destination did not take everything; these bytes go first.
+    Pending { buf: Box<[u8]>, sent: usize },
+    /// Everything was written; the destination is being flushed before reading again.
+    Flushing,
+    /// The source reached EOF; the destination's write side is being shut down.
+    Closing,
+    /// Done both ways for this direction.
+    Finished,
+}
+
+struct Pump<'a> {
+    flow: Flow,
+    moved: u64,
+    counter: &'a Counter,
+}
+
+impl Pump<'_> {
+    fn poll_pump<S, D>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut src: Pin<&mut S>,
+        mut dst: Pin<&mut D>,
+        activity: &mut bool,
+    ) -> Poll<Result<(), Side>>
+    where
+        S: AsyncRead + ?Sized,
+        D: AsyncWrite + ?Sized,
+    {
+        loop {
+            match &mut self.flow {
+                Flow::Finished => return Poll::Ready(Ok(())),
+                Flow::Closing => {
+                    // A peer that already went away cannot be told; the direction is over.
+                    let _ = ready!(dst.as_mut().poll_shutdown(cx));
+                    self.flow = Flow::Finished;
+                }
+                Flow::Flushing => {
+                    ready!(dst.as_mut().poll_flush(cx)).map_err(Side::Dst)?;
+                    self.flow = Flow::Idle;
+                }
+                Flow::Pending { buf, sent } => {
+                    let n =
+                        ready!(dst.as_mut().poll_write(cx, &buf[*sent..])).map_err(Side::Dst)?;
+                    if n == 0 {
+                        return Poll::Ready(Err(Side::Dst(io::ErrorKind::WriteZero.into())));
+                    }
+                    *activity = true;
+                    *sent += n;
+                    if *sent == buf.len() {
+                        self.flow = Flow::Flushing;
+                    }
+                }
+                Flow::Idle => {
+                    let step: Poll<Result<usize, Side>> = SCRATCH_BUF.with(|scratch| {
+                        let mut scratch = scratch.borrow_mut();
+                        let mut read = ReadBuf::new(&mut scratch[..]);
+                        ready!(src.as_mut().poll_read(cx, &mut read)).map_err(Side::Src)?;
+                        let data = read.filled();
+                        if data.is_empty() {
+                            return Poll::Ready(Ok(0));
+                        }
+                        self.moved += data.len() as u64;
+                        self.counter.inc_by(data.len() as u64);
+                        let sent = match dst.as_mut().poll_write(cx, data) {
+                            Poll::Ready(Ok(n)) => n,
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err(Side::Dst(e))),
+                            Poll::Pending => 0,
+                        };
+                        self.flow = if sent < data.len() {
+                            Flow::Pending {
+                                buf: data[sent..].into(),
+                                sent: 0,
+                            }
+                        } else {
+                            Flow::Flushing
+                        };
+                        Poll::Ready(Ok(data.len()))
+                    });
+                    let n = ready!(step)?;
+                    *activity = true;
+                    if n == 0 {
+                        self.flow = Flow::Closing;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Carries bytes both ways between two streams until both have closed, one fails, the idle
+/// timeout fires or the proxy closes its tunnels.
+pub async fn run<C, B>(
+    client: &mut C,
+    backend: &mut B,
+    idle: Option<Duration>,
+    counters: &Counters<'_>,
+    closer: Closer<'_>,
+) -> Outcome
+where
+    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let mut up = Pump {
+        flow: Flow::Idle,
+        moved: 0,
+        counter: counters.to_backend,
+    };
+    let mut down = Pump {
+        flow: Flow::Idle,
+        moved: 0,
+        counter: counters.to_client,
+    };
+    let mut idle_timer: Option<(Duration, Pin<Box<Sleep>>)> =
+        idle.map(|d| (d, Box::pin(tokio::time::sleep(d))));
+    let mut last = Instant::now();
+    let mut error = None;
+    let notified = closer.signal.shard(closer.key).notified();
+    let mut notified = std::pin::pin!(notified);
+    let mut listening = false;
+    let reason = poll_fn(|cx| {
+        if !listening {
+            // As in the plain tunnel: register once, then read only the flag.
+            listening = true;
+            let _ = notified.as_mut().poll(cx);
+        }
+        if let Some(reason) = closer.signal.reason() {
+            return Poll::Ready(EndReason::from(reason));
+        }
+        let mut activity = false;
+        let up_done = match up.poll_pump(
+            cx,
+            Pin::new(&mut *client),
+            Pin::new(&mut *backend),
+            &mut activity,
+        ) {
+            Poll::Ready(Ok(())) => true,
+            Poll::Ready(Err(side)) => {
+                return Poll::Ready(blame(
+                    side,
+                    EndReason::ClientError,
+                    EndReason::BackendError,
+                    &mut error,
+                ))
+            }
+            Poll::Pending => false,
+        };
+        let down_done = match down.poll_pump(
+            cx,
+            Pin::new(&mut *backend),
+            Pin::new(&mut *client),
+            &mut activity,
+        ) {
+            Poll::Ready(Ok(())) => true,
+            Poll::Ready(Err(side)) => {
+                return Poll::Ready(blame(
+                    side,
+                    EndReason::BackendError,
+                    EndReason::ClientError,
+                    &mut error,
+                ))
+            }
+            Poll::Pending => false,
+        };
+        if up_done && down_done {
+            return Poll::Ready(EndReason::Closed);
+        }
+        if let Some((limit, timer)) = idle_timer.as_mut() {
+            if activity {
+                last = Instant::now();
+            }
+            while timer.as_mut().poll(cx).is_ready() {
+                let deadline = last + *limit;
+                if Instant::now() >= deadline {
+                    return Poll::Ready(EndReason::IdleTimeout);
+                }
+                timer.as_mut().reset(deadline);
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+    Outcome {
+        to_backend: up.moved,
+        to_client: down.moved,
+        reason,
+        error,
+    }
+}
+
+use std::future::Future as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tunnel::CloseSignal;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A slow reader on one side: the bytes still all arrive, in order, through the pending
+    /// buffer, and EOF follows them.
+    #[tokio::test]
+    async fn bytes_cross_in_order_under_back_pressure_and_eof_follows() {
+        let (mut client, mut proxy_client) = tokio::io::duplex(1024);
+        let (mut proxy_backend, mut backend) = tokio::io::duplex(1024);
+        let task = tokio::spawn(async move {
+            let (a, b) = (Counter::default(), Counter::default());
+            let counters = Counters {
+                to_backend: &a,
+                to_client: &b,
+            };
+            let signal = CloseSignal::default();
+            let closer = Closer {
+                signal: &signal,
+                key: 1,
+            };
+            run(
+                &mut proxy_client,
+                &mut proxy_backend,
+                None,
+                &counters,
+                closer,
+            )
+            .await
+        });
+        let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let expected = payload.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&payload).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            client.read_to_end(&mut back).await.unwrap();
+            back
+        });
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 100];
+        loop {
+            let n = backend.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert!(got == expected, "payload differs");
+        backend.write_all(b"bye").await.unwrap();
+        backend.shutdown().await.unwrap();
+        assert_eq!(writer.await.unwrap(), b"bye");
+        let outcome = task.await.unwrap();
+        assert_eq!(outcome.reason, EndReason::Closed);
+        assert_eq!(outcome.to_backend, expected.len() as u64);
+    }
+}
