@@ -59,6 +59,8 @@ pub struct Endpoint {
     pub source: IpAddr,
     /// Sticky key: the proxy hashes on it.
     pub sid: String,
+    /// Testing the soak itself: ignore every Nth message frame (see `SoakArgs`).
+    pub drop_every: Option<std::num::NonZeroU64>,
 }
 
 /// The reaction to how a connection ended, as the JS client's `reactionTo`.
@@ -135,6 +137,7 @@ pub async fn run(
                 let ended = session(
                     ws,
                     index,
+                    &endpoint,
                     &channel,
                     &ledger,
                     &stats,
@@ -206,6 +209,7 @@ async fn open(endpoint: &Endpoint) -> Result<Ws, ()> {
 async fn session(
     mut ws: Ws,
     index: usize,
+    endpoint: &Endpoint,
     channel: &str,
     ledger: &Ledger,
     stats: &ClientStats,
@@ -216,6 +220,7 @@ async fn session(
     let book = ledger.subscriber(index);
     let mut since = None;
     let mut resubscribe_at: Option<tokio::time::Instant> = None;
+    let mut frames = 0u64;
     loop {
         let resubscribe = async {
             match resubscribe_at {
@@ -299,6 +304,13 @@ async fn session(
                     stats.server_errors.fetch_add(1, Ordering::Relaxed);
                     continue;
                 };
+                if let Some(n) = endpoint.drop_every {
+                    frames += 1;
+                    if frames == n.get() {
+                        frames = 0;
+                        continue;
+                    }
+                }
                 if book.message(offset, data.t) != Arrival::InOrder {
                     tracing::warn!(
                         subscriber = index,

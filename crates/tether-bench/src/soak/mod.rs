@@ -83,6 +83,10 @@ pub struct SoakArgs {
     /// The redis-server binary.
     #[arg(long, default_value = "redis-server")]
     pub redis_server: PathBuf,
+    /// For testing the soak itself: every subscriber ignores every Nth message frame, as a
+    /// client-side loss the hub never hears of; the ledger must then report `lost`.
+    #[arg(long, hide = true)]
+    pub self_test_drop_every: Option<std::num::NonZeroU64>,
 }
 
 /// HTTP publishers sharing `--http-rate`, and WebSocket publishers sharing `--ws-rate`.
@@ -324,6 +328,7 @@ async fn drive(
             proxy: system.proxy.addr,
             source: sources.for_connection(1 + index % args.sources as usize),
             sid: format!("s{index}"),
+            drop_every: args.self_test_drop_every,
         };
         subscribers.spawn(client::run(
             index,
