@@ -82,13 +82,13 @@ impl HttpConn {
     ) -> Result<Answer, HttpError> {
         let addr = self.addr;
         let io = |source| HttpError::Io { addr, source };
-        if self.stream.is_none() {
-            let stream = TcpStream::connect(addr).await.map_err(io)?;
-            stream.set_nodelay(true).map_err(io)?;
-            self.stream = Some(stream);
-        }
-        let Some(stream) = self.stream.as_mut() else {
-            unreachable!("connected just above");
+        let stream = match &mut self.stream {
+            Some(stream) => stream,
+            None => {
+                let stream = TcpStream::connect(addr).await.map_err(io)?;
+                stream.set_nodelay(true).map_err(io)?;
+                self.stream.insert(stream)
+            }
         };
         let body = body.unwrap_or_default();
         let mut request = format!(
@@ -123,8 +123,8 @@ impl HttpConn {
                     break (response.code.unwrap_or(0), head_len, length, close);
                 }
                 Ok(httparse::Status::Partial) if buf.len() < MAX_RESPONSE => {}
-                Ok(httparse::Status::Partial) => return Err(self.malformed("head too large")),
-                Err(e) => return Err(self.malformed(&e.to_string())),
+                Ok(httparse::Status::Partial) => return Err(malformed(addr, "head too large")),
+                Err(e) => return Err(malformed(addr, &e.to_string())),
             }
         };
         let mut body = buf.split_off(head_len);
@@ -143,7 +143,7 @@ impl HttpConn {
                     self.stream = None;
                 }
             }
-            Some(_) => return Err(self.malformed("body too large")),
+            Some(_) => return Err(malformed(addr, "body too large")),
             None => {
                 // No length: the body runs to the end of the connection.
                 stream.read_to_end(&mut body).await.map_err(io)?;
@@ -152,12 +152,75 @@ impl HttpConn {
         }
         Ok(Answer { status, body })
     }
+}
 
-    fn malformed(&mut self, reason: &str) -> HttpError {
-        self.stream = None;
-        HttpError::Malformed {
-            addr: self.addr,
-            reason: reason.to_owned(),
-        }
+/// A response that is not HTTP/1.1 as expected; the caller drops the connection.
+fn malformed(addr: SocketAddr, reason: &str) -> HttpError {
+    HttpError::Malformed {
+        addr,
+        reason: reason.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncBufReadExt;
+
+    /// Answers each request on one connection with the next of `answers`.
+    async fn server(answers: Vec<&'static str>) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut stream = tokio::io::BufReader::new(stream);
+            for answer in answers {
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if stream.read_line(&mut line).await.unwrap() == 0 {
+                        return;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0; length];
+                stream.read_exact(&mut body).await.unwrap();
+                stream.get_mut().write_all(answer.as_bytes()).await.unwrap();
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn answers_are_read_by_length_on_one_kept_alive_connection() {
+        let addr = server(vec![
+            "HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n{\"offset\":7}",
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 2\r\n\r\nno",
+        ])
+        .await;
+        let mut conn = HttpConn::new(addr, Duration::from_secs(5));
+        let first = conn
+            .request("POST", "/api/publish", Some(b"{}"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (first.status, first.body.as_slice()),
+            (200, &b"{\"offset\":7}"[..])
+        );
+        let second = conn.request("GET", "/health", None).await.unwrap();
+        assert_eq!((second.status, second.body.as_slice()), (503, &b"no"[..]));
+    }
+
+    #[tokio::test]
+    async fn a_garbled_answer_is_an_error_not_a_panic() {
+        let addr = server(vec!["SMTP ready\r\n\r\n"]).await;
+        let mut conn = HttpConn::new(addr, Duration::from_secs(5));
+        let err = conn.request("GET", "/", None).await.unwrap_err();
+        assert!(matches!(err, HttpError::Malformed { .. }), "{err}");
     }
 }

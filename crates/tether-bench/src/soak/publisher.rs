@@ -185,9 +185,6 @@ pub async fn websocket(
                     },
                 }
             };
-            stats
-                .failed
-                .fetch_add(pending.len() as u64, Ordering::Relaxed);
             if ended_by_stop {
                 // Give the answers in flight a moment, so the last publishes are owed too.
                 let deadline = Instant::now() + Duration::from_secs(2);
@@ -207,14 +204,20 @@ pub async fn websocket(
                             if let Some((channel, t)) = pending.remove(&frame_id) {
                                 ledger.published(channel, offset, t);
                                 stats.acknowledged.fetch_add(1, Ordering::Relaxed);
-                                stats.failed.fetch_sub(1, Ordering::Relaxed);
                             }
                         }
                     }
                 }
+                stats
+                    .failed
+                    .fetch_add(pending.len() as u64, Ordering::Relaxed);
                 let _ = sink.close().await;
                 return;
             }
+            // Sent, then the connection ended before the answer: fate unknown, not owed.
+            stats
+                .failed
+                .fetch_add(pending.len() as u64, Ordering::Relaxed);
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(200 + rand::random_range(0..800))) => {}
