@@ -132,14 +132,14 @@ impl SoakReport {
             && self
                 .growth
                 .iter()
-                .filter(|g| g.judged)
+                .filter(|g| g.judged())
                 .all(Growth::within_bounds)
     }
 
     fn worst(&self, of: impl Fn(&Growth) -> String, key: impl Fn(&Growth) -> i64) -> String {
         self.growth
             .iter()
-            .filter(|g| g.judged)
+            .filter(|g| g.judged())
             .max_by_key(|g| key(g))
             .map(&of)
             .unwrap_or_else(|| "none".into())
@@ -171,20 +171,27 @@ impl SoakReport {
         ));
         s.push_str("resources (median of the first quarter -> last quarter):\n");
         for g in &self.growth {
+            let verdict = match (g.judged(), g.within_bounds()) {
+                (false, _) => "",
+                (true, true) => "  ok",
+                (true, false) => "  GREW",
+            };
+            let rss = if g.rss_kib_first == 0 && g.rss_kib_last == 0 {
+                "  (descriptors less tunnels)".to_owned()
+            } else {
+                format!(
+                    "  rss {:>8} KiB -> {:>8} KiB ({:+} KiB)",
+                    g.rss_kib_first,
+                    g.rss_kib_last,
+                    g.rss_growth_kib()
+                )
+            };
             s.push_str(&format!(
-                "  {:<6} fds {:>6} -> {:>6} ({:+})  rss {:>8} KiB -> {:>8} KiB ({:+} KiB){}\n",
+                "  {:<9} fds {:>6} -> {:>6} ({:+}){rss}{verdict}\n",
                 g.name,
                 g.fds_first,
                 g.fds_last,
                 g.fd_growth(),
-                g.rss_kib_first,
-                g.rss_kib_last,
-                g.rss_growth_kib(),
-                match (g.judged, g.within_bounds()) {
-                    (false, _) => "",
-                    (true, true) => "  ok",
-                    (true, false) => "  GREW",
-                }
             ));
         }
         if !self.crashed.is_empty() {
@@ -365,6 +372,10 @@ async fn drive(
     let sampler = tokio::spawn(resources::sample(
         dir.to_owned(),
         watched,
+        system.hubs.iter().map(|h| h.process.name.clone()).collect(),
+        resources::Tunnels {
+            admin: system.proxy.admin,
+        },
         stats.connected.clone(),
         sampler_stop,
     ));
