@@ -276,8 +276,10 @@ pub async fn run(args: SoakArgs) -> Result<SoakReport, BenchError> {
         Some(dir) => dir.clone(),
         None => std::env::temp_dir().join(format!("tether-soak-{}-{seed}", std::process::id())),
     };
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| BenchError::InvalidArgument(format!("creating {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(&dir).map_err(|source| BenchError::Io {
+        what: format!("creating {}", dir.display()),
+        source,
+    })?;
     let bin = match &args.tether_bin {
         Some(bin) => bin.clone(),
         None => std::env::current_exe().map_err(BenchError::Runtime)?,
@@ -296,8 +298,9 @@ pub async fn run(args: SoakArgs) -> Result<SoakReport, BenchError> {
         system.proxy.addr,
         system.proxy.admin
     );
-    // A Box so a failure anywhere still reaches `System::stop`.
-    let mut system = Box::new(system);
+    // Whatever `drive` returns, the children are stopped first (and if this future is
+    // dropped instead, by Ctrl-C, `kill_on_drop` kills them).
+    let mut system = system;
     let result = drive(&args, seed, &dir, &mut system).await;
     let logs: Vec<PathBuf> = system
         .processes()
@@ -504,7 +507,7 @@ async fn wait_started(ledger: &Ledger, count: usize, limit: Duration) -> Result<
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(BenchError::InvalidArgument(format!(
+            return Err(BenchError::Soak(format!(
                 "only {started} of {count} subscribers were subscribed after {limit:?}"
             )));
         }

@@ -127,7 +127,10 @@ pub async fn sample(
     mut stop: watch::Receiver<bool>,
 ) -> Result<Samples, BenchError> {
     let path = dir.join("resources.csv");
-    let io = |e: std::io::Error| BenchError::InvalidArgument(format!("{}: {e}", path.display()));
+    let io = |source| BenchError::Io {
+        what: format!("writing {}", path.display()),
+        source,
+    };
     let mut csv = std::io::BufWriter::new(std::fs::File::create(&path).map_err(io)?);
     let mut header = String::from("elapsed_s");
     for w in &watched {

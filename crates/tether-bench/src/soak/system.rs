@@ -66,7 +66,10 @@ impl Process {
 
     fn start(&mut self) -> Result<(), BenchError> {
         let io = |what: &'static str| {
-            move |e: std::io::Error| BenchError::InvalidArgument(format!("{what}: {e}"))
+            move |source| BenchError::Io {
+                what: what.to_owned(),
+                source,
+            }
         };
         let mut log = std::fs::OpenOptions::new()
             .create(true)
@@ -95,12 +98,9 @@ impl Process {
                 Ok(())
             });
         }
-        let child = command.spawn().map_err(|e| {
-            BenchError::InvalidArgument(format!(
-                "cannot start {} ({}): {e}",
-                self.name,
-                self.program.display()
-            ))
+        let child = command.spawn().map_err(|source| BenchError::Io {
+            what: format!("cannot start {} ({})", self.name, self.program.display()),
+            source,
         })?;
         self.pid.store(child.id().unwrap_or(0), Ordering::Relaxed);
         self.child = Some(child);
@@ -182,8 +182,9 @@ impl Redis {
     fn new(program: &Path, dir: &Path) -> Result<Redis, BenchError> {
         let addr = free_port()?;
         let data = dir.join("redis");
-        std::fs::create_dir_all(&data).map_err(|e| {
-            BenchError::InvalidArgument(format!("creating {}: {e}", data.display()))
+        std::fs::create_dir_all(&data).map_err(|e| BenchError::Io {
+            what: format!("creating {}", data.display()),
+            source: e,
         })?;
         let args = [
             "--port",
@@ -362,8 +363,9 @@ impl Proxy {
                 i + 1
             );
         }
-        std::fs::write(&self.config, text).map_err(|e| {
-            BenchError::InvalidArgument(format!("writing {}: {e}", self.config.display()))
+        std::fs::write(&self.config, text).map_err(|e| BenchError::Io {
+            what: format!("writing {}", self.config.display()),
+            source: e,
         })
     }
 
@@ -384,12 +386,12 @@ impl Proxy {
         let mut conn = HttpConn::new(self.admin, Duration::from_secs(5));
         match conn.request(method, path, None).await {
             Ok(a) if (200..300).contains(&a.status) => Ok(()),
-            Ok(a) => Err(BenchError::InvalidArgument(format!(
+            Ok(a) => Err(BenchError::Soak(format!(
                 "proxy admin {method} {path}: {} {}",
                 a.status,
                 String::from_utf8_lossy(&a.body).trim()
             ))),
-            Err(e) => Err(BenchError::InvalidArgument(format!(
+            Err(e) => Err(BenchError::Soak(format!(
                 "proxy admin {method} {path}: {e}"
             ))),
         }
