@@ -71,6 +71,17 @@ pub enum BenchError {
     /// The publisher's thread ended while a step was asked of it (its task panicked).
     #[error("the publisher thread ended before its step was done")]
     PublisherGone,
+    /// A file or process the soak needs could not be made or started.
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A step of the soak went wrong: a process did not come up, the proxy refused an
+    /// admin call, subscribers could not subscribe.
+    #[error("soak: {0}")]
+    Soak(String),
     /// A watched process could not be read from /proc (gone, or not ours to read).
     #[error("cannot read /proc/{pid} (is the process gone?)")]
     Proc {

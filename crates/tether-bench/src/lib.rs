@@ -8,6 +8,7 @@
 //! * [`idle`]: many quiet connections (server memory per tunnel, liveness after a hold).
 //! * [`handshake`]: connect/upgrade/close cycles (rate, server CPU per handshake).
 //! * [`fanout`]: hub subscribers across nodes at a rising publish rate (deliveries/s, loss).
+//! * [`soak`]: the whole system under random faults, with a ledger of every publish.
 
 pub mod client;
 pub mod echo;
@@ -18,6 +19,7 @@ pub mod idle;
 pub mod latency;
 pub mod pingpong;
 pub mod procstat;
+pub mod soak;
 pub mod source;
 pub mod target;
 pub mod window;

@@ -38,6 +38,11 @@ enum Mode {
     /// latency (and each message's first and last delivery) and lost messages per step, best
     /// passing step.
     Fanout(tether_bench::fanout::FanoutArgs),
+    /// Chaos soak: its own Redis, hubs and a proxy from this binary, resuming subscribers,
+    /// publishers, random faults (seeded); a ledger proves nothing was lost or doubled.
+    /// Last stdout line: `soak: … lost=N duplicated=N …`; exit 1 when the run failed.
+    /// See docs/soak.md.
+    Soak(tether_bench::soak::SoakArgs),
 }
 
 /// `tether bench echo`: one or more named echo listeners in this process.
@@ -59,6 +64,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Mode::Idle(a) => report(runtime.block_on(tether_bench::run(LoadMode::Idle(a)))),
         Mode::Handshake(a) => report(runtime.block_on(tether_bench::run(LoadMode::Handshake(a)))),
         Mode::Fanout(a) => report(runtime.block_on(tether_bench::run(LoadMode::Fanout(a)))),
+        Mode::Soak(a) => soak(&runtime, a),
     }
 }
 
@@ -77,6 +83,33 @@ fn build_runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runti
         .enable_all()
         .build()
         .context("building the bench runtime")
+}
+
+/// Runs the soak; a Ctrl-C or SIGTERM stops it early, children included. Prints the summary,
+/// then the machine-readable line last; a failed run is an error (exit status 1).
+fn soak(
+    runtime: &tokio::runtime::Runtime,
+    args: tether_bench::soak::SoakArgs,
+) -> anyhow::Result<()> {
+    let report = runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        tokio::select! {
+            report = tether_bench::soak::run(args) => Ok(report?),
+            _ = term.recv() => anyhow::bail!("soak stopped by SIGTERM"),
+            _ = tokio::signal::ctrl_c() => anyhow::bail!("soak interrupted"),
+        }
+    })?;
+    if let Ok(summary) = std::fs::read_to_string(report.out.join("summary.txt")) {
+        print!("{summary}");
+    }
+    println!("{report}");
+    anyhow::ensure!(
+        report.passed(),
+        "soak failed (details in {})",
+        report.out.display()
+    );
+    Ok(())
 }
 
 fn report(result: Result<Report, tether_bench::BenchError>) -> anyhow::Result<()> {
