@@ -85,6 +85,7 @@ pub struct Metrics {
     pub disconnects: Family<CloseLabel, Counter>,
     pub client_errors: Family<CodeLabel, Counter>,
     pub feed_overflows: Counter,
+    pub channel_overflows: Counter,
 }
 
 impl Metrics {
@@ -100,6 +101,7 @@ impl Metrics {
             disconnects: Family::default(),
             client_errors: Family::default(),
             feed_overflows: Counter::default(),
+            channel_overflows: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -146,6 +148,11 @@ impl Metrics {
             "feed_overflows",
             "Times the node fell behind its broker feed and refilled every channel from history",
             metrics.feed_overflows.clone(),
+        );
+        registry.register(
+            "channel_overflows",
+            "Times a channel's dispatcher fell behind the node's router and refilled from history",
+            metrics.channel_overflows.clone(),
         );
         Self {
             registry,
