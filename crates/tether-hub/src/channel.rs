@@ -64,7 +64,7 @@ pub struct Subscriber {
 enum Command {
     Join(Subscriber, oneshot::Sender<Result<(), BrokerError>>),
     Leave(SessionId),
-    Deliver(Arc<Publication>),
+    Deliver(Arc<Publication>, Option<Offset>),
     Resync,
 }
 
@@ -203,13 +203,13 @@ impl Channels {
 
     /// Queues `p` for its channel's dispatcher, or, when the dispatcher is `per_channel`
     /// behind, drops it and queues one refill from history in its place.
-    fn deliver(&self, p: Arc<Publication>) {
+    fn deliver(&self, p: Arc<Publication>, prev: Option<Offset>) {
         let entries = self.entries();
         let Some(entry) = entries.get(&p.channel) else {
             return;
         };
         if entry.backlog.admit(self.per_channel) {
-            let _ = entry.commands.send(Command::Deliver(p));
+            let _ = entry.commands.send(Command::Deliver(p, prev));
         } else if entry.backlog.ask_refill() {
             tracing::debug!(channel = %p.channel, "channel fell behind its feed; refilling from history");
             self.metrics.channel_overflows.inc();
@@ -244,7 +244,7 @@ async fn route(channels: Weak<Channels>, mut events: Feed) {
             return;
         };
         match event {
-            BrokerEvent::Publication(p) => channels.deliver(p),
+            BrokerEvent::Publication { publication, prev } => channels.deliver(publication, prev),
             BrokerEvent::Resync => channels.resync_all(),
             BrokerEvent::Overflowed => {
                 tracing::warn!(
@@ -333,10 +333,10 @@ impl Dispatcher {
                 let _ = ack.send(result);
             }
             Command::Leave(id) => self.subscribers.retain(|s| s.id != id),
-            Command::Deliver(p) => {
+            Command::Deliver(p, prev) => {
                 self.backlog.taken();
                 if self.started {
-                    self.accept(p).await;
+                    self.accept(p, prev).await;
                 }
             }
             Command::Resync => {
@@ -371,11 +371,16 @@ impl Dispatcher {
         }
     }
 
-    async fn accept(&mut self, p: Arc<Publication>) {
+    /// Hands `p` on when it follows what was delivered last (its `prev` says so, see the
+    /// broker contract: offsets may have gaps), drops it when it was delivered already, and
+    /// otherwise refills the hole before it from history. A `prev` of `None` after
+    /// messages were delivered means the channel's log was recreated (a new epoch): the
+    /// refill reads the new log from the start.
+    async fn accept(&mut self, p: Arc<Publication>, prev: Option<Offset>) {
         match self.last {
             Some(last) if p.offset <= last => {}
-            Some(last) if p.offset > last.next() => self.refill(Some(p)).await,
-            _ => self.fan_out(p),
+            last if prev == last => self.fan_out(p),
+            _ => self.refill(Some(p)).await,
         }
     }
 

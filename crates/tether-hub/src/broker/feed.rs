@@ -98,7 +98,7 @@ pub fn feed(limit: FeedLimit) -> (FeedSender, Feed) {
 
 fn size_of(event: &BrokerEvent) -> usize {
     match event {
-        BrokerEvent::Publication(p) => p.data.get().len(),
+        BrokerEvent::Publication { publication, .. } => publication.data.get().len(),
         BrokerEvent::Resync | BrokerEvent::Lost(_) | BrokerEvent::Overflowed => 0,
     }
 }
@@ -170,16 +170,15 @@ mod tests {
 
     fn publication(offset: u64, data: &str) -> BrokerEvent {
         let data = RawValue::from_string(data.into()).unwrap();
-        BrokerEvent::Publication(Publication::new(
-            ChannelName::parse("c").unwrap(),
-            Offset(offset),
-            data,
-        ))
+        BrokerEvent::Publication {
+            publication: Publication::new(ChannelName::parse("c").unwrap(), Offset(offset), data),
+            prev: offset.checked_sub(1).map(Offset),
+        }
     }
 
     fn offset(event: Option<BrokerEvent>) -> u64 {
         match event {
-            Some(BrokerEvent::Publication(p)) => p.offset.0,
+            Some(BrokerEvent::Publication { publication, .. }) => publication.offset.0,
             other => panic!("expected a publication, got {other:?}"),
         }
     }
