@@ -97,7 +97,9 @@ pub async fn health(State(node): State<Arc<Node>>) -> Response {
             (StatusCode::SERVICE_UNAVAILABLE, "draining")
         }
     };
-    let body = serde_json::json!({ "status": state, "node": node.name() });
+    // What the broker lacks is said here, not hidden (see the broker contract).
+    let broker = serde_json::json!({ "kind": node.broker.kind(), "lacks": node.broker.capabilities().lacks() });
+    let body = serde_json::json!({ "status": state, "node": node.name(), "broker": broker });
     (status, Json(body)).into_response()
 }
 

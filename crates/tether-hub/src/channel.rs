@@ -12,9 +12,19 @@
 //!
 //! The dispatcher hands its subscribers batches, not single messages: whatever the feed
 //! brought in one go. A burst thus costs each subscriber one queue operation and one wake.
+//!
+//! The queue from the router to each dispatcher is bounded too (see [`Backlog`]): the feed
+//! in front of the router is bounded, but the router empties it as fast as it can, so
+//! without a second bound a channel whose dispatcher falls behind (a burst on one hot
+//! channel, a lane starved of CPU) would just move the unbounded queue one hop further
+//! in. What does not fit is dropped and replaced by one refill from history, which holds
+//! every publication already (brokers store before they fan out): nothing is lost, and
+//! the cost of falling behind is a history read, counted in
+//! `tether_hub_channel_overflows_total`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use tokio::sync::{mpsc, oneshot};
@@ -54,13 +64,44 @@ pub struct Subscriber {
 enum Command {
     Join(Subscriber, oneshot::Sender<Result<(), BrokerError>>),
     Leave(SessionId),
-    Deliver(Arc<Publication>),
+    Deliver(Arc<Publication>, Option<Offset>),
     Resync,
 }
 
 struct Entry {
     members: usize,
     commands: mpsc::UnboundedSender<Command>,
+    backlog: Arc<Backlog>,
+}
+
+/// What waits in one dispatcher's queue, shared by the router (which adds) and the
+/// dispatcher (which takes). Only publications count: joins and leaves are bounded by the
+/// node's sessions, and at most one refill is ever asked for at a time.
+#[derive(Default)]
+struct Backlog {
+    publications: AtomicUsize,
+    /// A refill was queued and the dispatcher has not started it yet.
+    refill_asked: AtomicBool,
+}
+
+impl Backlog {
+    /// Takes a place for one more publication, if there is one below `limit`.
+    fn admit(&self, limit: NonZeroUsize) -> bool {
+        self.publications
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit.get()).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn taken(&self) {
+        self.publications.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Whether a refill must be queued: true once until the dispatcher starts it.
+    fn ask_refill(&self) -> bool {
+        !self.refill_asked.swap(true, Ordering::AcqRel)
+    }
 }
 
 /// The channels of one node.
@@ -70,6 +111,8 @@ pub struct Channels {
     broker: Arc<dyn Broker>,
     metrics: Arc<Metrics>,
     router: Mutex<Option<JoinHandle<()>>>,
+    /// Publications that may wait for one dispatcher (see [`Backlog`]).
+    per_channel: NonZeroUsize,
 }
 
 impl Channels {
@@ -82,6 +125,7 @@ impl Channels {
             broker,
             metrics,
             router: Mutex::new(None),
+            per_channel: events.limit().per_channel,
         });
         let router = crate::lane::spawn(route(Arc::downgrade(&channels), events));
         *channels.router.lock().unwrap_or_else(|p| p.into_inner()) = Some(router);
@@ -135,7 +179,9 @@ impl Channels {
 
     fn spawn_dispatcher(&self, channel: &ChannelName) -> Entry {
         let (commands, rx) = mpsc::unbounded_channel();
+        let backlog = Arc::new(Backlog::default());
         let dispatcher = Dispatcher {
+            backlog: backlog.clone(),
             channel: channel.clone(),
             link: self.link.clone(),
             broker: self.broker.clone(),
@@ -151,12 +197,23 @@ impl Channels {
         Entry {
             members: 0,
             commands,
+            backlog,
         }
     }
 
-    fn send(&self, channel: &ChannelName, command: Command) {
-        if let Some(entry) = self.entries().get(channel) {
-            let _ = entry.commands.send(command);
+    /// Queues `p` for its channel's dispatcher, or, when the dispatcher is `per_channel`
+    /// behind, drops it and queues one refill from history in its place.
+    fn deliver(&self, p: Arc<Publication>, prev: Option<Offset>) {
+        let entries = self.entries();
+        let Some(entry) = entries.get(&p.channel) else {
+            return;
+        };
+        if entry.backlog.admit(self.per_channel) {
+            let _ = entry.commands.send(Command::Deliver(p, prev));
+        } else if entry.backlog.ask_refill() {
+            tracing::debug!(channel = %p.channel, "channel fell behind its feed; refilling from history");
+            self.metrics.channel_overflows.inc();
+            let _ = entry.commands.send(Command::Resync);
         }
     }
 
@@ -187,10 +244,7 @@ async fn route(channels: Weak<Channels>, mut events: Feed) {
             return;
         };
         match event {
-            BrokerEvent::Publication(p) => {
-                let channel = p.channel.clone();
-                channels.send(&channel, Command::Deliver(p));
-            }
+            BrokerEvent::Publication { publication, prev } => channels.deliver(publication, prev),
             BrokerEvent::Resync => channels.resync_all(),
             BrokerEvent::Overflowed => {
                 tracing::warn!(
@@ -209,6 +263,7 @@ async fn route(channels: Weak<Channels>, mut events: Feed) {
 
 struct Dispatcher {
     channel: ChannelName,
+    backlog: Arc<Backlog>,
     link: Arc<dyn Link>,
     broker: Arc<dyn Broker>,
     metrics: Arc<Metrics>,
@@ -278,9 +333,20 @@ impl Dispatcher {
                 let _ = ack.send(result);
             }
             Command::Leave(id) => self.subscribers.retain(|s| s.id != id),
-            Command::Deliver(p) if self.started => self.accept(p).await,
-            Command::Resync if self.started => self.refill(None).await,
-            Command::Deliver(_) | Command::Resync => {}
+            Command::Deliver(p, prev) => {
+                self.backlog.taken();
+                if self.started {
+                    self.accept(p, prev).await;
+                }
+            }
+            Command::Resync => {
+                // From here on a new overflow must ask again: this refill may already
+                // have read past what it drops.
+                self.backlog.refill_asked.store(false, Ordering::Release);
+                if self.started {
+                    self.refill(None).await;
+                }
+            }
         }
     }
 
@@ -305,11 +371,16 @@ impl Dispatcher {
         }
     }
 
-    async fn accept(&mut self, p: Arc<Publication>) {
+    /// Hands `p` on when it follows what was delivered last (its `prev` says so, see the
+    /// broker contract: offsets may have gaps), drops it when it was delivered already, and
+    /// otherwise refills the hole before it from history. A `prev` of `None` after
+    /// messages were delivered means the channel's log was recreated (a new epoch): the
+    /// refill reads the new log from the start.
+    async fn accept(&mut self, p: Arc<Publication>, prev: Option<Offset>) {
         match self.last {
             Some(last) if p.offset <= last => {}
-            Some(last) if p.offset > last.next() => self.refill(Some(p)).await,
-            _ => self.fan_out(p),
+            last if prev == last => self.fan_out(p),
+            _ => self.refill(Some(p)).await,
         }
     }
 
@@ -335,8 +406,19 @@ impl Dispatcher {
                 }
             };
             if !history.recovered {
-                tracing::warn!(since = ?self.last, top = %history.top,
-                    "history does not reach back to the last delivered offset; continuing after the gap");
+                if let Some(last) = self.last {
+                    // Messages after `last` are gone from the log (trimmed, or lost with the
+                    // broker's data). Subscribers are told by being closed (1013): each
+                    // client resumes from the last offset it saw and is answered
+                    // `recovered: false`. Carrying on after the hole would be silent loss.
+                    self.hand_over();
+                    tracing::warn!(since = %last, top = %history.top, subscribers = self.subscribers.len(),
+                        "history no longer reaches back to the last delivered offset; closing the channel's subscribers so they resume and learn of the gap");
+                    self.metrics.channel_gaps.inc();
+                    for s in self.subscribers.drain(..) {
+                        s.postbox.lost();
+                    }
+                }
             }
             for p in history.messages {
                 if self.last.is_none_or(|last| p.offset > last) {

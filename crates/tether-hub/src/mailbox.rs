@@ -22,6 +22,10 @@ pub enum Inbound {
     Messages(Batch),
     /// A dispatcher found the inbox full: the session lost messages and must close.
     Overflowed,
+    /// A channel's log lost messages this session was owed (history no longer reached
+    /// back to what was delivered last): the session must close, so that its client's
+    /// resume is answered `recovered: false` rather than carrying on past a silent gap.
+    Lost,
 }
 
 /// What became of a batch handed to a session.
@@ -40,6 +44,8 @@ struct Bound {
     limit: usize,
     /// Set for good by the first post that did not fit.
     overflowed: AtomicBool,
+    /// Set for good when a dispatcher could not deliver messages the session was owed.
+    lost: AtomicBool,
 }
 
 /// The dispatchers' end of a session's inbox.
@@ -77,6 +83,14 @@ impl Postbox {
             Err(_) => Posted::Closed,
         }
     }
+
+    /// Tells the session that messages it was owed are gone for good. From then on the
+    /// session takes nothing more from its inbox: whatever it wrote next would move its
+    /// client's last offset past the hole, and the client would never learn of it.
+    pub fn lost(&self) {
+        self.bound.lost.store(true, Ordering::Release);
+        let _ = self.batches.send(Batch::from([]));
+    }
 }
 
 /// The session's end of its inbox.
@@ -92,6 +106,7 @@ pub fn mailbox(limit: usize) -> (Postbox, Mailbox) {
         queued: AtomicUsize::new(0),
         limit,
         overflowed: AtomicBool::new(false),
+        lost: AtomicBool::new(false),
     });
     let postbox = Postbox {
         batches: tx,
@@ -124,6 +139,8 @@ impl Mailbox {
         self.bound.queued.fetch_sub(batch.len(), Ordering::AcqRel);
         if self.bound.overflowed.load(Ordering::Acquire) {
             Inbound::Overflowed
+        } else if self.bound.lost.load(Ordering::Acquire) {
+            Inbound::Lost
         } else {
             Inbound::Messages(batch)
         }
@@ -181,6 +198,19 @@ mod tests {
             .expect("the overflow did not wake the session")
             .unwrap();
         assert!(matches!(woken, Some(Inbound::Overflowed)));
+    }
+
+    #[tokio::test]
+    async fn news_of_lost_messages_stops_every_later_delivery() {
+        let (postbox, mut mailbox) = mailbox(8);
+        assert_eq!(postbox.post(&batch(1..=2)), Posted::Queued);
+        postbox.lost();
+        assert_eq!(postbox.post(&batch(3..=3)), Posted::Queued);
+        // Even the batch posted before the news is withheld: delivering it would let the
+        // client's resume start after it, and the hole would go unreported.
+        for _ in 0..3 {
+            assert!(matches!(mailbox.recv().await, Some(Inbound::Lost)));
+        }
     }
 
     #[tokio::test]

@@ -43,6 +43,8 @@ pub enum CloseReason {
     /// A frame or message above the hard size limit (closed with 1009).
     TooLarge,
     SlowConsumer,
+    /// History no longer held messages the connection was owed (closed with 1013).
+    Gap,
     Shutdown,
     Aborted,
     Error,
@@ -112,6 +114,9 @@ pub struct Metrics {
     pub auth_failures: Family<ReasonLabel, Counter>,
     /// Upgrades refused because the address spent its budget of failures.
     pub auth_limited: Counter,
+    pub channel_overflows: Counter,
+    /// Times a channel's history no longer reached back to what the node had delivered.
+    pub channel_gaps: Counter,
 }
 
 impl Metrics {
@@ -130,6 +135,8 @@ impl Metrics {
             connections_auth: Family::default(),
             auth_failures: Family::default(),
             auth_limited: Counter::default(),
+            channel_overflows: Counter::default(),
+            channel_gaps: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -195,6 +202,16 @@ impl Metrics {
         for auth in ["authenticated", "anonymous"] {
             let _ = metrics.connections_auth.get_or_create(&AuthLabel { auth });
         }
+        registry.register(
+            "channel_overflows",
+            "Times a channel's dispatcher fell behind the node's router and refilled from history",
+            metrics.channel_overflows.clone(),
+        );
+        registry.register(
+            "channel_gaps",
+            "Times a channel's history no longer reached back to what the node had delivered (its subscribers were closed with 1013 to resume)",
+            metrics.channel_gaps.clone(),
+        );
         Self {
             registry,
             ..metrics
@@ -220,6 +237,7 @@ impl Metrics {
             CloseReason::Flood => "flood",
             CloseReason::TooLarge => "too_large",
             CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::Gap => "gap",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Aborted => "aborted",
             CloseReason::Error => "error",

@@ -46,6 +46,10 @@ pub struct Node {
 impl Node {
     pub fn new(config: HubConfig, broker: Arc<dyn Broker>, gate: Gate) -> Arc<Self> {
         let metrics = Arc::new(Metrics::new());
+        let lacks = broker.capabilities().lacks();
+        if !lacks.is_empty() {
+            tracing::info!(node = %config.name, broker = broker.kind(), ?lacks, "the broker lacks some capabilities; /health says which");
+        }
         let channels = Channels::new(broker.clone(), metrics.clone());
         Arc::new(Self {
             config,

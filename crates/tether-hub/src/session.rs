@@ -183,11 +183,13 @@ impl Session {
                 Some(inbound) = inbox.recv(), if pacer.may_take() => match inbound {
                     Inbound::Messages(batch) => self.deliver(&mut ws, batch, &mut inbox, &mut pacer).await,
                     Inbound::Overflowed => slow_consumer(),
+                    Inbound::Lost => messages_lost(),
                 },
                 // A resting session learns of an overflow when the rest ends (≤ write delay).
                 () = pacer.rested(), if !pacer.may_take() => match inbox.try_recv() {
                     Some(Inbound::Messages(batch)) => self.deliver(&mut ws, batch, &mut inbox, &mut pacer).await,
                     Some(Inbound::Overflowed) => slow_consumer(),
+                    Some(Inbound::Lost) => messages_lost(),
                     None => Flow::Continue,
                 },
                 _ = poll_fn(|cx| ticking.poll(cx, |cx| ping.poll_tick(cx))) => {
@@ -552,6 +554,7 @@ impl Session {
                 next = match inbox.try_recv() {
                     Some(Inbound::Messages(batch)) => Some(batch),
                     Some(Inbound::Overflowed) => return slow_consumer(),
+                    Some(Inbound::Lost) => return messages_lost(),
                     None => None,
                 };
             }
@@ -641,6 +644,12 @@ async fn send(ws: &mut WebSocket, text: Utf8Bytes) -> Result<(), Gone> {
 /// with 1013 and resumes from its last offset.
 fn slow_consumer() -> Flow {
     Flow::Close(CLOSE_TRY_AGAIN, "slow consumer", CloseReason::SlowConsumer)
+}
+
+/// A channel's log lost messages owed to this client: closing makes it resume, and the
+/// resume answers `recovered: false` for that channel (and resumes the others exactly).
+fn messages_lost() -> Flow {
+    Flow::Close(CLOSE_TRY_AGAIN, "messages lost", CloseReason::Gap)
 }
 
 /// Sends a close frame and waits briefly for the client's answer, so the code arrives

@@ -25,13 +25,19 @@ pub struct FeedLimit {
     pub events: NonZeroUsize,
     /// Bytes of message data queued; one event always fits however large.
     pub bytes: NonZeroUsize,
+    /// Publications that may wait for one channel's dispatcher after the node's router
+    /// took them off the feed (see `channel`). Beyond it the channel refills from history
+    /// instead, exactly as the feed itself does when it overflows.
+    pub per_channel: NonZeroUsize,
 }
 
 impl FeedLimit {
-    /// 4096 events or 16 MiB: seconds of a busy node's traffic, far from its memory.
+    /// 4096 events or 16 MiB: seconds of a busy node's traffic, far from its memory; 1024
+    /// waiting for one channel, four of the dispatcher's turns.
     pub const DEFAULT: FeedLimit = FeedLimit {
         events: NonZeroUsize::new(4096).unwrap(),
         bytes: NonZeroUsize::new(16 * 1024 * 1024).unwrap(),
+        per_channel: NonZeroUsize::new(1024).unwrap(),
     };
 }
 
@@ -67,6 +73,13 @@ pub struct Feed {
     shared: Arc<Shared>,
 }
 
+impl Feed {
+    /// The bounds this feed was made with; the node sizes its channel queues from them.
+    pub fn limit(&self) -> FeedLimit {
+        self.shared.limit
+    }
+}
+
 /// A feed holding at most `limit`.
 pub fn feed(limit: FeedLimit) -> (FeedSender, Feed) {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -85,7 +98,7 @@ pub fn feed(limit: FeedLimit) -> (FeedSender, Feed) {
 
 fn size_of(event: &BrokerEvent) -> usize {
     match event {
-        BrokerEvent::Publication(p) => p.data.get().len(),
+        BrokerEvent::Publication { publication, .. } => publication.data.get().len(),
         BrokerEvent::Resync | BrokerEvent::Lost(_) | BrokerEvent::Overflowed => 0,
     }
 }
@@ -157,16 +170,15 @@ mod tests {
 
     fn publication(offset: u64, data: &str) -> BrokerEvent {
         let data = RawValue::from_string(data.into()).unwrap();
-        BrokerEvent::Publication(Publication::new(
-            ChannelName::parse("c").unwrap(),
-            Offset(offset),
-            data,
-        ))
+        BrokerEvent::Publication {
+            publication: Publication::new(ChannelName::parse("c").unwrap(), Offset(offset), data),
+            prev: offset.checked_sub(1).map(Offset),
+        }
     }
 
     fn offset(event: Option<BrokerEvent>) -> u64 {
         match event {
-            Some(BrokerEvent::Publication(p)) => p.offset.0,
+            Some(BrokerEvent::Publication { publication, .. }) => publication.offset.0,
             other => panic!("expected a publication, got {other:?}"),
         }
     }
@@ -176,6 +188,7 @@ mod tests {
         let (tx, mut rx) = feed(FeedLimit {
             events: NonZeroUsize::new(2).unwrap(),
             bytes: NonZeroUsize::new(1024).unwrap(),
+            ..FeedLimit::DEFAULT
         });
         for n in 1..=5 {
             tx.send(publication(n, "1")).unwrap();
@@ -194,6 +207,7 @@ mod tests {
         let (tx, mut rx) = feed(FeedLimit {
             events: NonZeroUsize::new(100).unwrap(),
             bytes: NonZeroUsize::new(4).unwrap(),
+            ..FeedLimit::DEFAULT
         });
         tx.send(publication(1, "\"a large one\"")).unwrap();
         tx.send(publication(2, "1")).unwrap();

@@ -11,7 +11,9 @@ use futures_util::future::{self, BoxFuture, FutureExt};
 use serde_json::value::RawValue;
 
 use super::feed::{self, Feed, FeedLimit, FeedSender};
-use super::{paginate, Broker, BrokerError, BrokerEvent, History, HistoryPolicy, Link, Page};
+use super::{
+    paginate, Broker, BrokerError, BrokerEvent, Capabilities, History, HistoryPolicy, Link, Page,
+};
 use crate::protocol::{ChannelName, Offset, Publication};
 
 type LinkId = u64;
@@ -156,14 +158,18 @@ impl Broker for MemoryBroker {
         let now = Instant::now();
         let mut state = lock(&self.state);
         let log = state.channels.entry(channel.clone()).or_default();
+        let prev = log.top;
         let offset = log.next_offset();
         let publication = Publication::new(channel.clone(), offset, data);
         log.retained.push_back((now, publication.clone()));
         log.trim(self.policy, now);
         // Sending under the lock is what keeps every link's feed in offset order.
         log.links.retain(|_, (_, tx)| {
-            tx.send(BrokerEvent::Publication(publication.clone()))
-                .is_ok()
+            tx.send(BrokerEvent::Publication {
+                publication: publication.clone(),
+                prev,
+            })
+            .is_ok()
         });
         future::ready(Ok(offset)).boxed()
     }
@@ -213,6 +219,14 @@ impl Broker for MemoryBroker {
 
     fn kind(&self) -> &'static str {
         "memory"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            history: true,
+            shared_across_processes: false,
+            survives_restart: false,
+        }
     }
 }
 
@@ -373,7 +387,9 @@ mod tests {
         broker.publish(&b, data(1)).await.unwrap();
         broker.publish(&a, data(2)).await.unwrap();
         match feed.recv().await {
-            Some(BrokerEvent::Publication(p)) => assert_eq!(p.channel, a),
+            Some(BrokerEvent::Publication { publication, .. }) => {
+                assert_eq!(publication.channel, a)
+            }
             other => panic!("unexpected {other:?}"),
         }
         link.unsubscribe(&a);

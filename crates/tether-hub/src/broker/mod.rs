@@ -4,6 +4,44 @@
 //! [`Broker::attach`] once and gets a [`Link`]: its own live feed of publications for the
 //! channels it subscribed through the link, plus [`BrokerEvent::Resync`] whenever the feed may
 //! have lost messages (a reconnect), so the node refills from history.
+//!
+//! # The contract: what a broker must promise
+//!
+//! Written for the author of a new broker (NATS JetStream, Kafka, RabbitMQ streams …). The
+//! hub's promise — a client that reconnects to any node gets every message it missed, in
+//! order, once, or is told `recovered: false` — rests on these and nothing else; the
+//! conformance suite (`tests/conformance.rs`) checks each of them against every broker.
+//!
+//! 1. **Offsets strictly increase per channel, and may have gaps.** [`Broker::publish`]
+//!    returns the offset the broker assigned, the same for every node. A JetStream stream
+//!    sequence or a Kafka partition offset qualifies: nothing in the hub assumes that the
+//!    next offset is `offset + 1`. Offset 0 is never assigned (it means "the channel was
+//!    empty").
+//! 2. **Each delivery names the offset before it.** A live [`BrokerEvent::Publication`]
+//!    carries `prev`, the offset the channel's log held just before this message (`None`
+//!    for the first message of a log). A node that last delivered `prev` knows nothing is
+//!    missing; anything else is a gap, refilled from [`Broker::history_page`].
+//! 3. **History is contiguous in the broker's own numbering.** A page holds the retained
+//!    messages after `since`, oldest first, with nothing left out between them; trimming
+//!    (by size and by age, [`HistoryPolicy`]) only ever removes the oldest. Use
+//!    [`History::from_retained`] to build the answer: it decides `recovered` the same way for
+//!    every broker. It needs the offset before each page's first message when offsets have
+//!    gaps; see [`History::from_log`].
+//! 4. **An epoch per channel log.** When a channel's log is lost or recreated (the broker
+//!    restarted empty, the keys expired, a stream was deleted from outside) its [`Epoch`]
+//!    changes, and the offsets of the new log start above every offset the old one handed
+//!    out. That second half is what keeps old clients working without an epoch on the wire:
+//!    a `since` from the old log is below the new log's first offset, so the resume is
+//!    answered `recovered: false`, never with a silent gap. Memory and Redis start a new
+//!    log at the clock in microseconds ([`Offset::fresh_base`]); a broker whose numbering
+//!    restarts at 1 must add such a base itself.
+//! 5. **Stored before fanned out.** A publication is in history before any node's feed
+//!    carries it, so a node that drops events (an overflow, a reconnect) refills them.
+//! 6. **Errors are [`BrokerError`]**, whatever the broker: the hub answers each with a clear
+//!    error (an `error` frame, HTTP 503) and never retries on its own behalf. Options only
+//!    one broker understands live in that broker's module.
+//! 7. **Say what you lack.** [`Broker::capabilities`] tells the hub, which reports it on
+//!    `/health` and in metrics rather than promising what the broker cannot keep.
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -86,6 +124,50 @@ impl Default for Page {
     }
 }
 
+/// Which incarnation of a channel's log an answer comes from (see the contract, item 4).
+/// Two answers with different epochs come from different logs: what the first said about
+/// offsets says nothing about the second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Epoch(pub u64);
+
+impl std::fmt::Display for Epoch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// What a broker can and cannot do; the hub reports it rather than promise more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Keeps per-channel history, so a client can resume. Without it every resume that
+    /// missed anything is answered `recovered: false`.
+    pub history: bool,
+    /// Nodes in different processes (or machines) share it. The memory broker only joins
+    /// nodes inside one process.
+    pub shared_across_processes: bool,
+    /// History outlives a restart of the broker itself (memory: lost with the process;
+    /// Redis: only as durable as the server's persistence, which the hub cannot see, so
+    /// it says no).
+    pub survives_restart: bool,
+}
+
+impl Capabilities {
+    /// The names of what is missing, for `/health` and logs.
+    pub fn lacks(&self) -> Vec<&'static str> {
+        let mut lacks = Vec::new();
+        if !self.history {
+            lacks.push("history");
+        }
+        if !self.shared_across_processes {
+            lacks.push("shared_across_processes");
+        }
+        if !self.survives_restart {
+            lacks.push("survives_restart");
+        }
+        lacks
+    }
+}
+
 /// The answer to a history query: one page of it.
 #[derive(Debug)]
 pub struct History {
@@ -106,11 +188,14 @@ pub struct History {
     /// Whether the page limit cut the answer short: more messages follow the last one in
     /// `messages`; read them with that message's offset as `since`.
     pub more: bool,
+    /// The log this answer was read from; `None` while the channel has no log.
+    pub epoch: Option<Epoch>,
 }
 
 impl History {
     /// Builds the answer from the retained messages after `since`, which must be contiguous
-    /// and ascending (both brokers trim only from the head).
+    /// and ascending (both brokers trim only from the head), in a log whose offsets go up by
+    /// one (memory, Redis). The log's epoch is its base: a recreated log has a new one.
     pub fn from_retained(
         top: Offset,
         base: Option<Offset>,
@@ -134,6 +219,37 @@ impl History {
             recovered,
             messages,
             more,
+            epoch: base.map(|b| Epoch(b.0)),
+        }
+    }
+
+    /// Builds the answer for a log whose offsets may have gaps: `before_first` is the
+    /// offset the log held just before the first of `messages` (`None` when that message
+    /// is the first the log ever had, or when `messages` is empty and nothing after
+    /// `since` is retained). `since` was reached without loss exactly when that offset is
+    /// `since` itself, or when nothing after `since` was ever written.
+    pub fn from_log(
+        top: Offset,
+        epoch: Option<Epoch>,
+        since: Option<Offset>,
+        before_first: Option<Offset>,
+        messages: Vec<Arc<Publication>>,
+        more: bool,
+    ) -> Self {
+        let recovered = match since {
+            None => true,
+            Some(since) if since == top => true,
+            Some(since) if since > top => false,
+            Some(Offset(0)) => !messages.is_empty() && before_first.is_none(),
+            Some(since) => !messages.is_empty() && before_first == Some(since),
+        };
+        Self {
+            top,
+            base: None,
+            recovered,
+            messages,
+            more,
+            epoch,
         }
     }
 }
@@ -167,7 +283,12 @@ fn starts_at(messages: &[Arc<Publication>], offset: Offset) -> bool {
 /// What a node's live feed carries.
 #[derive(Debug)]
 pub enum BrokerEvent {
-    Publication(Arc<Publication>),
+    /// A new message, and the offset its channel's log held before it (`None`: the first
+    /// message of a log). See the contract, item 2.
+    Publication {
+        publication: Arc<Publication>,
+        prev: Option<Offset>,
+    },
     /// The feed was interrupted and is back: messages may have been missed; refill from
     /// history for every channel.
     Resync,
@@ -179,15 +300,33 @@ pub enum BrokerEvent {
     Overflowed,
 }
 
-/// Why a broker operation failed. Every variant is transient from the hub's point of view:
+/// Why a broker operation failed, the same for every broker (each maps its client's errors
+/// into these). Every variant but the URL ones is transient from the hub's point of view:
 /// the operation is answered with an error and retried by whoever asked. Clone, because one
 /// failed round trip can fail a whole batch of publishes.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
     #[error("unsupported broker URL {0:?}: expected \"memory\" or \"redis://host:port/db\"")]
     UnsupportedUrl(String),
-    #[error("redis: {0}")]
-    Redis(#[from] ::redis::RedisError),
+    /// The URL names a known broker but cannot be used (the reason never repeats a
+    /// password).
+    #[error("bad {broker} URL: {reason}")]
+    BadUrl {
+        broker: &'static str,
+        reason: String,
+    },
+    /// The broker could not be reached, or the connection broke.
+    #[error("{broker} unavailable: {reason}")]
+    Unavailable {
+        broker: &'static str,
+        reason: String,
+    },
+    /// The broker answered, and refused the operation.
+    #[error("{broker} refused the operation: {reason}")]
+    Refused {
+        broker: &'static str,
+        reason: String,
+    },
     #[error("broker reply was malformed: {0}")]
     BadReply(String),
     #[error("broker is not connected")]
@@ -234,6 +373,9 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Short name for logs and metrics ("memory", "redis").
     fn kind(&self) -> &'static str;
+
+    /// What this broker can and cannot do (see the contract, item 7).
+    fn capabilities(&self) -> Capabilities;
 }
 
 /// One node's subscriptions. Reference-counted per channel: the feed carries a channel
@@ -386,6 +528,74 @@ mod tests {
         let (taken, more) = paginate(retained.iter(), Page::DEFAULT);
         assert_eq!(taken.len(), 5);
         assert!(!more);
+    }
+
+    #[test]
+    fn a_log_with_gaps_is_recovered_when_the_page_starts_right_after_since() {
+        // Offsets 10, 13, 20: the log held 13 before 20.
+        let page = vec![publication(20)];
+        let h = History::from_log(
+            Offset(20),
+            Some(Epoch(1)),
+            Some(Offset(13)),
+            Some(Offset(13)),
+            page,
+            false,
+        );
+        assert!(h.recovered, "20 follows 13 although 14..19 never existed");
+        let page = vec![publication(20)];
+        let h = History::from_log(
+            Offset(20),
+            Some(Epoch(1)),
+            Some(Offset(10)),
+            Some(Offset(13)),
+            page,
+            false,
+        );
+        assert!(!h.recovered, "13 was trimmed: the client at 10 missed it");
+        let page = vec![publication(10)];
+        let h = History::from_log(
+            Offset(20),
+            Some(Epoch(1)),
+            Some(Offset(0)),
+            None,
+            page,
+            true,
+        );
+        assert!(h.recovered, "the page starts at the log's first message");
+        let h = History::from_log(
+            Offset(20),
+            Some(Epoch(1)),
+            Some(Offset(5)),
+            None,
+            vec![],
+            false,
+        );
+        assert!(!h.recovered, "nothing retained after 5 although 20 exists");
+        let h = History::from_log(
+            Offset(20),
+            Some(Epoch(1)),
+            Some(Offset(20)),
+            None,
+            vec![],
+            false,
+        );
+        assert!(h.recovered, "up to date");
+    }
+
+    #[test]
+    fn capabilities_name_what_is_missing() {
+        let all = Capabilities {
+            history: true,
+            shared_across_processes: true,
+            survives_restart: true,
+        };
+        assert!(all.lacks().is_empty());
+        let memory = broker_from_url("memory").unwrap().capabilities();
+        assert_eq!(
+            memory.lacks(),
+            vec!["shared_across_processes", "survives_restart"]
+        );
     }
 
     #[test]

@@ -263,21 +263,39 @@ impl Feed {
             return;
         };
         match parse_live(message.get_payload_bytes()) {
-            Some((offset, data)) => {
+            Some((offset, prev, data)) => {
                 let publication = Publication::new(channel, offset, data);
-                let _ = self.events.send(BrokerEvent::Publication(publication));
+                let _ = self
+                    .events
+                    .send(BrokerEvent::Publication { publication, prev });
             }
             None => tracing::warn!(%channel, "malformed pub/sub payload ignored"),
         }
     }
 }
 
-fn parse_live(payload: &[u8]) -> Option<(Offset, Box<RawValue>)> {
+/// Reads `"<offset>/<prev> <json>"`, prev 0 meaning the first message of its log. The
+/// form of older versions, `"<offset> <json>"`, is read with `prev` taken as `offset - 1`
+/// (they only ever numbered by one), so nodes of both versions work side by side.
+fn parse_live(payload: &[u8]) -> Option<(Offset, Option<Offset>, Box<RawValue>)> {
     let text = std::str::from_utf8(payload).ok()?;
-    let (offset, data) = text.split_once(' ')?;
-    let offset = Offset(offset.parse().ok()?);
+    let (position, data) = text.split_once(' ')?;
+    let (offset, prev) = match position.split_once('/') {
+        Some((offset, prev)) => {
+            let offset: u64 = offset.parse().ok()?;
+            let prev: u64 = prev.parse().ok()?;
+            (offset, (prev != 0).then_some(Offset(prev)))
+        }
+        None => {
+            let offset: u64 = position.parse().ok()?;
+            (offset, offset.checked_sub(1).map(Offset))
+        }
+    };
+    if offset == 0 || prev.is_some_and(|p| p.0 >= offset) {
+        return None;
+    }
     let data = RawValue::from_string(data.to_owned()).ok()?;
-    Some((offset, data))
+    Some((Offset(offset), prev, data))
 }
 
 #[cfg(test)]
@@ -285,11 +303,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn live_payload_is_offset_space_json() {
-        let (offset, data) = parse_live(br#"42 {"a":1}"#).unwrap();
-        assert_eq!(offset, Offset(42));
+    fn live_payload_is_offset_slash_prev_space_json() {
+        let (offset, prev, data) = parse_live(br#"42/40 {"a":1}"#).unwrap();
+        assert_eq!((offset, prev), (Offset(42), Some(Offset(40))));
         assert_eq!(data.get(), r#"{"a":1}"#);
+        let (_, prev, _) = parse_live(b"7/0 1").unwrap();
+        assert_eq!(prev, None, "the first message of a log");
+        let (_, prev, _) = parse_live(b"42 1").unwrap();
+        assert_eq!(prev, Some(Offset(41)), "an older node's form");
         assert!(parse_live(b"x {}").is_none());
+        assert!(parse_live(b"42/x {}").is_none());
+        assert!(parse_live(b"42/42 {}").is_none(), "prev must come before");
         assert!(parse_live(b"42 {nope").is_none());
     }
 }

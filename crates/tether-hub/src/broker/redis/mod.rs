@@ -10,7 +10,7 @@
 //! | `P:seq:C`     | string | the channel's top offset, expires after ttl         |
 //! | `P:base:C`    | string | the offset its history started after, same expiry   |
 //! | `P:hist:C`    | stream | retained messages, `MAXLEN` size, expires after ttl |
-//! | `P:live:C`    | pubsub | `"<offset> <json>"` per message                     |
+//! | `P:live:C`    | pubsub | `"<offset>/<prev> <json>"` per message (prev 0: none) |
 //!
 //! Every publish pushes the expiry of all three keys to now + ttl, so a channel nobody
 //! publishes to leaves nothing behind once its history has expired (100 000 channels
@@ -29,12 +29,37 @@ use serde_json::value::RawValue;
 use tokio::sync::OnceCell;
 
 use super::{
-    Broker, BrokerError, BrokerOptions, Feed, FeedLimit, History, HistoryPolicy, Link, Page,
+    Broker, BrokerError, BrokerOptions, Capabilities, Feed, FeedLimit, History, HistoryPolicy,
+    Link, Page,
 };
 use crate::protocol::{ChannelName, Offset, Publication};
 
 mod feed;
 mod publisher;
+
+/// Redis's errors in the broker-neutral terms of the contract: a connection that failed
+/// or broke is `Unavailable`, an error the server answered is `Refused`.
+impl From<::redis::RedisError> for BrokerError {
+    fn from(error: ::redis::RedisError) -> Self {
+        let reason = error.to_string();
+        if error.is_io_error()
+            || error.is_connection_dropped()
+            || error.is_connection_refusal()
+            || error.is_timeout()
+            || error.is_unrecoverable_error()
+        {
+            BrokerError::Unavailable {
+                broker: "redis",
+                reason,
+            }
+        } else {
+            BrokerError::Refused {
+                broker: "redis",
+                reason,
+            }
+        }
+    }
+}
 
 /// How long one Redis command may take before the caller is told the broker is down.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
@@ -48,17 +73,20 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 const PUBLISH_SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local prev = '0'
 if redis.call('EXISTS', KEYS[1]) == 0 then
   local base = string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]))
   redis.call('SET', KEYS[1], base)
   redis.call('SET', KEYS[3], base)
+else
+  prev = redis.call('GET', KEYS[1])
 end
 local offset = string.format('%.0f', redis.call('INCR', KEYS[1]))
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-0', 't', now_ms, 'd', ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[3], ARGV[3])
-redis.call('PUBLISH', ARGV[4], offset .. ' ' .. ARGV[1])
+redis.call('PUBLISH', ARGV[4], offset .. '/' .. prev .. ' ' .. ARGV[1])
 return offset
 "#;
 
@@ -184,7 +212,10 @@ pub struct RedisBroker {
 
 impl RedisBroker {
     pub fn new(url: &str, options: BrokerOptions) -> Result<Self, BrokerError> {
-        let client = ::redis::Client::open(url)?;
+        let client = ::redis::Client::open(url).map_err(|e| BrokerError::BadUrl {
+            broker: "redis",
+            reason: e.to_string(),
+        })?;
         Ok(Self {
             connector: Connector {
                 client: client.clone(),
@@ -292,6 +323,14 @@ impl Broker for RedisBroker {
 
     fn kind(&self) -> &'static str {
         "redis"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            history: true,
+            shared_across_processes: true,
+            survives_restart: false,
+        }
     }
 }
 

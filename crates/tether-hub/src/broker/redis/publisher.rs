@@ -97,22 +97,28 @@ impl Task {
     /// when the script was missing, so sending the batch again repeats nothing.
     async fn send(&self, batch: &[Request]) -> Result<Vec<Offset>, BrokerError> {
         let mut conn = self.connector.get().await?;
-        match self.pipeline(&mut conn, batch).await {
-            Err(BrokerError::Redis(e))
-                if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) =>
-            {
+        let offsets = match self.pipeline(&mut conn, batch).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                 self.script.prepare_invoke().load_async(&mut conn).await?;
-                self.pipeline(&mut conn, batch).await
+                self.pipeline(&mut conn, batch).await?
             }
-            other => other,
+            other => other?,
+        };
+        if offsets.len() != batch.len() {
+            return Err(BrokerError::BadReply(format!(
+                "{} offsets for {} publishes",
+                offsets.len(),
+                batch.len()
+            )));
         }
+        offsets.iter().map(|o| parse_offset(o)).collect()
     }
 
     async fn pipeline(
         &self,
         conn: &mut ConnectionManager,
         batch: &[Request],
-    ) -> Result<Vec<Offset>, BrokerError> {
+    ) -> Result<Vec<String>, ::redis::RedisError> {
         let ttl_ms = self.policy.ttl.as_millis() as u64;
         let mut pipe = ::redis::pipe();
         for request in batch {
@@ -127,14 +133,6 @@ impl Task {
                 .arg(self.keys.live(&request.channel));
             pipe.invoke_script(&invocation);
         }
-        let offsets: Vec<String> = pipe.query_async(conn).await?;
-        if offsets.len() != batch.len() {
-            return Err(BrokerError::BadReply(format!(
-                "{} offsets for {} publishes",
-                offsets.len(),
-                batch.len()
-            )));
-        }
-        offsets.iter().map(|o| parse_offset(o)).collect()
+        pipe.query_async(conn).await
     }
 }
