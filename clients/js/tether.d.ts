@@ -165,6 +165,8 @@ export interface ErrorEvent {
   id?: unknown;
   /** Set when the client stopped for good because of it (4003 refused again, 4001 without getToken). */
   fatal?: boolean;
+  /** With `fatal`: the close code that stopped it (4001 or 4003). */
+  close?: number;
 }
 
 export interface TetherEvents {

@@ -756,7 +756,7 @@ export class TetherClient {
       const error = failure(code, expired
         ? 'the connection token expired and there is no getToken to fetch another'
         : 'the hub refused the connection token; not retrying with it');
-      this._emit('error', { code, message: error.message, fatal: true, ...closed });
+      this._emit('error', { code, message: error.message, fatal: true, close: closed.code });
       this._halt(error, closed);
       return;
     }
