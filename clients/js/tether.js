@@ -39,11 +39,16 @@ const DEFAULTS = {
   connectTimeout: 10_000,
   /** How long a publish may wait for the hub's answer, queued time included, ms; null: forever. */
   publishTimeout: 10_000,
+  /** How long before the connection token's `exp` the client sends `refresh`, ms. */
+  refreshMargin: 30_000,
 };
 
 /** Options that must be a number of milliseconds; those also in NULLABLE may be null (off). */
 const DURATIONS = Object.keys(DEFAULTS);
 const NULLABLE = new Set(['pingInterval', 'publishTimeout']);
+
+/** The soonest a token refresh is tried again after one that failed, ms. */
+const MIN_REFRESH_DELAY = 1_000;
 
 /**
  * What the client does after a connection ends, by the close code the hub (or a proxy in
@@ -58,14 +63,18 @@ export const Reaction = Object.freeze({
   BACK_OFF: 'back-off',
   /** Anything else (a cut link, a crash, an error): the usual full-jitter backoff. */
   RETRY: 'retry',
+  /** 4001, the token expired: get a fresh one (`getToken`), reconnect at once, resume. */
+  NEW_TOKEN: 'new-token',
+  /** 4003, the token was refused: never again with the same token. With `getToken`, one
+   * more try with a fresh token; refused again (or without `getToken`), stop. */
+  REFUSED: 'refused',
 });
 
 /**
  * The reaction to close `code`.
  *
- * 4000–4999 are reserved for authentication. When the hub gains it, 4001 (token expired)
- * will fetch a fresh token through a `getToken` hook and reconnect, and 4003 (forbidden)
- * will stop retrying; until then they back off like 1013.
+ * 4000–4999 are reserved for authentication: 4001 (token expired) and 4003 (refused) have
+ * their own reactions; other codes of the range, which no hub sends today, back off like 1013.
  */
 export function reactionTo(code) {
   switch (code) {
@@ -75,6 +84,10 @@ export function reactionTo(code) {
     case 1008:
     case 1013:
       return Reaction.BACK_OFF;
+    case 4001:
+      return Reaction.NEW_TOKEN;
+    case 4003:
+      return Reaction.REFUSED;
     default:
       return code >= 4000 && code <= 4999 ? Reaction.BACK_OFF : Reaction.RETRY;
   }
@@ -112,6 +125,16 @@ export class TetherClient {
    *   `welcome` before the attempt is dropped and retried (10000).
    * @param {number | null} [options.publishTimeout] ms a publish may wait for its answer,
    *   time queued while disconnected included (10000); null waits as long as it takes.
+   * @param {string} [options.token] connection token (a JWT) sent in the `connect` frame;
+   *   it cannot be renewed, so a 4001 or 4003 close stops the client.
+   * @param {(context: {reason: 'connect' | 'refresh' | 'expired' | 'refused'}) => string | Promise<string>} [options.getToken]
+   *   fetches a connection token: before a connection opens (the held one is reused while
+   *   fresh), `refreshMargin` before its `exp`, after a 4001 close, and once after a 4003.
+   * @param {number} [options.refreshMargin] ms before the token's `exp` at which the client
+   *   sends `refresh` (30000); a token that lives shorter is refreshed halfway.
+   * @param {(channel: string) => string | Promise<string>} [options.getSubscriptionToken]
+   *   subscription token for `channel`, asked for every time it is subscribed (each
+   *   reconnect too) unless `subscribe(channel, {token})` gave one.
    * @param {() => number} [options.random] source of [0, 1) numbers for the jitter.
    */
   constructor(url, options = {}) {
@@ -122,6 +145,20 @@ export class TetherClient {
     }
     this._options = { ...DEFAULTS, ...options };
     for (const name of DURATIONS) checkDuration(name, this._options[name]);
+    checkAuthOptions(this._options);
+    /** The connection token held: sent at the next connect while fresh. */
+    this._token = this._options.token ?? null;
+    /** The held token's expiry (epoch ms, from its payload or `refreshed`), or null. */
+    this._tokenExp = this._token === null ? null : tokenExpiry(this._token);
+    /** Set after a 4003 once a fresh token was fetched: a second 4003 stops the client. */
+    this._refusedOnce = false;
+    /** Pending refresh timer, and whether a `refresh` awaits its answer. */
+    this._refreshTimer = null;
+    this._refreshing = false;
+    /** The token fetch a connection attempt waits on (an identity token), or null. */
+    this._pendingOpen = null;
+    /** The authenticated user (`welcome`'s `user`), or null. */
+    this._user = null;
     this._random = options.random ?? Math.random;
     this._state = State.CLOSED;
     this._node = null;
@@ -167,6 +204,11 @@ export class TetherClient {
     return this._node;
   }
 
+  /** The user the hub authenticated this connection as (`welcome`'s `user`), or null. */
+  get user() {
+    return this._user;
+  }
+
   /** The last offset delivered on `channel`, or null if none yet. */
   lastOffset(channel) {
     return this._channels.get(channel)?.last ?? null;
@@ -187,11 +229,20 @@ export class TetherClient {
    * subscribes them again, resuming from their last offsets.
    */
   close() {
+    this._halt(null, {});
+  }
+
+  /**
+   * Stops for good. `error` (or null: `close()`) is what waiting promises reject with;
+   * `closed` joins the state event when no socket is closed here.
+   */
+  _halt(error, closed) {
     this._stopped = true;
     clearTimeout(this._timer);
     this._timer = null;
     this._stopWatchdog();
-    let closed = {};
+    this._stopRefresh();
+    this._pendingOpen = null;
     if (this._ws) {
       const ws = this._ws;
       this._ws = null;
@@ -203,15 +254,16 @@ export class TetherClient {
       }
     }
     this._node = null;
+    this._user = null;
     this._leaving.clear();
     for (const [id, pending] of [...this._publishes]) {
       // The message stays 'client closed' (pages such as the demo's chat match on it).
-      const error = failure('closed', 'client closed');
-      this._settlePublish(id, (p) => p.reject(Object.assign(error, { sent: pending.sent })));
+      const cause = error ?? failure('closed', 'client closed');
+      this._settlePublish(id, (p) => p.reject(Object.assign(failure(cause.code, cause.message), { sent: pending.sent })));
     }
     for (const [channel, entry] of this._channels) {
       entry.live = false;
-      rejectAll(entry, failure('closed', `client closed before ${channel} was subscribed`));
+      rejectAll(entry, error ?? failure('closed', `client closed before ${channel} was subscribed`));
     }
     this._setState(State.CLOSED, closed);
   }
@@ -236,13 +288,15 @@ export class TetherClient {
    * Starts receiving `channel`. With `since`, the hub first replays what came after that
    * offset. Resolves with the hub's `subscribed` answer the first time it arrives (waiting
    * through reconnects, and for {@link connect} if not connected yet); rejects with the
-   * hub's error code if the hub refuses, `code: 'unsubscribed'` if {@link unsubscribe} comes
-   * first, `code: 'closed'` on {@link close}.
+   * hub's error code if the hub refuses (`forbidden`, `unauthorized`, `token_expired`…),
+   * `code: 'unsubscribed'` if {@link unsubscribe} comes first, `code: 'closed'` on
+   * {@link close}. `token` is a subscription token for `channel` (else `getSubscriptionToken`
+   * is asked, if given).
    */
-  subscribe(channel, { since } = {}) {
+  subscribe(channel, { since, token } = {}) {
     let entry = this._channels.get(channel);
     if (!entry) {
-      entry = { last: since ?? null, pending: [], live: false };
+      entry = { last: since ?? null, pending: [], live: false, token: token ?? null };
       this._channels.set(channel, entry);
       if (this._state === State.OPEN) this._sendSubscribe(channel);
     }
@@ -330,13 +384,82 @@ export class TetherClient {
     this._emit('state', { state, node: this._node, ...details });
   }
 
-  _open(state) {
+  _open(state, reason = 'connect') {
     this._setState(state, { attempt: this._attempt });
     this._openedAt = null;
-    // Authentication (a later change) fits here: an optional async `getToken` hook is
-    // awaited before the socket opens, its token sent in the first frame, and the
-    // 4000-range close codes get their own reactions in `reactionTo`.
+    if (!this._tokenIsFresh() && this._options.getToken) {
+      // The connect timeout covers a token source that never answers, too.
+      const attempt = {};
+      this._pendingOpen = attempt;
+      this._watch(this._options.connectTimeout, () => {
+        this._pendingOpen = null;
+        this._emit('error', { code: 'token_failed', message: `getToken did not answer within ${this._options.connectTimeout} ms` });
+        this._scheduleReconnect(CONNECT_TIMEOUT);
+      });
+      this._fetchToken(reason).then((ok) => {
+        if (this._pendingOpen !== attempt || this._stopped) return;
+        this._pendingOpen = null;
+        if (ok) this._openSocket(this._urls());
+        else {
+          this._stopWatchdog();
+          this._scheduleReconnect();
+        }
+      });
+      return;
+    }
     this._openSocket(this._urls());
+  }
+
+  /** Whether the held token can open a connection (or none is configured at all). */
+  _tokenIsFresh() {
+    if (this._token === null) return !this._options.getToken;
+    return this._tokenExp === null || this._tokenExp - Date.now() > Math.min(this._options.refreshMargin, MIN_REFRESH_DELAY);
+  }
+
+  /** Asks `getToken` for a new token and holds it; false (and an `error` event) if it failed. */
+  async _fetchToken(reason) {
+    try {
+      const token = await this._options.getToken({ reason });
+      if (typeof token !== 'string' || token === '') throw new TypeError(`getToken gave ${typeof token === 'string' ? 'an empty string' : typeof token}, not a token`);
+      this._token = token;
+      this._tokenExp = tokenExpiry(token);
+      return true;
+    } catch (error) {
+      this._emit('error', { code: 'token_failed', message: String(error?.message ?? error) });
+      return false;
+    }
+  }
+
+  /** Sends `refresh` at the margin before the held token's `exp` (if it has one). */
+  _scheduleRefresh() {
+    this._stopRefresh();
+    if (!this._options.getToken || this._tokenExp === null) return;
+    const left = this._tokenExp - Date.now();
+    const delay = Math.max(MIN_REFRESH_DELAY, Math.min(MAX_TIMER, Math.max(left - this._options.refreshMargin, left / 2)));
+    this._refreshTimer = setTimeout(() => {
+      this._refreshTimer = null;
+      this._refresh();
+    }, delay);
+  }
+
+  async _refresh() {
+    const ws = this._ws;
+    if (!ws || this._state !== State.OPEN) return;
+    const ok = await this._fetchToken('refresh');
+    if (this._ws !== ws || this._state !== State.OPEN) return;
+    if (!ok) {
+      // Try again later; if the token runs out first, the hub closes with 4001.
+      this._scheduleRefresh();
+      return;
+    }
+    this._refreshing = true;
+    this._send({ type: 'refresh', token: this._token });
+  }
+
+  _stopRefresh() {
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+    this._refreshing = false;
   }
 
   _openSocket(url) {
@@ -352,6 +475,10 @@ export class TetherClient {
     // A hub that accepts the TCP connection but never answers (frozen, overloaded, a
     // black hole on the path) would otherwise hold this attempt open for good.
     this._watch(this._options.connectTimeout, () => this._drop(CONNECT_TIMEOUT));
+    ws.onopen = () => {
+      // The token goes in the first frame, not the URL: URLs end up in logs.
+      if (this._ws === ws && this._token !== null) this._send({ type: 'connect', token: this._token });
+    };
     ws.onmessage = (event) => {
       if (this._ws !== ws) return;
       this._onFrame(typeof event.data === 'string' ? event.data : String(event.data));
@@ -423,7 +550,13 @@ export class TetherClient {
     }
     switch (frame.type) {
       case 'welcome':
-        this._onWelcome(frame);
+        // A hub without token keys greets first and answers `connect` with a second one.
+        if (this._state !== State.OPEN) this._onWelcome(frame);
+        break;
+      case 'refreshed':
+        this._refreshing = false;
+        if (typeof frame.exp === 'number') this._tokenExp = frame.exp * 1000;
+        this._scheduleRefresh();
         break;
       case 'subscribed':
         if (this._leaving.size === 0 || !this._leaving.has(frame.channel)) this._onSubscribed(frame);
@@ -456,6 +589,8 @@ export class TetherClient {
 
   _onWelcome(frame) {
     this._node = frame.node;
+    this._user = typeof frame.user === 'string' ? frame.user : null;
+    this._refusedOnce = false;
     this._attempt = 0;
     this._openedAt = monotonic();
     this._stopWatchdog();
@@ -465,7 +600,8 @@ export class TetherClient {
       this._watch(this._options.pingInterval, () => this._checkLiveness());
     }
     this._setState(State.OPEN, { force: true });
-    this._emit('welcome', { node: frame.node });
+    this._scheduleRefresh();
+    this._emit('welcome', { node: frame.node, user: this._user });
     for (const channel of this._channels.keys()) this._sendSubscribe(channel);
     for (const pending of this._publishes.values()) {
       if (!pending.sent) this._sendPublish(pending);
@@ -477,6 +613,28 @@ export class TetherClient {
     if (!entry) return;
     entry.live = false;
     const frame = { type: 'subscribe', channel };
+    if (entry.token === null && this._options.getSubscriptionToken) {
+      const ws = this._ws;
+      Promise.resolve()
+        .then(() => this._options.getSubscriptionToken(channel))
+        .then((token) => {
+          if (typeof token !== 'string' || token === '') throw new TypeError(`getSubscriptionToken gave no token for ${channel}`);
+          // Unsubscribed, or on another connection, meanwhile: that one subscribes anew.
+          if (this._ws !== ws || this._channels.get(channel) !== entry || entry.live) return;
+          frame.token = token;
+          if (entry.last !== null) frame.since = entry.last;
+          this._send(frame);
+        })
+        .catch((error) => {
+          if (this._channels.get(channel) !== entry) return;
+          const refused = failure('token_failed', String(error?.message ?? error));
+          this._emit('error', { code: refused.code, message: refused.message, channel });
+          this._channels.delete(channel);
+          rejectAll(entry, refused);
+        });
+      return;
+    }
+    if (entry.token !== null) frame.token = entry.token;
     if (entry.last !== null) frame.since = entry.last;
     this._send(frame);
   }
@@ -512,6 +670,12 @@ export class TetherClient {
 
   _onError(frame) {
     this._emit('error', frame);
+    if (this._refreshing && frame.id === undefined && frame.channel === undefined && AUTH_CODES.has(frame.code)) {
+      // The hub refused the refresh; the connection keeps its old token until it expires.
+      this._refreshing = false;
+      this._scheduleRefresh();
+      return;
+    }
     if (frame.id !== undefined) {
       this._settlePublish(frame.id, (p) => p.reject(Object.assign(failure(frame.code, frame.message), { sent: true })));
       return;
@@ -557,6 +721,8 @@ export class TetherClient {
   /** The connection ended with WebSocket close `code` (and `reason`): reconnect. */
   _onDisconnect(code, reason) {
     this._stopWatchdog();
+    this._stopRefresh();
+    this._user = null;
     const openedFor = this._openedAt === null ? 0 : monotonic() - this._openedAt;
     this._openedAt = null;
     this._node = null;
@@ -569,14 +735,47 @@ export class TetherClient {
       this._settlePublish(id, (p) => p.reject(Object.assign(error, { sent: true })));
     }
     if (this._stopped) return;
-    this._scheduleReconnect(closeInfo(code, reason), reactionTo(code), openedFor);
+    const reaction = reactionTo(code);
+    const closed = closeInfo(code, reason);
+    if (reaction === Reaction.NEW_TOKEN || reaction === Reaction.REFUSED) {
+      this._onAuthClose(reaction, closed, openedFor);
+      return;
+    }
+    this._scheduleReconnect(closed, reaction, openedFor);
+  }
+
+  /** 4001 or 4003: fetch a fresh token and come back, or stop if that cannot help. */
+  _onAuthClose(reaction, closed, openedFor) {
+    const expired = reaction === Reaction.NEW_TOKEN;
+    // The token that was closed on is never sent again.
+    this._token = null;
+    this._tokenExp = null;
+    const canRetry = this._options.getToken && (expired || !this._refusedOnce);
+    if (!canRetry) {
+      const code = expired ? 'token_expired' : 'unauthorized';
+      const error = failure(code, expired
+        ? 'the connection token expired and there is no getToken to fetch another'
+        : 'the hub refused the connection token; not retrying with it');
+      this._emit('error', { code, message: error.message, fatal: true, close: closed.code });
+      this._halt(error, closed);
+      return;
+    }
+    if (!expired) this._refusedOnce = true;
+    if (expired) {
+      // An expiry is no failure: come back at once (jittered), with a fresh token.
+      this._pushback = 0;
+      this._attempt = 0;
+      this._scheduleReconnect(closed, Reaction.RESUME_NOW, openedFor, 'expired');
+    } else {
+      this._scheduleReconnect(closed, Reaction.RETRY, openedFor, 'refused');
+    }
   }
 
   /**
    * Waits out the delay `reaction` calls for, then opens again; `closed` joins the state
    * event. `openedFor` is how long the connection that ended had been open (ms).
    */
-  _scheduleReconnect(closed = {}, reaction = Reaction.RETRY, openedFor = 0) {
+  _scheduleReconnect(closed = {}, reaction = Reaction.RETRY, openedFor = 0, tokenReason = 'connect') {
     if (this._stopped) return;
     const { maxDelay, restartJitter } = this._options;
     let delay;
@@ -601,7 +800,7 @@ export class TetherClient {
     clearTimeout(this._timer);
     this._timer = setTimeout(() => {
       this._timer = null;
-      if (!this._stopped) this._open(State.RECONNECTING);
+      if (!this._stopped) this._open(State.RECONNECTING, tokenReason);
     }, delay);
   }
 }
@@ -623,6 +822,38 @@ const CONNECT_TIMEOUT = Object.freeze({ code: 1006, reason: 'connect timeout' })
 
 /** What a link that did not answer the liveness `ping` within `pongTimeout` reports. */
 const LINK_DEAD = Object.freeze({ code: 1006, reason: 'ping timeout' });
+
+/** Error codes of the hub's token checks (answers to `connect`, `refresh`, subscription tokens). */
+const AUTH_CODES = new Set(['unauthorized', 'forbidden', 'token_expired']);
+
+/**
+ * The `exp` of JWT `token` in epoch ms, read from its payload without verifying it (the
+ * hub verifies; the client only needs to know when to refresh), or null if it has none.
+ */
+export function tokenExpiry(token) {
+  try {
+    const payload = token.split('.')[1];
+    const base64 = payload.replace(/-/g, '+').replace(/_/g, '/');
+    const bytes = Uint8Array.from(atob(base64.padEnd(Math.ceil(base64.length / 4) * 4, '=')), (c) => c.charCodeAt(0));
+    const json = new TextDecoder().decode(bytes);
+    const { exp } = JSON.parse(json);
+    return typeof exp === 'number' && Number.isFinite(exp) ? exp * 1000 : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Checks the authentication options' types, so a mistake shows at construction. */
+function checkAuthOptions(options) {
+  if (options.token !== undefined && (typeof options.token !== 'string' || options.token === '')) {
+    throw new TypeError('option token must be a non-empty string (a JWT)');
+  }
+  for (const name of ['getToken', 'getSubscriptionToken']) {
+    if (options[name] !== undefined && typeof options[name] !== 'function') {
+      throw new TypeError(`option ${name} must be a function`);
+    }
+  }
+}
 
 /** An `Error` with the `code` the application branches on. */
 function failure(code, message) {

@@ -1,7 +1,7 @@
 // What the client does with each close code: 1012/1001 come back at once (jittered) and
 // resume; 1013/1008 back off, further each time. 1012, 1013 and 1008 come from real hubs
-// (drain, slow consumer, flood). No tether process sends 1001 or a 4000-range code yet (the
-// proxy's shutdown close and hub auth are later work), so those come from a real `ws`
+// (drain, slow consumer, flood). No tether process sends 1001 or 4000-range codes other than
+// 4001/4003 (those are in auth.test.js, from real hubs), so they come from a real `ws`
 // server on loopback that speaks just enough of the protocol to close with them.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -18,7 +18,8 @@ test('close codes map to reactions: resume now, back off, or the usual retry', (
   assert.equal(reactionTo(1001), Reaction.RESUME_NOW);
   assert.equal(reactionTo(1013), Reaction.BACK_OFF);
   assert.equal(reactionTo(1008), Reaction.BACK_OFF);
-  for (const auth of [4000, 4001, 4003, 4999]) assert.equal(reactionTo(auth), Reaction.BACK_OFF);
+  // 4001 and 4003 have their own reactions (auth.test.js); the rest of the range backs off.
+  for (const auth of [4000, 4002, 4999]) assert.equal(reactionTo(auth), Reaction.BACK_OFF);
   for (const other of [1000, 1006, 1009, 1011, 3000, 5000, undefined]) assert.equal(reactionTo(other), Reaction.RETRY);
 });
 
@@ -124,8 +125,8 @@ async function closingServer(codes) {
   return { url: `ws://127.0.0.1:${server.address().port}/ws`, close: () => server.close() };
 }
 
-test('1001 comes back at once like 1012; a 4000-range (auth) close backs off until auth exists', async () => {
-  const server = await closingServer([1001, 4001, 1000]);
+test('1001 comes back at once like 1012; a 4000-range close other than 4001/4003 backs off', async () => {
+  const server = await closingServer([1001, 4000, 1000]);
   const client = new TetherClient(server.url, { WebSocket, minDelay: 100, restartJitter: 50, random: HIGH });
   const states = recordStates(client);
   const subscribes = [];
@@ -135,7 +136,7 @@ test('1001 comes back at once like 1012; a 4000-range (auth) close backs off unt
   assert.ok(await eventually(() => reconnecting(states).length >= 3, 10_000), JSON.stringify(states));
   const [goingAway, auth, normal] = reconnecting(states);
   assert.deepEqual([goingAway.code, goingAway.delay], [1001, Math.floor(0.99 * 50)]);
-  assert.deepEqual([auth.code, auth.delay], [4001, Math.floor(0.99 * 100 * 4)]);
+  assert.deepEqual([auth.code, auth.delay], [4000, Math.floor(0.99 * 100 * 4)]);
   assert.deepEqual([normal.code, normal.delay], [1000, Math.floor(0.99 * 100)]);
   client.close();
   server.close();
