@@ -3,6 +3,8 @@
 //! Each test should read as a few lines of intent; the starting, port picking and waiting
 //! lives here.
 
+pub mod fuzz;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
