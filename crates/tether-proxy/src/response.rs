@@ -53,6 +53,11 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, BadResponse> {
         Err(_) => return Err(BadResponse("not an HTTP/1.x response head")),
     };
     let status = res.code.ok_or(BadResponse("no status code"))?;
+    // httparse takes any three digits; `004` has no class to frame by (RFC 9110 §15) and
+    // would be relayed as `4`.
+    if !(100..=599).contains(&status) {
+        return Err(BadResponse("status code outside 100-599"));
+    }
     let named = |name: &'static str| {
         res.headers
             .iter()
@@ -186,6 +191,27 @@ mod tests {
         // A body may hold bare line feeds: only the head is checked.
         let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n\n\n";
         assert!(matches!(parse_response(ok), Ok(Some(h)) if h.len == ok.len() - 2));
+    }
+
+    /// Found by `tests/fuzz_http.rs`: httparse read `004` as status 4, and the closing head
+    /// the client got said `HTTP/1.1 4`.
+    #[test]
+    fn a_status_outside_100_to_599_is_refused() {
+        for head in [
+            &b"HTTP/1.1 004 No Content\r\nSet-Cookie: srv=b1; Path=/\r\n\r\n"[..],
+            b"HTTP/1.1 099 x\r\n\r\n",
+            b"HTTP/1.0 600 x\r\n\r\n",
+        ] {
+            assert_eq!(
+                parse_response(head),
+                Err(BadResponse("status code outside 100-599")),
+                "{}",
+                head.escape_ascii()
+            );
+        }
+        assert!(
+            matches!(parse_response(b"HTTP/1.1 599 x\r\n\r\n"), Ok(Some(h)) if h.status == 599)
+        );
     }
 
     #[test]
