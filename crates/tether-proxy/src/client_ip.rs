@@ -69,9 +69,19 @@ pub enum ProxyHeader {
     Invalid,
 }
 
+/// The longest PROXY v1 line, CRLF included (the specification's limit).
+const MAX_V1_LEN: usize = 107;
+
 pub fn parse_proxy_header(buf: &[u8]) -> ProxyHeader {
     let result = HeaderResult::parse(buf);
     if result.is_incomplete() {
+        return ProxyHeader::Incomplete;
+    }
+    // A v1 line is only judged at its CRLF: ppp calls some prefixes invalid (one that ends
+    // just after a space, with a port or address still to come), which would refuse a header
+    // that merely arrived in two reads.
+    if matches!(result, HeaderResult::V1(Err(_))) && buf.len() < MAX_V1_LEN && !buf.contains(&b'\n')
+    {
         return ProxyHeader::Incomplete;
     }
     match result {
@@ -168,6 +178,29 @@ mod tests {
         );
         assert_eq!(
             parse_proxy_header(b"GET / HTTP/1.1\r\n\r\n"),
+            ProxyHeader::Invalid
+        );
+    }
+
+    /// Found by `tests/fuzz_proxy_header.rs`: ppp called this prefix invalid, so a header
+    /// split after a space by the network was refused.
+    #[test]
+    fn a_v1_header_cut_after_a_space_is_incomplete() {
+        let header = b"PROXY TCP4 0.0.0.0 100.10.100.10 10000 1000\r\n";
+        for k in 0..header.len() {
+            assert_eq!(
+                parse_proxy_header(&header[..k]),
+                ProxyHeader::Incomplete,
+                "{}",
+                header[..k].escape_ascii()
+            );
+        }
+        assert_eq!(
+            parse_proxy_header(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 \r\n"),
+            ProxyHeader::Invalid
+        );
+        assert_eq!(
+            parse_proxy_header(&[b"PROXY TCP4 ".as_slice(), &[b'1'; 100]].concat()),
             ProxyHeader::Invalid
         );
     }

@@ -10,7 +10,7 @@ use std::num::NonZeroU64;
 use std::ops::Range;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
 
 use crate::body::Framing;
@@ -132,7 +132,8 @@ pub struct Via {
 /// Reads until `buf` holds a complete head (`\r\n\r\n`); returns the head's length. Bytes
 /// after it (a body, or early WebSocket frames) stay in `buf`. `started` is when the
 /// connection was accepted: the deadlines count from there, so a slowloris client is cut.
-pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(
+/// Generic over the stream so the fuzz tests can hand it a head split at exact points.
+pub async fn read_head<S: AsyncRead + Unpin + ?Sized>(
     stream: &mut S,
     buf: &mut Vec<u8>,
     limits: &HeadLimits,

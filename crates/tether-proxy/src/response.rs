@@ -31,13 +31,33 @@ pub const MAX_RESPONSE_HEADERS: usize = 96;
 pub fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, BadResponse> {
     let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut res = httparse::Response::new(&mut storage);
-    let len = match res.parse(buf) {
+    let parsed = res.parse(buf);
+    // httparse accepts a bare LF as a line end (`\r\n\n` ends its head); the proxy refuses it
+    // as it does in requests: a client may split such a head differently, and a header
+    // inserted before the final CRLF would land inside the status line.
+    let head_bytes = match parsed {
+        Ok(httparse::Status::Complete(len)) => &buf[..len],
+        _ => buf,
+    };
+    let bare_lf = head_bytes
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || head_bytes[i - 1] != b'\r'));
+    if bare_lf {
+        return Err(BadResponse("line feed without carriage return"));
+    }
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(BadResponse("too many header lines")),
         Err(_) => return Err(BadResponse("not an HTTP/1.x response head")),
     };
     let status = res.code.ok_or(BadResponse("no status code"))?;
+    // httparse takes any three digits; `004` has no class to frame by (RFC 9110 §15) and
+    // would be relayed as `4`.
+    if !(100..=599).contains(&status) {
+        return Err(BadResponse("status code outside 100-599"));
+    }
     let named = |name: &'static str| {
         res.headers
             .iter()
@@ -149,6 +169,49 @@ mod tests {
         // Too many lines is an error before the head is even complete.
         let many = format!("HTTP/1.1 200 OK\r\n{}", "X: 1\r\n".repeat(120));
         assert!(parse(&many).is_err());
+    }
+
+    /// Found by `tests/fuzz_http.rs`: httparse ended this head at `\r\n\n`, and the sticky
+    /// cookie inserted "before the blank line" went inside the status line.
+    #[test]
+    fn a_head_with_a_bare_line_feed_is_refused() {
+        let heads: [&[u8]; 3] = [
+            b"HTTP/1.1 204 No Content\r\n\n\r\nHTTP/1.0Set-Cookie: srv=b1; Path=/\r\n\r\n",
+            b"HTTP/1.1 200 OK\nContent-Length: 0\n\n",
+            b"HTTP/1.1 200 OK\r\nX: y\n",
+        ];
+        for head in heads {
+            assert_eq!(
+                parse_response(head),
+                Err(BadResponse("line feed without carriage return")),
+                "{}",
+                head.escape_ascii()
+            );
+        }
+        // A body may hold bare line feeds: only the head is checked.
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n\n\n";
+        assert!(matches!(parse_response(ok), Ok(Some(h)) if h.len == ok.len() - 2));
+    }
+
+    /// Found by `tests/fuzz_http.rs`: httparse read `004` as status 4, and the closing head
+    /// the client got said `HTTP/1.1 4`.
+    #[test]
+    fn a_status_outside_100_to_599_is_refused() {
+        for head in [
+            &b"HTTP/1.1 004 No Content\r\nSet-Cookie: srv=b1; Path=/\r\n\r\n"[..],
+            b"HTTP/1.1 099 x\r\n\r\n",
+            b"HTTP/1.0 600 x\r\n\r\n",
+        ] {
+            assert_eq!(
+                parse_response(head),
+                Err(BadResponse("status code outside 100-599")),
+                "{}",
+                head.escape_ascii()
+            );
+        }
+        assert!(
+            matches!(parse_response(b"HTTP/1.1 599 x\r\n\r\n"), Ok(Some(h)) if h.status == 599)
+        );
     }
 
     #[test]

@@ -5,6 +5,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod fuzz;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
