@@ -53,6 +53,8 @@ pub struct BackendMetrics {
     pub bytes_to_backend: Counter,
     pub bytes_to_client: Counter,
     pub failures: Counter,
+    /// Handshakes refused with 503 because of `[limits] backend_handshake_rate`.
+    pub throttled: Counter,
     /// `tether_handshakes_total{status="101"}` of this backend, looked up on first use (so
     /// the series appears with the first upgrade, as before) and then kept.
     switched: OnceLock<Counter>,
@@ -78,6 +80,7 @@ impl BackendMetrics {
             bytes_to_backend: bytes(Direction::ClientToBackend),
             bytes_to_client: bytes(Direction::BackendToClient),
             failures: metrics.backend_failures.get_or_create(&label).clone(),
+            throttled: metrics.backend_throttled.get_or_create(&label).clone(),
             switched: OnceLock::new(),
         }
     }
@@ -119,6 +122,8 @@ pub struct Backend {
     /// TLS to this backend (handshakes and health checks alike); `None` for plain TCP.
     pub tls: Option<crate::tls::BackendConnector>,
     tls_settings: Option<crate::tls::BackendTls>,
+    /// `[limits] backend_handshake_rate`: how fast handshakes may reach this backend.
+    pub handshake_rate: Option<crate::limits::HandshakeRate>,
 }
 
 impl Backend {
@@ -139,6 +144,7 @@ impl Backend {
             metrics: m,
             tls: config.connector.clone(),
             tls_settings: config.tls_settings.clone(),
+            handshake_rate: config.handshake_rate.map(crate::limits::HandshakeRate::new),
         }
     }
 

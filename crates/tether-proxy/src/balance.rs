@@ -8,6 +8,11 @@
 //! otherwise the key walks clockwise to the next backend on the ring. The ring is built from
 //! backend *names*, so it is the same after a restart, on every proxy instance, and adding or
 //! removing one backend moves only the keys that land on (or leave) it.
+//!
+//! The bound never drops below `bound_floor × weight`: on a nearly idle proxy the bound is 1
+//! or 2, which would move a key's second connection (a second tab, a reconnect while the old
+//! tunnel closes) for no benefit. Below the floor keys stay where the ring puts them; above
+//! it the bound alone decides, so a hot key still spills once a backend is actually loaded.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -27,6 +32,8 @@ const POINTS_PER_WEIGHT: u32 = 160;
 pub struct Ring {
     /// Sorted by hash.
     points: Vec<(u64, BackendId)>,
+    /// How many backends the points refer to (ids are `0..backends`).
+    backends: usize,
 }
 
 impl Ring {
@@ -39,23 +46,25 @@ impl Ring {
             }
         }
         points.sort_unstable_by_key(|&(h, _)| h);
-        Ring { points }
+        Ring {
+            points,
+            backends: backends.len(),
+        }
     }
 
-    /// Backends in ring order starting at `key`'s position, each once.
+    /// Backends in ring order starting at `key`'s position, each once, for any number of
+    /// backends (a spill or a retry must be able to reach every one of them).
     pub fn walk(&self, key: &[u8]) -> impl Iterator<Item = BackendId> + '_ {
         let hash = xxh3_64(key);
         let start = self.points.partition_point(|&(h, _)| h < hash);
         let n = self.points.len();
-        let mut seen: u64 = 0;
+        let mut seen = vec![false; self.backends];
         (0..n).filter_map(move |i| {
             let id = self.points[(start + i) % n].1;
-            // Up to 64 backends are tracked in a bitset; beyond that duplicates are harmless.
-            let bit = 1u64 << (id.0 % 64);
-            if seen & bit != 0 {
+            let slot = seen.get_mut(id.0 as usize)?;
+            if std::mem::replace(slot, true) {
                 return None;
             }
-            seen |= bit;
             Some(id)
         })
     }
@@ -98,6 +107,7 @@ pub struct Balancer {
     strategy: Strategy,
     fallback: Strategy,
     factor: f64,
+    floor: u32,
     cursor: AtomicUsize,
 }
 
@@ -107,6 +117,7 @@ impl Balancer {
             strategy: config.strategy,
             fallback: config.fallback,
             factor: config.balance_factor,
+            floor: config.bound_floor,
             cursor: AtomicUsize::new(0),
         }
     }
@@ -187,9 +198,11 @@ impl Balancer {
         let first = walk.peek().copied();
         let fits = |id: &BackendId| {
             let b = set.get(*id);
-            let cap = (self.factor * (total + 1) as f64 * f64::from(b.weight) / f64::from(weights))
-                .ceil();
-            ((b.active() + 1) as f64) <= cap
+            let bound = (self.factor * (total + 1) as f64 * f64::from(b.weight)
+                / f64::from(weights))
+            .ceil();
+            let floor = f64::from(self.floor) * f64::from(b.weight);
+            ((b.active() + 1) as f64) <= bound.max(floor)
         };
         walk.find(fits).or(first)
     }
@@ -265,6 +278,7 @@ mod tests {
         Balancer::new(&BalanceConfig {
             strategy,
             balance_factor: factor,
+            bound_floor: 0,
             ..BalanceConfig::default()
         })
     }
@@ -316,6 +330,30 @@ mod tests {
     }
 
     #[test]
+    fn keys_stay_put_below_the_floor_and_spill_above_it() {
+        let r = registry(&[("b1", 1), ("b2", 1), ("b3", 1)]);
+        let set = r.snapshot();
+        let bal = Balancer::new(&BalanceConfig {
+            strategy: Strategy::ConsistentHash,
+            balance_factor: 1.25,
+            bound_floor: 10,
+            ..BalanceConfig::default()
+        });
+        let mut leases = Vec::new();
+        for _ in 0..10 {
+            leases.push(bal.pick(&set, Some(b"hot"), &[]).unwrap());
+        }
+        assert!(leases.iter().all(|(id, _)| *id == leases[0].0));
+        for _ in 0..290 {
+            leases.push(bal.pick(&set, Some(b"hot"), &[]).unwrap());
+        }
+        let cap = (1.25f64 * 300.0 / 3.0).ceil() as usize;
+        for b in &set.backends {
+            assert!(b.active() <= cap, "{} holds {} > {cap}", b.name, b.active());
+        }
+    }
+
+    #[test]
     fn weights_are_honoured_by_round_robin_and_random() {
         for strategy in [Strategy::RoundRobin, Strategy::Random] {
             let r = registry(&[("heavy", 3), ("light", 1)]);
@@ -329,6 +367,37 @@ mod tests {
             let ratio = counts["heavy"] as f64 / counts["light"] as f64;
             assert!((2.5..3.6).contains(&ratio), "{strategy:?}: {counts:?}");
         }
+    }
+
+    #[test]
+    fn ring_walk_reaches_every_one_of_200_backends() {
+        let names: Vec<String> = (0..200).map(|i| format!("b{i}")).collect();
+        let named: Vec<(&str, u32)> = names.iter().map(|n| (n.as_str(), 1)).collect();
+        let set = registry(&named).snapshot();
+        for key in ["k", "user-42", ""] {
+            let mut walked: Vec<u32> = set.ring.walk(key.as_bytes()).map(|id| id.0).collect();
+            assert_eq!(
+                walked.len(),
+                200,
+                "{key:?} walked {} backends",
+                walked.len()
+            );
+            walked.sort_unstable();
+            walked.dedup();
+            assert_eq!(walked.len(), 200, "{key:?} walked a backend twice");
+        }
+        // Retries exclude what was tried, so one key can be pushed onto every backend in turn.
+        let bal = balancer(Strategy::ConsistentHash, 0.0);
+        let mut tried = Vec::new();
+        for _ in 0..200 {
+            let (id, _lease) = bal.pick(&set, Some(b"k"), &tried).unwrap();
+            assert!(!tried.contains(&id));
+            tried.push(id);
+        }
+        assert_eq!(
+            bal.pick(&set, Some(b"k"), &tried).unwrap_err(),
+            PickError::AllFull
+        );
     }
 
     #[test]

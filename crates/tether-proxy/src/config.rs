@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -314,6 +315,10 @@ pub struct BalanceConfig {
     pub key: Option<KeySource>,
     /// Bounded loads: no backend above ⌈f × average⌉ live tunnels; 0 turns the bound off.
     pub balance_factor: f64,
+    /// Live tunnels per unit of weight a backend may hold before the bound moves a key off it.
+    /// Without it, an idle proxy's bound is 1 or 2, so a user's second tab or a quick
+    /// reconnect lands elsewhere; at load the bound is far above the floor and governs alone.
+    pub bound_floor: u32,
     /// Strategy used when a request carries no key (never `consistent-hash`).
     pub fallback: Strategy,
     /// How many other backends a failed connect is retried on.
@@ -328,6 +333,7 @@ impl Default for BalanceConfig {
             strategy: Strategy::RoundRobin,
             key: None,
             balance_factor: 1.25,
+            bound_floor: 16,
             fallback: Strategy::RoundRobin,
             retries: 2,
             cookie: String::new(),
@@ -382,6 +388,12 @@ pub struct LimitConfig {
     pub rate_burst: u32,
     /// Seconds announced in `Retry-After` on 503 and 429.
     pub retry_after_secs: u32,
+    /// Handshakes per second each backend is sent at most (a token bucket with one second of
+    /// burst); above it the client gets 503 with a jittered `Retry-After`. Unset = no limit.
+    pub backend_handshake_rate: Option<NonZeroU32>,
+    /// Handshakes in flight (backend chosen, answer not yet back) across the proxy; above it
+    /// 503 with a jittered `Retry-After`. Unset = no limit.
+    pub max_pending_handshakes: Option<NonZeroUsize>,
 }
 
 impl Default for LimitConfig {
@@ -393,6 +405,8 @@ impl Default for LimitConfig {
             rate_per_ip: 0,
             rate_burst: 0,
             retry_after_secs: 2,
+            backend_handshake_rate: None,
+            max_pending_handshakes: None,
         }
     }
 }
@@ -464,6 +478,9 @@ pub struct BackendConfig {
     /// The TLS client built from `tls_settings` (its files read) at load time.
     #[serde(skip)]
     pub connector: Option<crate::tls::BackendConnector>,
+    /// `[limits] backend_handshake_rate`, copied here at load time.
+    #[serde(skip)]
+    pub handshake_rate: Option<NonZeroU32>,
 }
 
 impl BackendConfig {
@@ -483,6 +500,7 @@ impl BackendConfig {
             client_key: None,
             tls_settings: None,
             connector: None,
+            handshake_rate: None,
         }
     }
 
@@ -584,6 +602,7 @@ impl Config {
             }
         }
         for (i, b) in self.backends.iter_mut().enumerate() {
+            b.handshake_rate = self.limits.backend_handshake_rate;
             b.tls_settings = b
                 .tls_keys()
                 .validate(&format!("backend[{i}]"), b.addr, base)?;

@@ -23,7 +23,7 @@ use crate::exchange::{self, note_failure, Sent, Switched};
 use crate::frontend::Frontend;
 use crate::handshake::{self, ReadError, Reject, RequestHead, Via};
 use crate::key::routing_key;
-use crate::limits::Admitted;
+use crate::limits::{Admitted, Pending};
 use crate::shared::{ClientGauge, Shared};
 use crate::tls::{hello, ClientIdentity, HandshakeFailure, TlsVersion};
 use crate::transport::{BackendIo, ClientIo, Io};
@@ -47,8 +47,8 @@ impl std::fmt::Display for ConnId {
 
 /// What the handshake produced.
 enum Handshake {
-    /// The request went to a backend; its answer is awaited next.
-    Sent(Sent),
+    /// The request went to a backend; its answer is awaited next (counted as pending).
+    Sent(Sent, Option<Pending>),
     /// The request was for the admin pages under `stats_uri`; the head is handed over.
     Admin(Vec<u8>),
     /// A `tls-passthrough` connection whose ClientHello went to a backend: tunnel now.
@@ -94,10 +94,13 @@ pub async fn handle(
             .await;
         let mut client = client?;
         let next = match handshake {
-            Handshake::Sent(sent) => Box::pin(exchange::run(&shared, &mut client, sent))
-                .instrument(span)
-                .await
-                .map(Next::Tunnel),
+            Handshake::Sent(sent, pending) => {
+                let switched = Box::pin(exchange::run(&shared, &mut client, sent))
+                    .instrument(span)
+                    .await;
+                drop(pending);
+                switched.map(Next::Tunnel)
+            }
             Handshake::Admin(head) => Some(Next::Admin(head)),
             Handshake::Passthrough(switched) => Some(Next::Tunnel(switched)),
             Handshake::Done => None,
@@ -151,9 +154,13 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
 ) {
     debug!(status = reject.status(), %reject, "answered by the proxy");
     shared.metrics.reject(reject.metric());
-    let _ = client
-        .write_all(&reject.response(shared.config.limits.retry_after_secs))
-        .await;
+    let retry_after = match reject {
+        Reject::BackendThrottled | Reject::TooManyPending => {
+            crate::limits::jittered_retry_after(shared.config.limits.retry_after_secs)
+        }
+        _ => shared.config.limits.retry_after_secs,
+    };
+    let _ = client.write_all(&reject.response(retry_after)).await;
     let _ = client.shutdown().await;
     linger(client).await;
 }
@@ -218,7 +225,7 @@ async fn handshake(
             }
         };
     let outcome = match route(shared, frontend, &buf, head_len, peer_ip, &via).await {
-        Ok(Routed::Backend(sent)) => Handshake::Sent(sent),
+        Ok(Routed::Backend(sent, pending)) => Handshake::Sent(sent, pending),
         Ok(Routed::Admin) => Handshake::Admin(buf),
         Err(Some(reject)) => {
             refuse(shared, &mut client, reject).await;
@@ -264,7 +271,7 @@ async fn read_proxy_header(
 /// Where a request went.
 enum Routed {
     /// To a backend, which has the head and the body bytes that came with it.
-    Backend(Sent),
+    Backend(Sent, Option<Pending>),
     /// Nowhere yet: it is for the admin pages under `stats_uri`.
     Admin,
 }
@@ -319,6 +326,11 @@ async fn route(
     let mut out = Vec::with_capacity(head_len + 128 + body_len);
     head.forward_via(buf, client_ip, peer_trusted, !head.websocket, via, &mut out);
     out.extend_from_slice(&after_head[..body_len]);
+    // Counted from before the backend is chosen, so a storm is held back before it connects.
+    let pending = match &shared.pending {
+        Some(gate) => Some(gate.admit().ok_or(Some(Reject::TooManyPending))?),
+        None => None,
+    };
     let sent_at = Instant::now();
     let (backend_stream, lease) = connect(
         shared,
@@ -339,17 +351,20 @@ async fn route(
                 backend.cookie
             )
         });
-    Ok(Routed::Backend(Sent {
-        backend: backend_stream,
-        lease,
-        client_ip,
-        websocket: head.websocket,
-        head_request: head.is_head(buf),
-        upload,
-        early,
-        cookie,
-        sent_at,
-    }))
+    Ok(Routed::Backend(
+        Sent {
+            backend: backend_stream,
+            lease,
+            client_ip,
+            websocket: head.websocket,
+            head_request: head.is_head(buf),
+            upload,
+            early,
+            cookie,
+            sent_at,
+        },
+        pending,
+    ))
 }
 
 /// The backend named by the LB-inserted cookie, if it still takes connections.
@@ -391,6 +406,12 @@ async fn connect(
             shared.metrics.retries.inc();
         }
         let backend = lease.backend().clone();
+        if let Some(rate) = &backend.handshake_rate {
+            if !rate.allow(std::time::Instant::now()) {
+                backend.metrics.throttled.inc();
+                return Err(Some(Reject::BackendThrottled));
+            }
+        }
         if let Some(id) = set.ids().find(|id| Arc::ptr_eq(set.get(*id), &backend)) {
             if !tried.contains(&id) {
                 tried.push(id);

@@ -37,6 +37,10 @@ pub enum Reject {
     MaxConn,
     #[error("no backend available")]
     NoBackend,
+    #[error("backend handshake rate reached")]
+    BackendThrottled,
+    #[error("too many handshakes in flight")]
+    TooManyPending,
     #[error("backend failed to answer")]
     BackendFailed,
 }
@@ -51,7 +55,10 @@ impl Reject {
             Reject::WebSocketVersion => 426,
             Reject::RateLimited => 429,
             Reject::BackendFailed => 502,
-            Reject::MaxConn | Reject::NoBackend => 503,
+            Reject::MaxConn
+            | Reject::NoBackend
+            | Reject::BackendThrottled
+            | Reject::TooManyPending => 503,
         }
     }
 
@@ -65,6 +72,7 @@ impl Reject {
             Reject::MaxConn => RejectReason::MaxConn,
             Reject::NoBackend => RejectReason::NoBackend,
             Reject::BackendFailed => RejectReason::BackendFailed,
+            Reject::BackendThrottled | Reject::TooManyPending => RejectReason::Throttled,
         }
     }
 

@@ -1,7 +1,12 @@
-//! Admission control: how many connections, and how fast one address may open them.
+//! Admission control: how many connections, how fast one address may open them, and how
+//! fast (and how many at once) handshakes may reach the backends.
+//!
+//! The backend-side limits exist for reconnect storms: when a backend dies or restarts, all
+//! its clients come back at once, and without a limit they land on the survivors in one burst.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -94,6 +99,81 @@ impl RateLimiter {
     }
 }
 
+/// One backend's handshake budget: `rate` per second with a burst of one second's worth.
+#[derive(Debug)]
+pub struct HandshakeRate {
+    rate: f64,
+    bucket: Mutex<Bucket>,
+}
+
+impl HandshakeRate {
+    pub fn new(rate: NonZeroU32) -> HandshakeRate {
+        let rate = f64::from(rate.get());
+        HandshakeRate {
+            rate,
+            bucket: Mutex::new(Bucket {
+                tokens: rate,
+                at: Instant::now(),
+            }),
+        }
+    }
+
+    /// Takes a token; false when the backend has had its share of handshakes for now.
+    pub fn allow(&self, now: Instant) -> bool {
+        let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let refill = now.saturating_duration_since(b.at).as_secs_f64() * self.rate;
+        b.tokens = (b.tokens + refill).min(self.rate);
+        b.at = now.max(b.at);
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Handshakes in flight proxy-wide: from the backend being chosen to its answer.
+#[derive(Debug)]
+pub struct PendingGate {
+    pending: AtomicUsize,
+    max: NonZeroUsize,
+}
+
+/// One handshake in flight; leaves the gate when dropped.
+#[derive(Debug)]
+pub struct Pending(Arc<PendingGate>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl PendingGate {
+    pub fn new(max: NonZeroUsize) -> Arc<PendingGate> {
+        Arc::new(PendingGate {
+            pending: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// Admits a handshake, or `None` when `max` are in flight already.
+    pub fn admit(self: &Arc<Self>) -> Option<Pending> {
+        let n = self.pending.fetch_add(1, Ordering::Relaxed);
+        let pending = Pending(self.clone());
+        (n < self.max.get()).then_some(pending)
+    }
+}
+
+/// `base` to `2 × base` seconds, uniformly: clients refused together come back spread out
+/// instead of as the next storm.
+pub fn jittered_retry_after(base: u32) -> u32 {
+    use rand::Rng;
+    let base = base.max(1);
+    base + rand::rng().random_range(0..=base)
+}
+
 fn shard_of(ip: IpAddr) -> usize {
     match ip {
         IpAddr::V4(v4) => v4.octets()[3] as usize,
@@ -114,6 +194,32 @@ mod tests {
         assert!(gate.admit().is_none());
         drop(a);
         assert!(gate.admit().is_some());
+    }
+
+    #[test]
+    fn backend_rate_allows_one_second_then_refills() {
+        let r = HandshakeRate::new(NonZeroU32::new(5).unwrap());
+        let t0 = Instant::now();
+        assert_eq!((0..20).filter(|_| r.allow(t0)).count(), 5);
+        let t1 = t0 + Duration::from_millis(400);
+        assert_eq!((0..20).filter(|_| r.allow(t1)).count(), 2);
+    }
+
+    #[test]
+    fn pending_gate_caps_handshakes_in_flight() {
+        let gate = PendingGate::new(NonZeroUsize::new(1).unwrap());
+        let a = gate.admit().unwrap();
+        assert!(gate.admit().is_none());
+        drop(a);
+        assert!(gate.admit().is_some());
+    }
+
+    #[test]
+    fn retry_after_varies_within_twice_the_base() {
+        let seen: std::collections::HashSet<u32> =
+            (0..200).map(|_| jittered_retry_after(2)).collect();
+        assert!(seen.iter().all(|s| (2..=4).contains(s)), "{seen:?}");
+        assert!(seen.len() > 1, "no jitter: {seen:?}");
     }
 
     #[test]

@@ -46,6 +46,7 @@ pub enum RejectReason {
     MaxConn,
     NoBackend,
     BackendFailed,
+    Throttled,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -66,6 +67,7 @@ pub struct Metrics {
     pub handshakes: Family<HandshakeLabels, Counter>,
     pub bytes: Family<BytesLabels, Counter>,
     pub backend_failures: Family<BackendLabel, Counter>,
+    pub backend_throttled: Family<BackendLabel, Counter>,
     pub rejected: Family<RejectLabels, Counter>,
     pub tunnels_ended: Family<EndLabels, Counter>,
     pub handshake_seconds: Histogram,
@@ -136,6 +138,7 @@ impl Metrics {
             handshakes: Family::default(),
             bytes: Family::default(),
             backend_failures: Family::default(),
+            backend_throttled: Family::default(),
             rejected: Family::default(),
             tunnels_ended: Family::default(),
             handshake_seconds: Histogram::new([
@@ -166,6 +169,11 @@ impl Metrics {
             "backend_failures",
             "Passive failures: failed connects, invalid or absent response heads, 5xx to upgrades",
             m.backend_failures.clone(),
+        );
+        registry.register(
+            "backend_throttled",
+            "Handshakes refused (503) because the backend's handshake rate was reached",
+            m.backend_throttled.clone(),
         );
         registry.register(
             "rejected",

@@ -8,7 +8,7 @@ use crate::balance::Balancer;
 use crate::config::Config;
 use crate::frontend::Frontend;
 use crate::handshake::HeadLimits;
-use crate::limits::{ConnectionGate, RateLimiter};
+use crate::limits::{ConnectionGate, PendingGate, RateLimiter};
 use crate::metrics::Metrics;
 use crate::tunnel::CloseSignal;
 
@@ -24,6 +24,8 @@ pub struct Shared {
     pub frontends: Vec<Arc<Frontend>>,
     pub gate: Arc<ConnectionGate>,
     pub rate: Option<RateLimiter>,
+    /// `[limits] max_pending_handshakes`.
+    pub pending: Option<Arc<PendingGate>>,
     pub head_limits: HeadLimits,
     /// Raised to end every connection and tunnel (shutdown past the grace period).
     pub closing: CloseSignal,
@@ -72,6 +74,7 @@ impl Shared {
             frontends,
             gate: ConnectionGate::new(config.limits.maxconn),
             rate: RateLimiter::new(config.limits.rate_per_ip, config.limits.rate_burst),
+            pending: config.limits.max_pending_handshakes.map(PendingGate::new),
             closing: CloseSignal::default(),
             head_limits: HeadLimits {
                 max_bytes: config.limits.max_head_bytes,
