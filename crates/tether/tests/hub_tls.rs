@@ -62,11 +62,11 @@ struct Pki {
     key: PathBuf,
 }
 
-fn pki(dir: &std::path::Path) -> Pki {
+fn pki(dir: &std::path::Path, ca_name: &str) -> Pki {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params
         .distinguished_name
-        .push(DnType::CommonName, "hub-tls test CA");
+        .push(DnType::CommonName, ca_name);
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
     let ca_key = KeyPair::generate().unwrap();
@@ -134,6 +134,17 @@ async fn next(ws: &mut Wss) -> Value {
     }
 }
 
+/// The next frame of this type, skipping others (the hub may greet before `connect`).
+async fn next_of(ws: &mut Wss, kind: &str) -> Value {
+    loop {
+        let frame = next(ws).await;
+        if frame["type"] == kind {
+            return frame;
+        }
+        assert_ne!(frame["type"], "error", "{frame}");
+    }
+}
+
 async fn send(ws: &mut Wss, frame: Value) {
     ws.send(Message::text(frame.to_string())).await.unwrap();
 }
@@ -141,7 +152,7 @@ async fn send(ws: &mut Wss, frame: Value) {
 #[tokio::test]
 async fn a_wss_client_trusting_the_ca_subscribes_and_receives() {
     let dir = scratch();
-    let pki = pki(&dir);
+    let pki = pki(&dir, "hub-tls CA");
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let _hub = Running(
         Command::new(BIN)
@@ -159,32 +170,27 @@ async fn a_wss_client_trusting_the_ca_subscribes_and_receives() {
 
     let mut alice = wss_connect(addr, config.clone()).await.unwrap();
     send(&mut alice, json!({"type": "connect"})).await;
-    assert_eq!(next(&mut alice).await["type"], "welcome");
+    next_of(&mut alice, "welcome").await;
     send(&mut alice, json!({"type": "subscribe", "channel": "room"})).await;
-    assert_eq!(next(&mut alice).await["type"], "subscribed");
+    next_of(&mut alice, "subscribed").await;
 
     let mut bob = wss_connect(addr, config).await.unwrap();
     send(&mut bob, json!({"type": "connect"})).await;
-    assert_eq!(next(&mut bob).await["type"], "welcome");
+    next_of(&mut bob, "welcome").await;
     send(
         &mut bob,
         json!({"type": "publish", "channel": "room", "data": "over tls"}),
     )
     .await;
-    let message = loop {
-        let frame = next(&mut alice).await;
-        if frame["type"] == "message" {
-            break frame;
-        }
-    };
+    let message = next_of(&mut alice, "message").await;
     assert_eq!(message["data"], "over tls", "{message}");
 }
 
 #[tokio::test]
 async fn a_client_not_trusting_the_ca_is_refused_and_plain_ws_gets_nothing() {
     let dir = scratch();
-    let ours = pki(&dir);
-    let other = pki(&scratch());
+    let ours = pki(&dir, "hub-tls CA");
+    let other = pki(&scratch(), "another CA");
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let _hub = Running(
         Command::new(BIN)
@@ -216,13 +222,13 @@ async fn a_client_not_trusting_the_ca_is_refused_and_plain_ws_gets_nothing() {
     // The hub still serves trusted clients.
     let mut ws = wss_connect(addr, client_config(&ours.ca)).await.unwrap();
     send(&mut ws, json!({"type": "connect"})).await;
-    assert_eq!(next(&mut ws).await["type"], "welcome");
+    next_of(&mut ws, "welcome").await;
 }
 
 #[test]
 fn a_bad_key_file_stops_the_start_naming_the_file_and_the_problem() {
     let dir = scratch();
-    let pki = pki(&dir);
+    let pki = pki(&dir, "hub-tls CA");
     let out = Command::new(BIN)
         .args(["hub", "--listen", "127.0.0.1:0", "--tls-cert"])
         .arg(&pki.cert)
@@ -239,7 +245,7 @@ fn a_bad_key_file_stops_the_start_naming_the_file_and_the_problem() {
 #[test]
 fn hub_toml_names_the_pair_relative_to_its_directory() {
     let dir = scratch();
-    pki(&dir);
+    pki(&dir, "hub-tls CA");
     let toml = dir.join("hub.toml");
     std::fs::write(&toml, "tls_cert = \"hub.pem\"\ntls_key = \"missing.key\"\n").unwrap();
     let out = Command::new(BIN)
