@@ -66,7 +66,7 @@ pub enum TlsProblem {
     #[error("the key cannot be used with the certificate in {}: {reason}", cert.display())]
     Unusable {
         cert: PathBuf,
-        reason: rustls::Error,
+        reason: Box<rustls::Error>,
     },
 }
 
@@ -78,13 +78,13 @@ impl HubTls {
         let provider = Arc::new(aws_lc_rs::default_provider());
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .and_then(|b| Ok(b.with_no_client_auth().with_single_cert(chain, key)?))
+            .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
             .map_err(|reason| TlsError {
                 file: files.key.clone(),
                 key: "tls_key",
                 problem: TlsProblem::Unusable {
                     cert: files.cert.clone(),
-                    reason,
+                    reason: Box::new(reason),
                 },
             })?;
         config.alpn_protocols = vec![ALPN.to_vec()];

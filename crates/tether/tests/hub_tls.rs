@@ -206,8 +206,7 @@ async fn a_client_not_trusting_the_ca_is_refused_and_plain_ws_gets_nothing() {
     wait_for_port(addr).await;
     let error = wss_connect(addr, client_config(&other.ca))
         .await
-        .err()
-        .expect("a certificate from an unknown CA is refused")
+        .expect_err("a certificate from an unknown CA is refused")
         .to_string();
     assert!(error.contains("UnknownIssuer"), "{error}");
     // Plain ws:// on the TLS port: no WebSocket, no HTTP answer.
