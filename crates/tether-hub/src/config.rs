@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::auth::AuthConfig;
+use crate::tls::HubTls;
 
 /// Settings of one hub node. History limits belong to the broker (see
 /// [`crate::broker::BrokerOptions`]) because every node sharing a broker shares its history.
@@ -58,6 +59,8 @@ pub struct HubConfig {
     /// How long an HTTP connection (not yet a WebSocket) may send nothing at all, for
     /// instance in the middle of a request body, before it is closed.
     pub idle_timeout: Duration,
+    /// When set, the node serves WebSocket and HTTP over TLS only (`wss://`, `https://`).
+    pub tls: Option<HubTls>,
 }
 
 impl Default for HubConfig {
@@ -78,6 +81,7 @@ impl Default for HubConfig {
             shutdown_window: Duration::from_secs(10),
             head_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            tls: None,
         }
     }
 }

@@ -31,6 +31,7 @@ mod publishing;
 mod replay;
 mod server;
 mod session;
+pub mod tls;
 mod wake_gate;
 
 pub use broker::{
@@ -38,3 +39,4 @@ pub use broker::{
 };
 pub use config::{ConfigError, HubConfig};
 pub use server::{serve, HubError, HubHandle};
+pub use tls::{HubTls, TlsError, TlsFiles};

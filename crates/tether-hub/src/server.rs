@@ -24,6 +24,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::access::Gate;
@@ -144,6 +145,7 @@ pub async fn serve(
         addr = %local_addr,
         broker = node.broker.kind(),
         tokens = node.gate.checks_tokens(),
+        tls = node.config.tls.is_some(),
         anonymous = node.gate.anonymous_may_connect(),
         "hub listening"
     );
@@ -151,9 +153,11 @@ pub async fn serve(
         head: node.config.head_timeout,
         idle: node.config.idle_timeout,
     };
+    let tls = node.config.tls.as_ref().map(|tls| tls.acceptor());
     let accept = tokio::spawn(accept_loop(
         listener,
         router,
+        tls,
         timeouts,
         node.lifecycle.subscribe(),
     ));
@@ -295,6 +299,7 @@ struct Timeouts {
 async fn accept_loop(
     listener: TcpListener,
     router: Router,
+    tls: Option<TlsAcceptor>,
     timeouts: Timeouts,
     mut lifecycle: watch::Receiver<Lifecycle>,
 ) {
@@ -303,7 +308,12 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(serve_connection(stream, peer, router.clone(), timeouts, lifecycle.clone()));
+                    let stream = Watched::new(stream);
+                    let (router, lifecycle) = (router.clone(), lifecycle.clone());
+                    match &tls {
+                        None => tokio::spawn(serve_connection(stream, peer, router, timeouts, lifecycle)),
+                        Some(tls) => tokio::spawn(serve_tls(tls.clone(), stream, peer, router, timeouts, lifecycle)),
+                    };
                 }
                 Err(error) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -328,14 +338,15 @@ async fn accept_loop(
 /// its previous response went out, so it ends idle sockets and slowloris heads alike), or
 /// sends nothing for `idle` (a request body that stalls). Without these, 500 idle and 500
 /// slowloris sockets were all still open after 45 s.
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<I>(
+    (stream, activity): (I, Arc<Activity>),
     peer: SocketAddr,
     router: Router,
     timeouts: Timeouts,
     mut lifecycle: watch::Receiver<Lifecycle>,
-) {
-    let (stream, activity) = Watched::new(stream);
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     // Handlers learn the peer's address as axum's `ConnectInfo`.
     let service = TowerToHyperService::new(router.map_request(
         move |mut request: axum::http::Request<hyper::body::Incoming>| {
@@ -373,6 +384,34 @@ async fn serve_connection(
             },
         }
     }
+}
+
+/// Runs the TLS handshake, then serves HTTP/1.1 over it as [`serve_connection`] does.
+///
+/// The handshake must finish within `head` of the accept, the same bound as a request head:
+/// a client that opens a socket and stalls mid-ClientHello is cut like a slowloris one. A
+/// failed handshake (plain HTTP on the TLS port, an untrusted certificate on the client's
+/// side) only closes that connection.
+async fn serve_tls(
+    tls: TlsAcceptor,
+    (stream, activity): (Watched, Arc<Activity>),
+    peer: SocketAddr,
+    router: Router,
+    timeouts: Timeouts,
+    lifecycle: watch::Receiver<Lifecycle>,
+) {
+    let stream = match tokio::time::timeout(timeouts.head, tls.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake took longer than the head timeout");
+            return;
+        }
+    };
+    serve_connection((stream, activity), peer, router, timeouts, lifecycle).await;
 }
 
 /// When a connection last delivered bytes, shared between its socket wrapper and the task

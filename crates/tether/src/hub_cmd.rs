@@ -1,7 +1,7 @@
 //! `tether hub`: command-line wiring for one realtime hub node.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,7 +11,7 @@ use tether_hub::auth::settings::{
     Secret,
 };
 use tether_hub::auth::SettingsError;
-use tether_hub::{BrokerOptions, HistoryPolicy, HubConfig};
+use tether_hub::{BrokerOptions, HistoryPolicy, HubConfig, HubTls, TlsFiles};
 
 /// Every setting is a flag, an environment variable for some, and a key of `hub.toml`
 /// (`--config`); a flag overrides the file, the file overrides the default.
@@ -104,6 +104,13 @@ pub struct HubArgs {
     /// off loopback; with keys, tokenless clients reach only `anonymous` namespaces.
     #[arg(long)]
     allow_anonymous: bool,
+    /// PEM certificate chain (leaf first): serve WebSocket and HTTP over TLS only
+    /// (`wss://`, `https://`). Needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1, unencrypted) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// `hub.toml`: the flags' settings under the same names, plus `[auth]` and `[[namespace]]`.
@@ -128,6 +135,9 @@ struct HubFile {
     shutdown_window: Option<String>,
     head_timeout: Option<String>,
     idle_timeout: Option<String>,
+    /// Relative to the file's directory.
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     #[serde(default)]
     auth: RawAuth,
     #[serde(default, rename = "namespace")]
@@ -142,6 +152,40 @@ struct Settings {
 }
 
 impl HubArgs {
+    /// The TLS files: the flags (both, clap checks that) replace the file's pair; the file's
+    /// must come as a pair too. Both are read here, so a bad file stops the start.
+    fn tls(&self, file: &HubFile, path: &Path, cwd: &Path) -> anyhow::Result<Option<HubTls>> {
+        let files = match (&self.tls_cert, &self.tls_key, &file.tls_cert, &file.tls_key) {
+            (Some(cert), Some(key), _, _) => TlsFiles {
+                cert: cwd.join(cert),
+                key: cwd.join(key),
+            },
+            (None, None, None, None) => return Ok(None),
+            (None, None, Some(cert), Some(key)) => {
+                let base = path.parent().unwrap_or(cwd);
+                TlsFiles {
+                    cert: cwd.join(base).join(cert),
+                    key: cwd.join(base).join(key),
+                }
+            }
+            (None, None, cert, _) => {
+                let (key, missing) = match cert {
+                    Some(_) => ("tls_key", "tls_cert is set"),
+                    None => ("tls_cert", "tls_key is set"),
+                };
+                let problem = format!("missing: {missing}, and TLS needs both");
+                return Err(SettingsError {
+                    file: path.to_owned(),
+                    key: key.to_owned(),
+                    problem,
+                }
+                .into());
+            }
+            _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+        };
+        Ok(Some(HubTls::load(files)?))
+    }
+
     fn settings(&self) -> anyhow::Result<Settings> {
         let (file, path) = match &self.config {
             Some(path) => {
@@ -169,8 +213,9 @@ impl HubArgs {
         if history_size == 0 {
             return Err(fail("history_size", "must be greater than zero".into()).into());
         }
-        let mut auth = file.auth;
         let cwd = std::env::current_dir().context("reading the working directory")?;
+        let tls = self.tls(&file, &path, &cwd)?;
+        let mut auth = file.auth;
         if let Some(secret) = &self.token_hmac_secret {
             auth.hmac_secret = Some(Secret(secret.clone()));
             auth.hmac_secret_file = None;
@@ -258,6 +303,7 @@ impl HubArgs {
             )?,
             head_timeout: duration(self.head_timeout, "head_timeout", &file.head_timeout, "10s")?,
             idle_timeout: duration(self.idle_timeout, "idle_timeout", &file.idle_timeout, "60s")?,
+            tls,
         };
         let broker_options = BrokerOptions {
             history: HistoryPolicy {
@@ -293,12 +339,15 @@ pub fn run(args: HubArgs) -> anyhow::Result<()> {
 
 async fn serve(args: HubArgs) -> anyhow::Result<()> {
     let settings = args.settings()?;
+    let tls = settings.config.tls.is_some();
     let broker = tether_hub::broker_with(&settings.broker, settings.broker_options)
         .with_context(|| format!("--broker {}", settings.broker))?;
     let hub = tether_hub::serve(settings.config, broker, None).await?;
+    let scheme = if tls { "wss" } else { "ws" };
     println!(
-        "tether hub {} listening on {}",
+        "tether hub {} listening on {} ({scheme}://{}/ws)",
         hub.name(),
+        hub.local_addr(),
         hub.local_addr()
     );
     stop_signal().await?;
