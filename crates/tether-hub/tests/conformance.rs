@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use futures_util::StreamExt;
 use serde_json::json;
 use serde_json::value::RawValue;
 use support::*;
@@ -22,6 +23,7 @@ use tether_hub::broker::memory::MemoryBroker;
 use tether_hub::broker::FeedLimit;
 use tether_hub::protocol::{ChannelName, Offset};
 use tether_hub::{Broker, BrokerOptions, HistoryPolicy, HubHandle};
+use tokio_tungstenite::tungstenite::Message;
 
 /// The brokers under test.
 #[derive(Debug, Clone, Copy)]
@@ -398,11 +400,36 @@ async fn broker_restart_under_load(kind: Kind, server: &mut impl Restartable) {
         }
         n += 1;
     }
-    // Read until the last acknowledged message.
+    // Read until the last acknowledged message. The log the subscriber was reading is gone,
+    // so its node may close it with 1013 (what it was owed is no longer in history); it then
+    // resumes from the last offset it saw, as a client does, and is told `recovered: false`.
     let last = *after.last().unwrap();
-    let mut seen = Vec::new();
+    let mut seen: Vec<(u64, u64)> = Vec::new();
+    let mut closed = 0;
     loop {
-        let frame = client.next().await;
+        let frame = tokio::time::timeout(Duration::from_secs(10), client.ws.next())
+            .await
+            .expect("the hub answered within 10 s");
+        let frame = match frame {
+            Some(Ok(Message::Text(text))) => {
+                serde_json::from_str::<serde_json::Value>(&text).unwrap()
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Close(Some(close)))) => {
+                assert_eq!(u16::from(close.code), 1013, "{close:?}");
+                closed += 1;
+                assert!(closed <= 3, "closed again and again");
+                let since = seen.last().map_or(*before.last().unwrap(), |(o, _)| *o);
+                client = Client::connect(hubs[1].local_addr()).await;
+                let subscribed = client.subscribe("restart", Some(since)).await;
+                assert_eq!(
+                    subscribed["recovered"], false,
+                    "the log was lost: {subscribed}"
+                );
+                continue;
+            }
+            other => panic!("unexpected {other:?}"),
+        };
         assert_eq!(frame["type"], "message", "{frame}");
         let data = frame["data"].as_u64().unwrap();
         seen.push((frame["offset"].as_u64().unwrap(), data));
