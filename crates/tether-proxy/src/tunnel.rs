@@ -318,11 +318,7 @@ pub async fn run(
         moved: 0,
         counter: counters.to_client,
     };
-    // The timer exists only when an idle timeout is configured, and is re-armed lazily:
-    // activity just stamps `last`, the timer checks it when it fires.
-    let mut idle_timer: Option<(Duration, Pin<Box<Sleep>>)> =
-        idle.map(|d| (d, Box::pin(tokio::time::sleep(d))));
-    let mut last = Instant::now();
+    let mut idle = IdleClock::new(idle);
     let mut error = None;
     // Created before the flag is first read, so a signal raised in between still wakes it.
     let notified = closer.signal.shard(closer.key).notified();
@@ -368,17 +364,8 @@ pub async fn run(
         if up_done && down_done {
             return Poll::Ready(EndReason::Closed);
         }
-        if let Some((limit, timer)) = idle_timer.as_mut() {
-            if activity {
-                last = Instant::now();
-            }
-            while timer.as_mut().poll(cx).is_ready() {
-                let deadline = last + *limit;
-                if Instant::now() >= deadline {
-                    return Poll::Ready(EndReason::IdleTimeout);
-                }
-                timer.as_mut().reset(deadline);
-            }
+        if idle.expired(cx, activity) {
+            return Poll::Ready(EndReason::IdleTimeout);
         }
         Poll::Pending
     })
@@ -388,6 +375,42 @@ pub async fn run(
         to_client: down.moved,
         reason,
         error,
+    }
+}
+
+/// A tunnel's idle timeout. The timer exists only when a timeout is configured, and is
+/// re-armed lazily: activity just stamps `last`, the timer checks it when it fires. Shared
+/// by the plain tunnel and the one over TLS.
+pub(crate) struct IdleClock {
+    timer: Option<(Duration, Pin<Box<Sleep>>)>,
+    last: Instant,
+}
+
+impl IdleClock {
+    pub(crate) fn new(idle: Option<Duration>) -> IdleClock {
+        IdleClock {
+            timer: idle.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
+            last: Instant::now(),
+        }
+    }
+
+    /// Notes whether this turn moved bytes, then says whether the tunnel has been idle for
+    /// longer than the limit.
+    pub(crate) fn expired(&mut self, cx: &mut Context<'_>, activity: bool) -> bool {
+        let Some((limit, timer)) = self.timer.as_mut() else {
+            return false;
+        };
+        if activity {
+            self.last = Instant::now();
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            let deadline = self.last + *limit;
+            if Instant::now() >= deadline {
+                return true;
+            }
+            timer.as_mut().reset(deadline);
+        }
+        false
     }
 }
 

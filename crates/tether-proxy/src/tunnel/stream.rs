@@ -16,9 +16,8 @@ use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
 
-use super::{blame, Closer, Counters, EndReason, Outcome, Side, SCRATCH_BUF};
+use super::{blame, Closer, Counters, EndReason, IdleClock, Outcome, Side, SCRATCH_BUF};
 
 /// The state of one direction.
 #[derive(Debug)]
@@ -137,9 +136,7 @@ where
         moved: 0,
         counter: counters.to_client,
     };
-    let mut idle_timer: Option<(Duration, Pin<Box<Sleep>>)> =
-        idle.map(|d| (d, Box::pin(tokio::time::sleep(d))));
-    let mut last = Instant::now();
+    let mut idle = IdleClock::new(idle);
     let mut error = None;
     let notified = closer.signal.shard(closer.key).notified();
     let mut notified = std::pin::pin!(notified);
@@ -191,17 +188,8 @@ where
         if up_done && down_done {
             return Poll::Ready(EndReason::Closed);
         }
-        if let Some((limit, timer)) = idle_timer.as_mut() {
-            if activity {
-                last = Instant::now();
-            }
-            while timer.as_mut().poll(cx).is_ready() {
-                let deadline = last + *limit;
-                if Instant::now() >= deadline {
-                    return Poll::Ready(EndReason::IdleTimeout);
-                }
-                timer.as_mut().reset(deadline);
-            }
+        if idle.expired(cx, activity) {
+            return Poll::Ready(EndReason::IdleTimeout);
         }
         Poll::Pending
     })
