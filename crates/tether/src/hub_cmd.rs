@@ -1,5 +1,6 @@
 //! `tether hub`: command-line wiring for one realtime hub node.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -327,6 +328,69 @@ impl HubArgs {
             broker_options,
         })
     }
+}
+
+/// `tether check --hub FILE`: loads FILE exactly as `tether hub --config FILE` would (the
+/// `TETHER_HUB_*` environment variables included, since the hub would read them too), reads
+/// every file it names (certificates, keys, a JWKS file), validates the result and applies the
+/// protected-mode rule, without binding a port or reaching the broker. Returns the one-line
+/// summary to print; an error names the file, the key and the problem.
+pub fn check(path: &Path) -> anyhow::Result<String> {
+    #[derive(clap::Parser)]
+    struct OnlyHub {
+        #[command(flatten)]
+        hub: HubArgs,
+    }
+    let argv = [
+        OsString::from("tether hub"),
+        OsString::from("--config"),
+        path.as_os_str().to_owned(),
+    ];
+    let args = <OnlyHub as clap::Parser>::try_parse_from(argv)?.hub;
+    let settings = args.settings()?;
+    let config = &settings.config;
+    config
+        .validate()
+        .with_context(|| format!("{}", path.display()))?;
+    let auth = &config.auth;
+    tether_hub::auth::check_protected_mode(
+        config.listen,
+        auth.tokens_configured(),
+        auth.allow_anonymous,
+    )
+    .with_context(|| format!("{}", path.display()))?;
+    let access = match (auth.tokens_configured(), auth.allow_anonymous) {
+        (false, _) => "no tokens: open, loopback only".to_owned(),
+        (true, allow) => format!(
+            "tokens ({} key(s), {} JWKS source(s)){}",
+            auth.keys.len(),
+            auth.jwks.len(),
+            if allow { ", anonymous allowed" } else { "" }
+        ),
+    };
+    let api = match (
+        &config.api_token,
+        config.listen.ip().is_loopback() || auth.allow_anonymous,
+    ) {
+        (Some(_), _) => "API token set",
+        (None, true) => "no API token: API open where the hub is",
+        (None, false) => "no API token: API refuses every request",
+    };
+    Ok(format!(
+        "{}: ok (node {}, listen {}, {}, broker {}, {access}, {} namespace(s), {api})",
+        path.display(),
+        config.name,
+        config.listen,
+        if config.tls.is_some() { "wss" } else { "ws" },
+        broker_scheme(&settings.broker),
+        auth.namespaces.len(),
+    ))
+}
+
+/// The broker URL's scheme only: the rest may carry a password, and a check's output ends
+/// up in CI logs.
+fn broker_scheme(url: &str) -> &str {
+    url.split_once("://").map_or(url, |(scheme, _)| scheme)
 }
 
 pub fn run(args: HubArgs) -> anyhow::Result<()> {

@@ -36,7 +36,8 @@ enum LogFormat {
 enum Command {
     /// Run the WebSocket load balancer.
     Proxy(proxy_cmd::ProxyArgs),
-    /// Validate a proxy configuration file and exit (1 on error, naming file, key and problem).
+    /// Validate a proxy configuration (--config) or a hub.toml (--hub) and exit (1 on error,
+    /// naming file, key and problem).
     Check(proxy_cmd::CheckArgs),
     /// Run a realtime hub node.
     Hub(Box<hub_cmd::HubArgs>),

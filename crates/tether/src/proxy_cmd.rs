@@ -13,11 +13,17 @@ pub struct ProxyArgs {
     config: PathBuf,
 }
 
+/// Exactly one of the two files.
 #[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
 pub struct CheckArgs {
     /// Path to the proxy's TOML configuration.
     #[arg(long, short)]
-    config: PathBuf,
+    config: Option<PathBuf>,
+    /// Path to a hub's hub.toml (what `tether hub --config` reads, with the `TETHER_HUB_*`
+    /// environment the hub would see).
+    #[arg(long)]
+    hub: Option<PathBuf>,
 }
 
 /// Loads the configuration, builds a runtime with `runtime.workers` threads (0 = every core)
@@ -69,7 +75,21 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
 
 /// Validates a configuration: prints `ok` and exits 0, or prints `FILE: KEY: PROBLEM` and exits 1.
 pub fn check(args: CheckArgs) -> anyhow::Result<()> {
-    match Config::from_file(&args.config) {
+    let path = match (args.config, args.hub) {
+        (Some(path), _) => path,
+        (None, Some(hub)) => match crate::hub_cmd::check(&hub) {
+            Ok(summary) => {
+                println!("{summary}");
+                return Ok(());
+            }
+            Err(e) => {
+                eprintln!("{e:#}");
+                std::process::exit(1);
+            }
+        },
+        (None, None) => anyhow::bail!("give --config FILE (a proxy) or --hub FILE (a hub)"),
+    };
+    match Config::from_file(&path) {
         Ok(config) => {
             // Says where the admin token comes from (never the token itself): the one line
             // an operator reads to confirm the admin API is locked.
@@ -83,7 +103,7 @@ pub fn check(args: CheckArgs) -> anyhow::Result<()> {
             };
             println!(
                 "{}: ok ({} backends, strategy {:?}, {token}, reads {:?})",
-                args.config.display(),
+                path.display(),
                 config.backends.len(),
                 config.balance.strategy,
                 admin.read

@@ -81,6 +81,84 @@ fn check_names_the_file_the_key_and_the_problem() {
     }
 }
 
+/// Runs `tether check --hub FILE` with none of the hub's environment variables set, so the
+/// file alone decides.
+fn check_hub(path: &std::path::Path) -> std::process::Output {
+    let mut command = Command::new(BIN);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("TETHER_HUB_") {
+            command.env_remove(key);
+        }
+    }
+    command.args(["check", "--hub"]).arg(path).output().unwrap()
+}
+
+#[test]
+fn check_accepts_a_hub_toml_and_says_how_it_is_protected() {
+    let path = write_config(
+        "hub-ok.toml",
+        "listen = \"0.0.0.0:7000\"\nbroker = \"redis://:hunter2@127.0.0.1:6379\"\n\
+         [auth]\nhmac_secret = \"0123456789abcdef0123456789abcdef\"\n\
+         [[namespace]]\nprefix = \"room:\"\nsubscribe = \"authenticated\"\n",
+    );
+    let out = check_hub(&path);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(": ok"), "{stdout}");
+    assert!(stdout.contains("1 namespace(s)"), "{stdout}");
+    assert!(stdout.contains("tokens (1 key(s)"), "{stdout}");
+    assert!(stdout.contains("broker redis,"), "{stdout}");
+    assert!(
+        !stdout.contains("hunter2"),
+        "the broker password leaked: {stdout}"
+    );
+}
+
+#[test]
+fn check_refuses_a_hub_toml_the_hub_would_refuse_naming_file_key_and_problem() {
+    let cases = [
+        // Protected mode: open to the network with no tokens.
+        (
+            "hub-open.toml",
+            "listen = \"0.0.0.0:7000\"\n",
+            "0.0.0.0:7000",
+            "--allow-anonymous",
+        ),
+        (
+            "hub-duration.toml",
+            "ping_interval = \"5 parsecs\"\n",
+            "ping_interval",
+            "unknown unit",
+        ),
+        (
+            "hub-ns.toml",
+            "[[namespace]]\nprefix = \"room:\"\nsubscribe = \"everyone\"\n",
+            "namespace[0].subscribe",
+            "unknown variant",
+        ),
+        (
+            "hub-key.toml",
+            "[auth]\npublic_keys = [\"no-such-key.pem\"]\n",
+            "public_keys",
+            "no-such-key.pem",
+        ),
+        ("hub-zero.toml", "client_queue = 0\n", "client_queue", ""),
+    ];
+    for (file, text, key, problem) in cases {
+        let path = write_config(file, text);
+        let out = check_hub(&path);
+        assert_eq!(out.status.code(), Some(1), "{file}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(path.to_str().unwrap()), "{file}: {err}");
+        assert!(err.contains(key), "{file}: want key {key}: {err}");
+        assert!(err.contains(problem), "{file}: want {problem}: {err}");
+    }
+}
+
 #[test]
 fn check_reads_the_admin_token_file_and_names_it_when_it_cannot() {
     let backend = "[[backend]]\nname = \"b\"\naddr = \"127.0.0.1:1\"\n";

@@ -158,7 +158,7 @@ pub const REASONS: &[&str] = &[
     "refusing to serve {listen} without authentication: any client on the network could \
      read and publish every channel. Configure tokens (--token-hmac-secret / env \
      TETHER_HUB_TOKEN_HMAC_SECRET, --token-public-key, --token-jwks, or [auth] hmac_secret, \
-     public_key, jwks in hub.toml), or open it on purpose with --allow-anonymous \
+     public_keys, jwks in hub.toml), or open it on purpose with --allow-anonymous \
      ([auth] allow_anonymous = true)"
 )]
 pub struct Unprotected {
