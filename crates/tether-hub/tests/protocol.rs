@@ -362,7 +362,8 @@ async fn recovered_is_false_when_history_was_trimmed() {
             history: HistoryPolicy {
                 size: 3,
                 ttl: Duration::from_secs(60),
-            },
+            }
+            .into(),
             ..Default::default()
         },
     )
@@ -392,7 +393,8 @@ async fn memory_hub_keeping(size: usize) -> tether_hub::HubHandle {
         history: HistoryPolicy {
             size,
             ttl: Duration::from_secs(60),
-        },
+        }
+        .into(),
         ..Default::default()
     };
     let broker = tether_hub::broker_with("memory", options).unwrap();

@@ -306,11 +306,12 @@ impl HubArgs {
             idle_timeout: duration(self.idle_timeout, "idle_timeout", &file.idle_timeout, "60s")?,
             tls,
         };
+        let default_history = HistoryPolicy {
+            size: history_size,
+            ttl: duration(self.history_ttl, "history_ttl", &file.history_ttl, "5m")?,
+        };
         let broker_options = BrokerOptions {
-            history: HistoryPolicy {
-                size: history_size,
-                ttl: duration(self.history_ttl, "history_ttl", &file.history_ttl, "5m")?,
-            },
+            history: config.auth.history_policies(default_history),
             redis_prefix: self
                 .redis_prefix
                 .clone()

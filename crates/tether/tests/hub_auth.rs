@@ -302,3 +302,116 @@ async fn a_flood_through_the_proxy_is_cut_off_by_the_real_client_address() {
     send(&mut ws, json!({"type": "connect", "token": alice})).await;
     assert_eq!(next(&mut ws).await.unwrap()["user"], "alice");
 }
+
+/// Publishes `count` messages to `channel` and returns the offset of the first.
+async fn publish_many(ws: &mut Ws, channel: &str, count: usize) -> u64 {
+    let mut first = None;
+    for i in 0..count {
+        send(
+            ws,
+            json!({"type": "publish", "channel": channel, "data": i}),
+        )
+        .await;
+        loop {
+            let frame = next(ws).await.expect("an answer to publish");
+            if frame["type"] == "published" {
+                first.get_or_insert(frame["offset"].as_u64().unwrap());
+                break;
+            }
+            assert_ne!(frame["type"], "error", "{frame}");
+        }
+    }
+    first.unwrap()
+}
+
+/// Subscribes with `since` and returns what the hub replayed: `recovered` and the data of
+/// each replayed message (it stops at the first frame that is not a replayed message, a
+/// ping answer it asks for).
+async fn replay(ws: &mut Ws, channel: &str, since: u64) -> (bool, Vec<u64>) {
+    send(
+        ws,
+        json!({"type": "subscribe", "channel": channel, "since": since}),
+    )
+    .await;
+    let subscribed = next(ws).await.unwrap();
+    assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+    send(ws, json!({"type": "ping"})).await;
+    let mut data = Vec::new();
+    loop {
+        let frame = next(ws).await.unwrap();
+        match frame["type"].as_str() {
+            Some("message") => data.push(frame["data"].as_u64().unwrap()),
+            Some("pong") => break,
+            _ => panic!("unexpected {frame}"),
+        }
+    }
+    (subscribed["recovered"] == true, data)
+}
+
+#[tokio::test]
+async fn each_namespace_keeps_its_own_history_on_memory_and_on_redis() {
+    let dir = scratch();
+    let hub_toml = dir.join("hub.toml");
+    std::fs::write(
+        &hub_toml,
+        "[[namespace]]\nprefix = \"room:\"\nhistory_size = 3\n\n\
+         [[namespace]]\nprefix = \"room:big:\"\n\n\
+         [[namespace]]\nprefix = \"cursor:\"\nhistory_ttl = \"1s\"\n",
+    )
+    .unwrap();
+    let prefix = format!("ns-history-{}", std::process::id());
+    for broker in ["memory", "redis://127.0.0.1:6379/"] {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let _hub = Running(
+            Command::new(BIN)
+                .args(["hub", "--config"])
+                .arg(&hub_toml)
+                .args(["--listen", &addr.to_string(), "--broker", broker])
+                .args(["--redis-prefix", &prefix, "--history-size", "50"])
+                .env_remove("TETHER_HUB_TOKEN_HMAC_SECRET")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        wait_for_port(addr).await;
+        let (mut ws, _) = ws_connect(addr, "/ws").await.unwrap();
+        assert_eq!(next(&mut ws).await.unwrap()["type"], "welcome");
+
+        // room: keeps 3; room:big: (no limits of its own) the hub's 50, not room:'s 3.
+        let room = publish_many(&mut ws, "room:1", 10).await;
+        let big = publish_many(&mut ws, "room:big:1", 10).await;
+        let news = publish_many(&mut ws, "news", 10).await;
+        let (recovered, data) = replay(&mut ws, "room:1", room).await;
+        assert_eq!((recovered, data), (false, vec![7, 8, 9]), "{broker} room:");
+        let (recovered, data) = replay(&mut ws, "room:big:1", big).await;
+        assert_eq!(
+            (recovered, data),
+            (true, (1..10).collect()),
+            "{broker} room:big:"
+        );
+        let (recovered, data) = replay(&mut ws, "news", news).await;
+        assert_eq!(
+            (recovered, data),
+            (true, (1..10).collect()),
+            "{broker} news"
+        );
+
+        // cursor: forgets after 1 s; news, on the hub's ttl (5 min), does not.
+        let cursor = publish_many(&mut ws, "cursor:a", 2).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let (recovered, data) = replay(&mut ws, "cursor:a", cursor - 1).await;
+        assert!(
+            !recovered && data.is_empty(),
+            "{broker} cursor: kept {data:?}"
+        );
+        let (mut ws2, _) = ws_connect(addr, "/ws").await.unwrap();
+        next(&mut ws2).await.unwrap();
+        let (recovered, data) = replay(&mut ws2, "news", news - 1).await;
+        assert_eq!(
+            (recovered, data.len()),
+            (true, 10),
+            "{broker} news after 1.5 s"
+        );
+    }
+}

@@ -8,6 +8,8 @@
 //! channel it names. The HTTP API publishes anywhere: it is the application's own voice.
 
 use std::borrow::Cow;
+use std::num::NonZeroUsize;
+use std::time::Duration;
 
 use super::claims::{ChannelGrant, Identity};
 use super::pattern::any_matches;
@@ -44,6 +46,10 @@ pub struct Namespace {
     pub prefix: Box<str>,
     pub subscribe: SubscribeRule,
     pub publish: PublishRule,
+    /// The namespace's own history limits; `None` keeps the hub's (`--history-size`,
+    /// `--history-ttl`). Applied by the broker (`broker::policy`), not by these rules.
+    pub history_size: Option<NonZeroUsize>,
+    pub history_ttl: Option<Duration>,
 }
 
 impl Namespace {
@@ -59,6 +65,8 @@ impl Namespace {
             prefix: "".into(),
             subscribe,
             publish,
+            history_size: None,
+            history_ttl: None,
         }
     }
 }
@@ -213,6 +221,8 @@ mod tests {
 
     fn ns(prefix: &str, subscribe: SubscribeRule, publish: PublishRule) -> Namespace {
         Namespace {
+            history_size: None,
+            history_ttl: None,
             prefix: prefix.into(),
             subscribe,
             publish,

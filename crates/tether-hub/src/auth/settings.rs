@@ -21,6 +21,8 @@
 //! prefix = "room:"
 //! subscribe = "authenticated"           # anonymous | authenticated | token
 //! publish = "subscribers"               # nobody | subscribers | token | anyone
+//! history_size = 100                    # this namespace's own history limits; default:
+//! history_ttl = "1h"                    # the hub's --history-size / --history-ttl
 //! ```
 //!
 //! Flags are merged into the raw tables ([`RawAuth`]) before [`resolve`] validates them,
@@ -43,6 +45,7 @@ use super::limiter::FailureBudget;
 use super::pattern::is_channel_char;
 use super::rules::{Namespace, PublishRule, Rules, SubscribeRule};
 use super::token::{Checks, Verifier, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_SIZE};
+use crate::broker::{HistoryPolicies, HistoryPolicy};
 use crate::protocol::MAX_CHANNEL_LEN;
 
 /// Most PEM keys and JWKS sources: each one may cost a signature check per token.
@@ -144,6 +147,8 @@ pub struct RawNamespace {
     pub prefix: String,
     pub subscribe: Option<RawSubscribe>,
     pub publish: Option<RawPublish>,
+    pub history_size: Option<usize>,
+    pub history_ttl: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -223,6 +228,21 @@ impl AuthConfig {
 
     pub fn rules(&self) -> Rules {
         Rules::new(self.namespaces.clone(), self.tokens_configured())
+    }
+
+    /// Every channel's history limits: each namespace's own where it sets them, `default`
+    /// elsewhere. Every namespace is listed, so a channel of a namespace without limits
+    /// gets the default rather than those of a shorter prefix it also starts with.
+    pub fn history_policies(&self, default: HistoryPolicy) -> HistoryPolicies {
+        self.namespaces
+            .iter()
+            .fold(HistoryPolicies::uniform(default), |policies, ns| {
+                let policy = HistoryPolicy {
+                    size: ns.history_size.map_or(default.size, NonZeroUsize::get),
+                    ttl: ns.history_ttl.unwrap_or(default.ttl),
+                };
+                policies.with_prefix(&ns.prefix, policy)
+            })
     }
 
     /// The verifier for these keys, with each JWKS source fetched once (a source that
@@ -528,10 +548,31 @@ fn resolve_namespaces(
         if publish == PublishRule::Token && !tokens_configured {
             return Err(fail(key("publish"), no_keys.into()));
         }
+        let history_size = match ns.history_size {
+            None => None,
+            Some(size) => Some(NonZeroUsize::new(size).ok_or_else(|| {
+                fail(
+                    key("history_size"),
+                    "must be at least 1 (a channel keeps its last offset even so)".into(),
+                )
+            })?),
+        };
+        let history_ttl = match ns.history_ttl.as_deref() {
+            None => None,
+            Some(text) => match parse_duration(text) {
+                Ok(ttl) if ttl.is_zero() => {
+                    return Err(fail(key("history_ttl"), "must be above 0s".into()))
+                }
+                Ok(ttl) => Some(ttl),
+                Err(problem) => return Err(fail(key("history_ttl"), problem)),
+            },
+        };
         namespaces.push(Namespace {
             prefix: ns.prefix.into(),
             subscribe,
             publish,
+            history_size,
+            history_ttl,
         });
     }
     Ok(namespaces)
@@ -610,8 +651,14 @@ mod tests {
         assert_eq!(key, "namespace[1].prefix");
         let (key, _) = problem("[[namespace]]\nprefix = \"a b\"\n");
         assert_eq!(key, "namespace[0].prefix");
-        let (key, _) = problem("[[namespace]]\nprefix = \"a\"\nhistory_ttl = \"1m\"\n");
+        let (key, _) = problem("[[namespace]]\nprefix = \"a\"\nhistory_ttl = \"soon\"\n");
         assert_eq!(key, "namespace[0].history_ttl");
+        let (key, _) = problem("[[namespace]]\nprefix = \"a\"\nhistory_ttl = \"0s\"\n");
+        assert_eq!(key, "namespace[0].history_ttl");
+        let (key, _) = problem("[[namespace]]\nprefix = \"a\"\nhistory_size = 0\n");
+        assert_eq!(key, "namespace[0].history_size");
+        let (key, _) = problem("[[namespace]]\nprefix = \"a\"\nhistory = 5\n");
+        assert_eq!(key, "namespace[0].history");
         let (key, _) = problem(&format!("[auth]\n{SECRET}leeway = \"1h\"\n"));
         assert_eq!(key, "auth.leeway");
         let (key, _) = problem("[auth]\nfailure_rate = 0.0\n");
@@ -631,6 +678,39 @@ mod tests {
         let (key, _) =
             problem("[[auth.jwks]]\nurl = \"http://127.0.0.1:1/\"\nmin_refetch = \"0s\"\n");
         assert_eq!(key, "auth.jwks[0].min_refetch");
+    }
+
+    #[test]
+    fn namespaces_set_their_own_history_limits_and_the_rest_keep_the_default() {
+        let auth = parse(
+            "[[namespace]]\nprefix = \"room:\"\nhistory_size = 20\nhistory_ttl = \"1h\"\n\
+             [[namespace]]\nprefix = \"room:big:\"\n\
+             [[namespace]]\nprefix = \"cursor:\"\nhistory_ttl = \"5s\"\n",
+        )
+        .unwrap();
+        let default = HistoryPolicy {
+            size: 1000,
+            ttl: Duration::from_secs(300),
+        };
+        let policies = auth.history_policies(default);
+        let of =
+            |name: &str| policies.for_channel(&crate::protocol::ChannelName::parse(name).unwrap());
+        assert_eq!(
+            of("room:1"),
+            HistoryPolicy {
+                size: 20,
+                ttl: Duration::from_secs(3600)
+            }
+        );
+        assert_eq!(of("room:big:1"), default);
+        assert_eq!(
+            of("cursor:a"),
+            HistoryPolicy {
+                size: 1000,
+                ttl: Duration::from_secs(5)
+            }
+        );
+        assert_eq!(of("news"), default);
     }
 
     #[test]

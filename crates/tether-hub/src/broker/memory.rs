@@ -12,7 +12,8 @@ use serde_json::value::RawValue;
 
 use super::feed::{self, Feed, FeedLimit, FeedSender};
 use super::{
-    paginate, Broker, BrokerError, BrokerEvent, Capabilities, History, HistoryPolicy, Link, Page,
+    paginate, Broker, BrokerError, BrokerEvent, Capabilities, History, HistoryPolicies,
+    HistoryPolicy, Link, Page,
 };
 use crate::protocol::{ChannelName, Offset, Publication};
 
@@ -21,7 +22,7 @@ type LinkId = u64;
 /// History and live fan-out inside one process.
 pub struct MemoryBroker {
     state: Arc<Mutex<State>>,
-    policy: HistoryPolicy,
+    policies: Arc<HistoryPolicies>,
     feed_limit: FeedLimit,
     /// Starts the sweeper on first use (it needs a runtime; building the broker does not).
     sweeper: Once,
@@ -48,9 +49,9 @@ impl State {
     /// the current time (see [`Offset::fresh_base`]), above every offset it had before.
     /// A channel still subscribed keeps its top offset (a few bytes), which lets a resume
     /// from that offset say `recovered: true` truthfully.
-    fn sweep(&mut self, policy: HistoryPolicy, now: Instant) {
-        self.channels.retain(|_, log| {
-            log.trim(policy, now);
+    fn sweep(&mut self, policies: &HistoryPolicies, now: Instant) {
+        self.channels.retain(|name, log| {
+            log.trim(policies.for_channel(name), now);
             !log.is_forgettable()
         });
         // Give the memory of a burst of channels back once they are gone.
@@ -99,10 +100,11 @@ impl ChannelLog {
 }
 
 impl MemoryBroker {
-    pub fn new(policy: HistoryPolicy) -> Self {
+    /// `policies`: one [`HistoryPolicy`] for all channels, or [`HistoryPolicies`] by namespace.
+    pub fn new(policies: impl Into<HistoryPolicies>) -> Self {
         Self {
             state: Arc::new(Mutex::new(State::default())),
-            policy,
+            policies: Arc::new(policies.into()),
             feed_limit: FeedLimit::DEFAULT,
             sweeper: Once::new(),
         }
@@ -123,20 +125,20 @@ impl MemoryBroker {
     fn start_sweeper(&self) {
         self.sweeper.call_once(|| {
             let state = Arc::downgrade(&self.state);
-            crate::lane::spawn(sweep(state, self.policy));
+            crate::lane::spawn(sweep(state, self.policies.clone()));
         });
     }
 }
 
-async fn sweep(state: Weak<Mutex<State>>, policy: HistoryPolicy) {
-    let mut tick = tokio::time::interval(sweep_interval(policy.ttl));
+async fn sweep(state: Weak<Mutex<State>>, policies: Arc<HistoryPolicies>) {
+    let mut tick = tokio::time::interval(sweep_interval(policies.shortest_ttl()));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(state) = state.upgrade() else {
             return;
         };
-        lock(&state).sweep(policy, Instant::now());
+        lock(&state).sweep(&policies, Instant::now());
     }
 }
 
@@ -162,7 +164,7 @@ impl Broker for MemoryBroker {
         let offset = log.next_offset();
         let publication = Publication::new(channel.clone(), offset, data);
         log.retained.push_back((now, publication.clone()));
-        log.trim(self.policy, now);
+        log.trim(self.policies.for_channel(channel), now);
         // Sending under the lock is what keeps every link's feed in offset order.
         log.links.retain(|_, (_, tx)| {
             tx.send(BrokerEvent::Publication {
@@ -185,7 +187,7 @@ impl Broker for MemoryBroker {
         let answer = match state.channels.get_mut(channel) {
             None => History::from_retained(Offset(0), None, since, Vec::new(), false),
             Some(log) => {
-                log.trim(self.policy, now);
+                log.trim(self.policies.for_channel(channel), now);
                 let top = log.top.unwrap_or(Offset(0));
                 let (messages, more) = match since {
                     None => (Vec::new(), false),

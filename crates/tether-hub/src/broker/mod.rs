@@ -54,30 +54,17 @@ use crate::protocol::{ChannelName, Offset, Publication};
 
 pub mod feed;
 pub mod memory;
+pub mod policy;
 pub mod redis;
 
 pub use feed::{Feed, FeedLimit};
-
-/// How much history each channel keeps: at most `size` messages, none older than `ttl`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HistoryPolicy {
-    pub size: usize,
-    pub ttl: Duration,
-}
-
-impl Default for HistoryPolicy {
-    fn default() -> Self {
-        Self {
-            size: 1000,
-            ttl: Duration::from_secs(300),
-        }
-    }
-}
+pub use policy::{HistoryPolicies, HistoryPolicy};
 
 /// Options for [`broker_with`].
 #[derive(Debug, Clone)]
 pub struct BrokerOptions {
-    pub history: HistoryPolicy,
+    /// Per channel, by namespace (see [`policy`]).
+    pub history: HistoryPolicies,
     /// Prefix of every Redis key and pub/sub channel, so deployments and tests can share a
     /// Redis without seeing each other.
     pub redis_prefix: String,
@@ -88,7 +75,7 @@ pub struct BrokerOptions {
 impl Default for BrokerOptions {
     fn default() -> Self {
         Self {
-            history: HistoryPolicy::default(),
+            history: HistoryPolicies::default(),
             redis_prefix: "tether".into(),
             feed: FeedLimit::DEFAULT,
         }

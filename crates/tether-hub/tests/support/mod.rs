@@ -45,7 +45,7 @@ pub fn config(name: &str) -> HubConfig {
 
 pub fn redis_options(prefix: &str, history: HistoryPolicy) -> BrokerOptions {
     BrokerOptions {
-        history,
+        history: history.into(),
         redis_prefix: prefix.into(),
         ..Default::default()
     }

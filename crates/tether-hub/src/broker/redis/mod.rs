@@ -29,7 +29,7 @@ use serde_json::value::RawValue;
 use tokio::sync::OnceCell;
 
 use super::{
-    Broker, BrokerError, BrokerOptions, Capabilities, Feed, FeedLimit, History, HistoryPolicy,
+    Broker, BrokerError, BrokerOptions, Capabilities, Feed, FeedLimit, History, HistoryPolicies,
     Link, Page,
 };
 use crate::protocol::{ChannelName, Offset, Publication};
@@ -205,7 +205,7 @@ pub struct RedisBroker {
     /// Started by the first publish (it needs a runtime).
     publisher: OnceLock<publisher::Publisher>,
     keys: Keys,
-    policy: HistoryPolicy,
+    policies: Arc<HistoryPolicies>,
     feed_limit: FeedLimit,
     history_script: Script,
 }
@@ -226,7 +226,7 @@ impl RedisBroker {
             keys: Keys {
                 prefix: options.redis_prefix.into(),
             },
-            policy: options.history,
+            policies: Arc::new(options.history),
             feed_limit: options.feed,
             history_script: Script::new(HISTORY_SCRIPT),
         })
@@ -234,7 +234,11 @@ impl RedisBroker {
 
     fn publisher(&self) -> &publisher::Publisher {
         self.publisher.get_or_init(|| {
-            publisher::Publisher::spawn(self.connector.clone(), self.keys.clone(), self.policy)
+            publisher::Publisher::spawn(
+                self.connector.clone(),
+                self.keys.clone(),
+                self.policies.clone(),
+            )
         })
     }
 
@@ -252,7 +256,7 @@ impl RedisBroker {
             .key(self.keys.hist(channel))
             .key(self.keys.base(channel))
             .arg(since_arg)
-            .arg(self.policy.ttl.as_millis() as u64)
+            .arg(self.policies.for_channel(channel).ttl.as_millis() as u64)
             .arg(page.messages.get())
             .arg(page.bytes.get())
             .invoke_async(&mut conn)

@@ -5,6 +5,8 @@
 //! fast pays one round trip per batch rather than per message, and publishes made in
 //! sequence are numbered in that sequence however many are in flight.
 
+use std::sync::Arc;
+
 use ::redis::aio::ConnectionManager;
 use ::redis::{ErrorKind, Script, ServerErrorKind};
 use futures_util::future::{self, BoxFuture, FutureExt};
@@ -12,7 +14,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{bounded, parse_offset, Connector, Keys, PUBLISH_SCRIPT};
-use crate::broker::{BrokerError, HistoryPolicy};
+use crate::broker::{BrokerError, HistoryPolicies};
 use crate::protocol::{ChannelName, Offset};
 
 /// Publishes sent in one pipeline at most: enough to drain a burst in a few round trips,
@@ -32,12 +34,12 @@ pub(super) struct Publisher {
 
 impl Publisher {
     /// Starts the publishing task on the broker lane (see `lane`).
-    pub(super) fn spawn(connector: Connector, keys: Keys, policy: HistoryPolicy) -> Self {
+    pub(super) fn spawn(connector: Connector, keys: Keys, policies: Arc<HistoryPolicies>) -> Self {
         let (queue, requests) = mpsc::unbounded_channel();
         let task = Task {
             connector,
             keys,
-            policy,
+            policies,
             script: Script::new(PUBLISH_SCRIPT),
         };
         crate::lane::spawn(task.run(requests));
@@ -69,7 +71,7 @@ impl Publisher {
 struct Task {
     connector: Connector,
     keys: Keys,
-    policy: HistoryPolicy,
+    policies: Arc<HistoryPolicies>,
     script: Script,
 }
 
@@ -119,17 +121,17 @@ impl Task {
         conn: &mut ConnectionManager,
         batch: &[Request],
     ) -> Result<Vec<String>, ::redis::RedisError> {
-        let ttl_ms = self.policy.ttl.as_millis() as u64;
         let mut pipe = ::redis::pipe();
         for request in batch {
+            let policy = self.policies.for_channel(&request.channel);
             let mut invocation = self.script.prepare_invoke();
             invocation
                 .key(self.keys.seq(&request.channel))
                 .key(self.keys.hist(&request.channel))
                 .key(self.keys.base(&request.channel))
                 .arg(request.data.get())
-                .arg(self.policy.size)
-                .arg(ttl_ms)
+                .arg(policy.size)
+                .arg(policy.ttl.as_millis() as u64)
                 .arg(self.keys.live(&request.channel));
             pipe.invoke_script(&invocation);
         }
