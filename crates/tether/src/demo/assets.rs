@@ -33,11 +33,12 @@ const ASSETS: &[Asset] = &[
         content_type: JS,
         body: include_str!("../../web/chat/chat.js"),
     },
-    // The project's hub client, as any application would use it.
+    // The project's hub client, as any application would use it. `web/chat/tether.js` is a
+    // symlink to `clients/js/tether.js`: one source, and `cargo package` stores the file.
     Asset {
         path: "/tether.js",
         content_type: JS,
-        body: include_str!("../../../../clients/js/tether.js"),
+        body: include_str!("../../web/chat/tether.js"),
     },
 ];
 
