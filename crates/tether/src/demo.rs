@@ -176,14 +176,16 @@ fn fresh_dir() -> anyhow::Result<PathBuf> {
 /// How to make a browser (or curl) trust the demo's CA, for the platforms people run it on.
 fn print_trust(certs: &DemoCerts, host: &str) {
     let ca = certs.ca.display();
-    let name = authority::CA_NAME;
+    let name = &certs.ca_name;
     println!("  ca         {ca}");
     println!(
         "  (server certificate {}, key {})",
         certs.cert.display(),
         certs.key.display()
     );
-    println!("Trust the demo's CA to open the page without a warning (it is valid only for localhost");
+    println!(
+        "Trust the demo's CA to open the page without a warning (it is valid only for localhost"
+    );
     println!("and the loopback addresses, and its own key was never written anywhere):");
     println!(
         "  Chromium/Chrome on Linux  certutil -d sql:$HOME/.pki/nssdb -A -t C,, -n {name} -i {ca}"

@@ -29,12 +29,17 @@ use rcgen::{
 /// across a week of trying things, short enough that a forgotten CA dies by itself.
 const VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// The name the CA shows in a browser's certificate manager (and `certutil -n`).
-pub const CA_NAME: &str = "tether-demo";
+/// The start of the CA's name; the rest is the moment it was made. Each run's CA has a name
+/// of its own: two CAs with one name (trusted in two runs, or a client given the wrong
+/// `ca.pem`) make verifiers try the wrong one and report a bad signature instead of an
+/// unknown issuer, and NSS keeps one nickname per subject.
+const CA_NAME_PREFIX: &str = "tether-demo-";
 
 /// The files the demo's TLS listener serves, and the CA a client must trust.
 #[derive(Debug, Clone)]
 pub struct DemoCerts {
+    /// The CA's common name, also the nickname suggested for `certutil -n`.
+    pub ca_name: String,
     /// The directory holding them.
     pub dir: PathBuf,
     /// The CA certificate (PEM) to trust.
@@ -61,13 +66,20 @@ pub fn issue(dir: &Path, listen_ip: IpAddr) -> anyhow::Result<DemoCerts> {
         rcgen::date_time_ymd(1970, 1, 1) + at.duration_since(UNIX_EPOCH).unwrap_or_default()
     };
     let now = SystemTime::now();
+    let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let ca_name = format!(
+        "{CA_NAME_PREFIX}{}-{:03}",
+        since_epoch.as_secs(),
+        since_epoch.subsec_millis()
+    );
     // An hour of slack for a clock that is a little behind the machine's.
     let not_before = utc(now - Duration::from_secs(3600));
     let not_after = utc(now + VALIDITY);
 
     let mut ca = CertificateParams::default();
     ca.distinguished_name = rcgen::DistinguishedName::new();
-    ca.distinguished_name.push(DnType::CommonName, CA_NAME);
+    ca.distinguished_name
+        .push(DnType::CommonName, ca_name.as_str());
     ca.distinguished_name
         .push(DnType::OrganizationName, "tether demo (throw-away)");
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -108,6 +120,7 @@ pub fn issue(dir: &Path, listen_ip: IpAddr) -> anyhow::Result<DemoCerts> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = std::path::absolute(dir).with_context(|| format!("{}", dir.display()))?;
     let certs = DemoCerts {
+        ca_name,
         ca: dir.join("ca.pem"),
         cert: dir.join("localhost.pem"),
         key: dir.join("localhost.key"),
