@@ -267,6 +267,31 @@ async fn a_tls12_client_on_a_tls13_listener_gets_protocol_version() {
 }
 
 #[tokio::test]
+async fn the_alert_rustls_raises_is_on_the_wire_before_a_clean_close() {
+    // The same refusal as above, read as raw bytes: a real TLS 1.2-only ClientHello (made by
+    // rustls in memory) gets rustls's plaintext protocol_version alert, then FIN, not a reset,
+    // although 64 KiB more that the proxy never reads follow the hello (closing with unread
+    // bytes would make the kernel reset the connection).
+    let s = setup("min_version = \"1.3\"\n").await;
+    let config = client_config(s.ca.roots(), None, &[&rustls::version::TLS12]);
+    let name = rustls::pki_types::ServerName::try_from("chat.example.com").unwrap();
+    let mut client = rustls::ClientConnection::new(config, name).unwrap();
+    let mut hello = Vec::new();
+    while client.wants_write() {
+        client.write_tls(&mut hello).unwrap();
+    }
+    hello.resize(hello.len() + 64 * 1024, 0x17);
+    let back = answer_to(s.addr(), &hello).await.unwrap();
+    assert_eq!(back.len(), 7, "one alert record: {back:?}");
+    assert_eq!(&back[..2], &[21, 3], "{back:?}");
+    assert_eq!(
+        &back[3..],
+        &[0, 2, 2, u8::from(AlertDescription::ProtocolVersion)]
+    );
+    assert_eq!(s.counted("Incompatible").await, 1.0);
+}
+
+#[tokio::test]
 async fn a_wrong_sni_gets_the_default_certificate_and_the_clients_refusal_is_counted() {
     // No certificate is configured for other.example: the default one is served and the
     // client, not the proxy, refuses it (bad_certificate), which the proxy counts.
