@@ -4,7 +4,7 @@
 import { spawn, execFileSync } from 'node:child_process';
 import { createServer } from 'node:net';
 import { request as httpsRequest } from 'node:https';
-import { mkdirSync, mkdtempSync, createWriteStream, existsSync, readFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, createWriteStream, existsSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -85,7 +85,8 @@ export async function startDemo({ tls = false } = {}) {
   const port = await freePort();
   const base = tls ? `https://localhost:${port}` : `http://127.0.0.1:${port}`;
   const args = ['demo', '--listen', `127.0.0.1:${port}`];
-  if (tls) args.push('--tls', '--tls-dir', mkdtempSync(join(tmpdir(), 'tether-e2e-tls-')));
+  const tlsDir = tls ? mkdtempSync(join(tmpdir(), 'tether-e2e-tls-')) : undefined;
+  if (tls) args.push('--tls', '--tls-dir', tlsDir);
   const log = createWriteStream(join(outDir, tls ? 'demo-tls.log' : 'demo.log'));
   const child = spawn(bin, args, {
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -115,12 +116,14 @@ export async function startDemo({ tls = false } = {}) {
     caPath: tls ? caPath() : undefined,
     adminToken: adminToken(),
     async stop() {
-      if (exited) return;
-      const gone = new Promise((r) => child.once('exit', r));
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-      await gone;
-      clearTimeout(timer);
+      if (!exited) {
+        const gone = new Promise((r) => child.once('exit', r));
+        child.kill('SIGTERM');
+        const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+        await gone;
+        clearTimeout(timer);
+      }
+      if (tlsDir) rmSync(tlsDir, { recursive: true, force: true });
     },
   };
 }

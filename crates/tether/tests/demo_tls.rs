@@ -28,15 +28,26 @@ fn bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tether")))
 }
 
-fn scratch() -> PathBuf {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    std::env::temp_dir().join(format!(
-        "tether-demo-tls-test-{}-{nanos}",
-        std::process::id()
-    ))
+/// A directory of the test's own, removed when the test ends, however it ends.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        Scratch(std::env::temp_dir().join(format!(
+            "tether-demo-tls-test-{tag}-{}-{nanos}",
+            std::process::id()
+        )))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn free_port() -> u16 {
@@ -214,7 +225,8 @@ async fn send(ws: &mut Wss, frame: Value) {
 
 #[tokio::test]
 async fn demo_tls_serves_https_and_wss_trusting_only_the_printed_ca() {
-    let dir = scratch();
+    let scratch = Scratch::new("own");
+    let dir = scratch.0.clone();
     let (_demo, addr, printed) = start_demo(Some(&dir));
     let port = addr.port();
     assert_eq!(
@@ -293,9 +305,9 @@ async fn demo_tls_serves_https_and_wss_trusting_only_the_printed_ca() {
         ),
         "{error:?}"
     );
-    let other_ca = std::env::temp_dir().join(format!("tether-demo-tls-other-{port}"));
+    let other_dir = Scratch::new("other");
     let other = {
-        let (_other_demo, _, other) = start_demo(Some(&other_ca));
+        let (_other_demo, _, other) = start_demo(Some(&other_dir.0));
         other.ca
     };
     let error = tls(addr, trusting(&other), "localhost")
@@ -317,9 +329,6 @@ async fn demo_tls_serves_https_and_wss_trusting_only_the_printed_ca() {
         .await
         .expect("closed within 10 s");
     assert!(back.is_empty(), "{:?}", String::from_utf8_lossy(&back));
-
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_dir_all(&other_ca);
 }
 
 #[tokio::test]
