@@ -33,7 +33,7 @@ mod passthrough;
 mod termination;
 
 use passthrough::passthrough;
-use termination::{accept_tls, hello_failure};
+use termination::{accept_tls, close_refused, hello_failure};
 
 /// The identifier of a client connection in logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -121,16 +121,22 @@ async fn no_sni_goes_to_the_default_backend_or_is_refused() {
 #[tokio::test]
 async fn bad_hellos_are_closed_and_counted() {
     let s = setup("").await;
-    for (reason, bytes) in [
-        ("NotTls", b"GET / HTTP/1.1\r\n\r\n".to_vec()),
-        ("Malformed", vec![0x16, 3, 1, 0, 4, 9, 0, 0, 0]),
-        ("LegacyVersion", vec![0x80, 0x2e, 0x01, 0x03, 0x00]),
+    // A close for what is not TLS; decode_error (50) for a TLS record that is no ClientHello.
+    for (reason, bytes, expected) in [
+        ("NotTls", b"GET / HTTP/1.1\r\n\r\n".to_vec(), &[][..]),
+        (
+            "Malformed",
+            vec![0x16, 3, 1, 0, 4, 9, 0, 0, 0],
+            &[21, 3, 1, 0, 2, 2, 50][..],
+        ),
+        ("LegacyVersion", vec![0x80, 0x2e, 0x01, 0x03, 0x00], &[][..]),
     ] {
         let mut tcp = TcpStream::connect(s.proxy.addr()).await.unwrap();
         tcp.write_all(&bytes).await.unwrap();
         let mut back = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut back)).await;
-        assert!(read.is_ok() && back.is_empty(), "{reason}: {back:?}");
+        assert!(read.is_ok(), "{reason}: closed");
+        assert_eq!(back, expected, "{reason}");
         let key = format!("tether_tls_handshake_errors_total{{reason=\"{reason}\"}}");
         assert!(
             s.metric(&key) >= 1.0,

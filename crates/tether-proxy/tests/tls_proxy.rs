@@ -203,33 +203,39 @@ async fn bad_input_on_a_tls_port_is_refused_counted_and_others_are_served() {
     sslv3.extend_from_slice(&[0, 0, 2, 0, 0x2f, 1, 0]);
     let mut big = vec![0x16, 3, 1, 0x40, 0x00, 1, 0x01, 0, 0];
     big.resize(5 + 0x4000, 0);
-    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+    // What comes back: nothing but a close for what is not TLS, else a fatal alert
+    // (protocol_version 70, decode_error 50; one per case in tls_alerts.rs).
+    let cases: Vec<(&str, Vec<u8>, bool, &[u8])> = vec![
         (
             "NotTls",
             b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
             true,
+            &[],
         ),
         (
             "LegacyVersion",
             vec![0x80, 0x2e, 0x01, 0x03, 0x00, 0x00, 0x15, 0, 0, 0, 0x10],
             true,
+            &[],
         ),
-        ("LegacyVersion", sslv3, true),
-        ("TooLarge", big, true),
-        ("Malformed", vec![0x16, 3, 1, 0, 4, 2, 0, 0, 0], true),
-        ("Closed", vec![0x16, 3, 1, 0, 200, 1, 0], false),
+        ("LegacyVersion", sslv3, true, &[21, 3, 0, 0, 2, 2, 70]),
+        ("TooLarge", big, true, &[21, 3, 1, 0, 2, 2, 50]),
+        (
+            "Malformed",
+            vec![0x16, 3, 1, 0, 4, 2, 0, 0, 0],
+            true,
+            &[21, 3, 1, 0, 2, 2, 50],
+        ),
+        ("Closed", vec![0x16, 3, 1, 0, 200, 1, 0], false, &[]),
     ];
-    for (reason, bytes, keep_open) in cases {
+    for (reason, bytes, keep_open, expected) in cases {
         let mut tcp = TcpStream::connect(addr).await.unwrap();
         tcp.write_all(&bytes).await.unwrap();
         if !keep_open {
             tcp.shutdown().await.unwrap();
         }
         let back = sent_back(tcp).await;
-        assert!(
-            back.is_empty(),
-            "{reason}: nothing but a close, got {back:?}"
-        );
+        assert_eq!(back, expected, "{reason}");
         let key = format!("tether_tls_handshake_errors_total{{reason=\"{reason}\"}}");
         assert!(
             tokio_eventually(|| s.metric(&key) >= 1.0).await,

@@ -6,8 +6,13 @@
 //! proxy balances them by least connections, checks `/health` every second and serves its
 //! dashboard under `/_tether/`. Every request, the page's own files included, goes through
 //! the proxy, so what the page shows is what a real deployment would do.
+//!
+//! With `--tls` the proxy's listener terminates TLS with a certificate from a throw-away CA
+//! made at start (see [`authority`]): the page is served over `https://` and its WebSocket
+//! over `wss://`, as at the edge of a real site; the hubs behind the proxy stay plain.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -18,9 +23,11 @@ use tokio::signal::unix::{signal, SignalKind};
 
 mod api;
 mod assets;
+mod authority;
 mod fleet;
 mod scrape;
 
+use authority::DemoCerts;
 use fleet::{Fleet, HubName, Timings};
 
 /// Where the dashboard lives on the proxy's listener.
@@ -28,8 +35,8 @@ const STATS_URI: &str = "/_tether/";
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Where the proxy listens; the chat page is at http://ADDR/ and the dashboard at
-    /// http://ADDR/_tether/.
+    /// Where the proxy listens; the chat page is at http://ADDR/ (https:// with --tls) and
+    /// the dashboard at /_tether/.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// The broker the hubs share: `memory` (in this process) or `redis://HOST:PORT[/DB]`.
@@ -38,6 +45,14 @@ pub struct DemoArgs {
     /// How many hubs to run behind the proxy (1 to 9).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=9))]
     hubs: u8,
+    /// Serve the page over https:// and the WebSocket over wss://, with a certificate for
+    /// localhost from a throw-away CA made now; prints how to trust the CA.
+    #[arg(long)]
+    tls: bool,
+    /// Where --tls writes ca.pem, localhost.pem and localhost.key (replacing them).
+    /// Default: a fresh directory under the temporary directory, removed on exit.
+    #[arg(long, value_name = "DIR", requires = "tls")]
+    tls_dir: Option<PathBuf>,
 }
 
 /// Runs the demo until SIGINT or SIGTERM.
@@ -55,24 +70,55 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 async fn serve(args: DemoArgs) -> anyhow::Result<()> {
     let broker = tether_hub::broker_from_url(&args.broker)
         .with_context(|| format!("--broker {}", args.broker))?;
+    let tls = match (args.tls, &args.tls_dir) {
+        (false, _) => None,
+        (true, Some(dir)) => Some(TlsDir::Given(
+            authority::issue(dir, args.listen.ip()).context("--tls-dir")?,
+        )),
+        (true, None) => {
+            let dir = fresh_dir().context("--tls: a directory for the certificates")?;
+            let certs = authority::issue(&dir, args.listen.ip());
+            match certs {
+                Ok(certs) => Some(TlsDir::Fresh(certs)),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(e.context("--tls"));
+                }
+            }
+        }
+    };
+    let certs = tls.as_ref().map(TlsDir::certs);
+    // On an error from here on, `tls` goes with the return and takes a fresh directory along.
     let demo = Demo::start(
         args.listen,
         broker,
         usize::from(args.hubs),
         Timings::default(),
+        certs,
     )
     .await?;
     let addr = demo.proxy.addr();
-    tracing::info!(%addr, hubs = demo.hubs.len(), broker = %args.broker, "demo ready");
+    tracing::info!(%addr, hubs = demo.hubs.len(), broker = %args.broker, tls = certs.is_some(), "demo ready");
+    let (scheme, host) = match certs {
+        // The certificate names `localhost`; an address it names as well is shown as is.
+        Some(_) if addr.ip().is_loopback() || addr.ip().is_unspecified() => {
+            ("https", format!("localhost:{}", addr.port()))
+        }
+        Some(_) => ("https", addr.to_string()),
+        None => ("http", addr.to_string()),
+    };
     println!("tether demo is running:");
-    println!("  chat       http://{addr}/");
-    println!("  dashboard  http://{addr}{STATS_URI}");
+    println!("  chat       {scheme}://{host}/");
+    println!("  dashboard  {scheme}://{host}{STATS_URI}");
     // The dashboard's drain/enable buttons need the proxy's admin token, as in production.
     // The link carries it in its fragment, which the browser never sends anywhere.
     let token = demo.admin_token.expose();
-    println!("  admin token  {token}  (or open http://{addr}{STATS_URI}#token={token})");
+    println!("  admin token  {token}  (or open {scheme}://{host}{STATS_URI}#token={token})");
     for (name, hub) in &demo.hubs {
         println!("  {name}      {hub} (behind the proxy)");
+    }
+    if let Some(certs) = certs {
+        print_trust(certs, &host);
     }
     println!("Press Ctrl-C to stop.");
 
@@ -86,7 +132,70 @@ async fn serve(args: DemoArgs) -> anyhow::Result<()> {
     // A demo has nothing to hand over: crash the hubs, and the proxy's tunnels end with
     // the runtime.
     demo.fleet.abort_all();
+    drop(tls);
     Ok(())
+}
+
+/// Where the demo's certificates are, and whether they go when the demo ends.
+enum TlsDir {
+    /// `--tls-dir`: the user's directory; the files stay.
+    Given(DemoCerts),
+    /// A directory made for this run, removed with everything in it when the demo ends
+    /// (the CA's trust in a browser outlives it harmlessly: the CA's key never left memory).
+    Fresh(DemoCerts),
+}
+
+impl TlsDir {
+    fn certs(&self) -> &DemoCerts {
+        match self {
+            TlsDir::Given(c) | TlsDir::Fresh(c) => c,
+        }
+    }
+}
+
+impl Drop for TlsDir {
+    fn drop(&mut self) {
+        if let TlsDir::Fresh(certs) = self {
+            let _ = std::fs::remove_dir_all(&certs.dir);
+        }
+    }
+}
+
+/// A new, empty directory of this process's own under the temporary directory.
+fn fresh_dir() -> anyhow::Result<PathBuf> {
+    let base = std::env::temp_dir();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    let dir = base.join(format!("tether-demo-tls-{}-{nanos}", std::process::id()));
+    std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// How to make a browser (or curl) trust the demo's CA, for the platforms people run it on.
+fn print_trust(certs: &DemoCerts, host: &str) {
+    let ca = certs.ca.display();
+    let name = &certs.ca_name;
+    println!("  ca         {ca}");
+    println!(
+        "  (server certificate {}, key {})",
+        certs.cert.display(),
+        certs.key.display()
+    );
+    println!(
+        "Trust the demo's CA to open the page without a warning (it is valid only for localhost"
+    );
+    println!("and the loopback addresses, and its own key was never written anywhere):");
+    println!(
+        "  Chromium/Chrome on Linux  certutil -d sql:$HOME/.pki/nssdb -A -t C,, -n {name} -i {ca}"
+    );
+    println!("                            (certutil is in libnss3-tools; restart the browser)");
+    println!("  Firefox                   Settings > Privacy & Security > Certificates > View Certificates >");
+    println!("                            Authorities > Import {ca}, tick \"identify websites\"");
+    println!("  macOS (Safari, Chrome)    sudo security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain {ca}");
+    println!("  curl                      curl --cacert {ca} https://{host}/");
+    println!("Remove it later with: certutil -d sql:$HOME/.pki/nssdb -D -n {name}");
 }
 
 /// The hubs and the proxy in front of them, running.
@@ -100,16 +209,18 @@ struct Demo {
 
 impl Demo {
     /// Starts `count` hubs on `broker`, then the proxy on `listen` in front of them.
+    /// With `tls`, the proxy's listener terminates TLS with those files.
     async fn start(
         listen: SocketAddr,
         broker: Arc<dyn Broker>,
         count: usize,
         timings: Timings,
+        tls: Option<&DemoCerts>,
     ) -> anyhow::Result<Demo> {
         let fleet = Fleet::new(count, broker, timings, routes);
         let hubs = fleet.start_all().await.context("starting the hubs")?;
         let admin_token = AdminToken::generate();
-        let config = Config::from_toml(&proxy_config(listen, &hubs, &admin_token))
+        let config = Config::from_toml(&proxy_config(listen, &hubs, &admin_token, tls))
             .context("building the proxy configuration")?;
         let proxy = Proxy::bind(config, None)
             .await
@@ -133,12 +244,24 @@ fn routes(fleet: Arc<Fleet>, served_by: HubName) -> axum::Router {
 /// The proxy's configuration, in the same TOML a user would write, so it is validated the
 /// same way. Least connections spreads two browsers over two hubs; one-second HTTP health
 /// checks that fall and rise on the first result notice a crash or a restart within a second.
-fn proxy_config(listen: SocketAddr, hubs: &[(HubName, SocketAddr)], token: &AdminToken) -> String {
+fn proxy_config(
+    listen: SocketAddr,
+    hubs: &[(HubName, SocketAddr)],
+    token: &AdminToken,
+    tls: Option<&DemoCerts>,
+) -> String {
     let token = token.expose();
+    let tls = tls.map_or_else(String::new, |certs| {
+        format!(
+            "\n[listen.tls]\ncert = {}\nkey = {}\n",
+            toml_path(&certs.cert),
+            toml_path(&certs.key)
+        )
+    });
     let mut toml = format!(
         r#"[listen]
 addr = "{listen}"
-
+{tls}
 [admin]
 enabled = false
 stats_uri = "{STATS_URI}"
@@ -170,6 +293,12 @@ fall = 1
     toml
 }
 
+/// A path as a TOML basic string. Rust's escapes of `"` and `\\` are TOML's; a path with a
+/// control character would not load, and the configuration error says which.
+fn toml_path(path: &Path) -> String {
+    format!("{:?}", path.display().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,7 +309,7 @@ mod tests {
 
     async fn demo_of(hubs: usize) -> Demo {
         let broker = tether_hub::broker_from_url("memory").expect("memory broker");
-        Demo::start(any_port(), broker, hubs, Timings::quick())
+        Demo::start(any_port(), broker, hubs, Timings::quick(), None)
             .await
             .expect("the demo starts")
     }
@@ -304,9 +433,13 @@ mod tests {
             (HubName::numbered(2), "127.0.0.1:7002".parse().unwrap()),
         ];
         let token = AdminToken::generate();
-        let config =
-            Config::from_toml(&proxy_config("127.0.0.1:0".parse().unwrap(), &hubs, &token))
-                .expect("the demo's own proxy config validates");
+        let config = Config::from_toml(&proxy_config(
+            "127.0.0.1:0".parse().unwrap(),
+            &hubs,
+            &token,
+            None,
+        ))
+        .expect("the demo's own proxy config validates");
         assert_eq!(
             config.admin.token,
             Some(token),
@@ -316,5 +449,28 @@ mod tests {
         assert_eq!(names, ["hub-1", "hub-2"]);
         assert_eq!(config.admin.stats_uri, STATS_URI);
         assert!(!config.admin.enabled, "the demo must not need port 9090");
+    }
+
+    #[test]
+    fn tls_config_loads_the_issued_certificate_for_the_listener() {
+        let dir = std::env::temp_dir().join(format!(
+            "tether-demo-tls-unit-{}-\"quoted\" dir",
+            std::process::id()
+        ));
+        let certs = authority::issue(&dir, "127.0.0.1".parse().unwrap()).expect("issued");
+        let hubs = [(HubName::numbered(1), "127.0.0.1:7001".parse().unwrap())];
+        let text = proxy_config(
+            "127.0.0.1:0".parse().unwrap(),
+            &hubs,
+            &AdminToken::generate(),
+            Some(&certs),
+        );
+        let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let tls = config.listeners[0].tls.as_ref().expect("[listen.tls]");
+        assert_eq!(tls.cert, certs.cert, "{text}");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&certs.key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the key is the owner's alone");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

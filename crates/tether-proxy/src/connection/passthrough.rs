@@ -1,6 +1,7 @@
 //! `tls-passthrough` listeners: route on the ClientHello's server name, tunnel the TLS bytes.
 
 use super::*;
+use crate::tls::alert::Alert;
 
 /// A `tls-passthrough` connection: reads the ClientHello (under the first-byte and head
 /// deadlines, bounded in size), routes on its server name (`key = "sni"` for consistent
@@ -59,8 +60,7 @@ pub(super) async fn passthrough(
         }
         Ok(Err(e)) => {
             refuse_with(hello_failure(&e), &e);
-            let _ = tcp.shutdown().await;
-            linger(&mut tcp).await;
+            close_refused(&mut tcp, Alert::for_refused_hello(&e, &buf)).await;
             return None;
         }
         Ok(Ok(hello)) => hello,
@@ -85,6 +85,7 @@ pub(super) async fn passthrough(
                     HandshakeFailure::NoServerName,
                     &"no SNI and no default_backend",
                 );
+                close_refused(&mut tcp, Some(Alert::missing_server_name(&buf))).await;
                 return None;
             };
             connect(shared, Some(named), None, &buf, true).await.ok()?

@@ -5,6 +5,7 @@
 //! One crypto provider serves all of it: aws-lc-rs, which the hub's JWT verification links
 //! too, so the binary carries a single crypto library.
 
+pub mod alert;
 pub mod config;
 pub mod connector;
 pub mod hello;
