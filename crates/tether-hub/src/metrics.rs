@@ -253,7 +253,9 @@ impl Metrics {
 
     /// Counts a broker failure of `kind` (see `BrokerError::kind`).
     pub fn broker_failure(&self, kind: &'static str) {
-        self.broker_failures.get_or_create(&KindLabel { kind }).inc();
+        self.broker_failures
+            .get_or_create(&KindLabel { kind })
+            .inc();
     }
 
     pub fn disconnect(&self, reason: CloseReason) {

@@ -399,7 +399,14 @@ impl NatsRig {
 impl Restartable for NatsRig {
     fn brokers(&self, kind: Kind, test: &str, history: HistoryPolicy) -> Brokers {
         let hubs = Some(self.relay.url());
-        Brokers::at(kind, test, history, FeedLimit::DEFAULT, self.server.url(), hubs)
+        Brokers::at(
+            kind,
+            test,
+            history,
+            FeedLimit::DEFAULT,
+            self.server.url(),
+            hubs,
+        )
     }
     fn cut_feeds(&self) {
         self.relay.cut();

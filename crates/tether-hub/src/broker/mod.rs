@@ -410,9 +410,8 @@ pub trait Broker: Send + Sync + 'static {
     /// channel nobody uses, which creates nothing.
     fn probe(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
         async move {
-            let probe = ChannelName::parse("tether-probe").map_err(|e| {
-                BrokerError::BadReply(format!("probe channel name refused: {e}"))
-            })?;
+            let probe = ChannelName::parse("tether-probe")
+                .map_err(|e| BrokerError::BadReply(format!("probe channel name refused: {e}")))?;
             self.history(&probe, None).await.map(|_| ())
         }
         .boxed()

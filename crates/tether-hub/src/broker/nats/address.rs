@@ -47,7 +47,9 @@ impl NatsUrl {
         };
         let authority = authority.trim_end_matches('/');
         if authority.contains('/') {
-            return Err(bad("a NATS URL has no path (name the stream with ?stream=NAME)"));
+            return Err(bad(
+                "a NATS URL has no path (name the stream with ?stream=NAME)",
+            ));
         }
         let (credentials, hosts) = match authority.rsplit_once('@') {
             Some((userinfo, hosts)) => {

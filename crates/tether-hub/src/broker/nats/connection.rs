@@ -52,7 +52,9 @@ pub(super) struct Connection {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Nothing here is left half-updated by a panic: a poisoned lock is still usable.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pub(super) fn unavailable(reason: impl std::fmt::Display) -> BrokerError {
@@ -214,12 +216,10 @@ impl Connection {
     /// A round trip through the server on this connection (see [`SYNC_SUBJECT`]).
     pub async fn sync(self: &Arc<Self>) -> Result<(), BrokerError> {
         let (client, _) = self.client().await?;
-        let answer = tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            client.request(SYNC_SUBJECT, Bytes::new()),
-        )
-        .await
-        .map_err(|_| BrokerError::Timeout(REQUEST_TIMEOUT))?;
+        let answer =
+            tokio::time::timeout(REQUEST_TIMEOUT, client.request(SYNC_SUBJECT, Bytes::new()))
+                .await
+                .map_err(|_| BrokerError::Timeout(REQUEST_TIMEOUT))?;
         match answer {
             Ok(_) => Ok(()),
             Err(error) if error.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
@@ -328,7 +328,10 @@ impl Connection {
                     Ok(stream) => Ok(stream.cached_info().clone()),
                     // Another node created it first, with other limits: use it.
                     Err(_) => {
-                        let mut stream = js.get_stream(&self.subjects.stream).await.map_err(unavailable)?;
+                        let mut stream = js
+                            .get_stream(&self.subjects.stream)
+                            .await
+                            .map_err(unavailable)?;
                         Ok(stream.info().await.map_err(unavailable)?.clone())
                     }
                 }

@@ -49,7 +49,9 @@ pub(super) fn attach(connection: Arc<Connection>, limit: FeedLimit) -> (NatsLink
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl NatsLink {

@@ -24,7 +24,9 @@ pub(super) async fn last_sequence(
     subject: &str,
 ) -> Result<u64, BrokerError> {
     let stream = connection.stream().await?;
-    Ok(last_message(&stream, subject).await?.map_or(0, |m| m.sequence))
+    Ok(last_message(&stream, subject)
+        .await?
+        .map_or(0, |m| m.sequence))
 }
 
 async fn last_message(
@@ -47,7 +49,10 @@ async fn next_message(
     from: u64,
 ) -> Result<Option<StreamMessage>, BrokerError> {
     bounded(async {
-        match stream.direct_get_next_for_subject(subject, Some(from)).await {
+        match stream
+            .direct_get_next_for_subject(subject, Some(from))
+            .await
+        {
             Ok(message) => Ok(Some(message)),
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
             Err(e) => Err(direct_get_error(e)),
@@ -110,14 +115,28 @@ pub(super) async fn page(
     let stream = connection.stream().await?;
     let subject = connection.subjects.history(channel);
     let Some(last) = last_message(&stream, &subject).await? else {
-        return Ok(History::from_log(Offset(0), None, since, None, Vec::new(), false));
+        return Ok(History::from_log(
+            Offset(0),
+            None,
+            since,
+            None,
+            Vec::new(),
+            false,
+        ));
     };
     let top = offset(epoch, last.sequence);
     let log = Some(broker::Epoch(epoch.base));
     let since_sequence = match since {
         None => return Ok(History::from_log(top, log, None, None, Vec::new(), false)),
         Some(since) if since >= top => {
-            return Ok(History::from_log(top, log, Some(since), None, Vec::new(), false))
+            return Ok(History::from_log(
+                top,
+                log,
+                Some(since),
+                None,
+                Vec::new(),
+                false,
+            ))
         }
         // From an older epoch (or 0): everything this log holds comes after it.
         Some(since) => since.0.saturating_sub(epoch.base),

@@ -50,7 +50,9 @@ use std::sync::{Arc, OnceLock};
 use futures_util::future::{BoxFuture, FutureExt};
 use serde_json::value::RawValue;
 
-use super::{Broker, BrokerError, BrokerOptions, Capabilities, Feed, FeedLimit, History, Link, Page};
+use super::{
+    Broker, BrokerError, BrokerOptions, Capabilities, Feed, FeedLimit, History, Link, Page,
+};
 use crate::protocol::{ChannelName, Offset};
 
 mod address;

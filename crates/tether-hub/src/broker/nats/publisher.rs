@@ -24,7 +24,7 @@ use futures_util::StreamExt;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
-use super::connection::{bounded, refused, unavailable, Connection};
+use super::connection::{bounded, refused, unavailable, Connection, REQUEST_TIMEOUT};
 use super::history::last_sequence;
 use crate::broker::BrokerError;
 use crate::protocol::{ChannelName, Offset};
@@ -151,36 +151,37 @@ async fn publish(
     last: Option<u64>,
 ) -> Result<(Offset, u64), BrokerError> {
     connection.check_up()?;
-    let epoch = connection.epoch().await?;
     let disconnects = connection.disconnects();
+    let mut epoch = connection.epoch().await?;
     let subject = connection.subjects.history(channel);
     let mut last = match last {
         Some(last) => last,
         None => last_sequence(connection, &subject).await?,
     };
+    let mut recreated = false;
     for conflict in 0..MAX_CONFLICTS {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Expected-Last-Subject-Sequence", last.to_string());
         headers.insert(PREV_HEADER, last.to_string());
         let (_, js) = connection.client().await?;
         let acked = bounded(async {
-            let ack = js
+            let ack = match js
                 .publish_with_headers(subject.clone(), headers, data.clone())
                 .await
-                .map_err(|e| (e.kind(), e.to_string()));
-            match ack {
-                Ok(ack) => Ok(ack.await.map_err(|e| (e.kind(), e.to_string()))),
-                Err(e) => Ok(Err(e)),
-            }
+            {
+                Ok(ack) => ack.await,
+                Err(error) => Err(error),
+            };
+            Ok(ack.map_err(|e| (e.kind(), e.to_string())))
         })
         .await?;
         match acked {
             Ok(ack) => {
                 if connection.disconnects() != disconnects {
-                    // The connection went and came back during this publish: the stream
-                    // may be a new one, so its epoch is read again.
-                    let epoch = connection.epoch().await?;
-                    return Ok((Offset(epoch.base + ack.sequence), ack.sequence));
+                    // The connection went and came back during this publish: which stream
+                    // (which epoch) acknowledged it cannot be told, so it is answered as a
+                    // publish whose answer was lost.
+                    return Err(unavailable("the connection was lost during the publish"));
                 }
                 return Ok((Offset(epoch.base + ack.sequence), ack.sequence));
             }
@@ -192,10 +193,14 @@ async fn publish(
                     tokio::time::sleep(pause.mul_f64(rand::random_range(0.5..1.5))).await;
                 }
             }
-            Err((PublishErrorKind::StreamNotFound, _)) => {
+            Err((PublishErrorKind::StreamNotFound, reason)) => {
+                if recreated {
+                    return Err(refused(reason));
+                }
                 // Deleted behind the hub's back: recreate it (a new epoch) and go on.
-                connection.refresh_epoch().await?;
-                return Box::pin(publish(connection, channel, data, None)).await;
+                recreated = true;
+                epoch = connection.refresh_epoch().await?;
+                last = last_sequence(connection, &subject).await?;
             }
             Err((PublishErrorKind::MaxPayloadExceeded, reason)) => {
                 return Err(refused(format!(
@@ -203,7 +208,7 @@ async fn publish(
                 )))
             }
             Err((PublishErrorKind::TimedOut, _)) => {
-                return Err(BrokerError::Timeout(super::connection::REQUEST_TIMEOUT))
+                return Err(BrokerError::Timeout(REQUEST_TIMEOUT))
             }
             Err((PublishErrorKind::BrokenPipe, reason)) => return Err(unavailable(reason)),
             Err((_, reason)) => return Err(refused(reason)),
