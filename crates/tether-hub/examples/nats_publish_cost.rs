@@ -29,7 +29,9 @@ fn rate(n: usize, took: Duration) -> f64 {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let url = args.next().unwrap_or_else(|| "nats://127.0.0.1:4222".into());
+    let url = args
+        .next()
+        .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
     let n: usize = args.next().map(|n| n.parse()).transpose()?.unwrap_or(5000);
     let payload = format!("{{\"n\":0,\"text\":\"{}\"}}", "x".repeat(80));
     let tag = std::process::id();
@@ -77,7 +79,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let broker = tether_hub::broker_with(&url, options)?;
     let one = ChannelName::parse("one")?;
     // Warm up: the connection, the stream, the channel's last sequence.
-    broker.publish(&one, RawValue::from_string(payload.clone())?).await?;
+    broker
+        .publish(&one, RawValue::from_string(payload.clone())?)
+        .await?;
     let started = Instant::now();
     let sent: Vec<_> = (0..n)
         .map(|_| broker.publish(&one, RawValue::from_string(payload.clone()).unwrap()))

@@ -438,6 +438,11 @@ async fn feed_cut_at_the_broker_is_refilled(kind: Kind, server: &mut impl Restar
         .map(|(_, d)| d.as_u64().unwrap())
         .collect();
     assert_eq!(data, (0..300).collect::<Vec<_>>());
+    let (_, metrics) = http(hubs[1].local_addr(), "GET", "/metrics", None, None).await;
+    assert!(
+        metrics.contains(r#"tether_hub_broker_errors_total{op="feed"}"#),
+        "the cut reached the node's feed: {metrics}"
+    );
 }
 
 /// The broker restarts empty while two nodes publish: publishes in the outage fail fast
