@@ -16,6 +16,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::broker::BrokerState;
 use crate::metrics::{BrokerOp, Source};
 use crate::node::{Lifecycle, Node};
 use crate::protocol::{check_depth, ChannelName, ErrorCode, Offset, ProtocolError};
@@ -89,16 +90,30 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// `GET /health`: 200 while serving, 503 once draining so a balancer stops sending here.
+/// `GET /health`: 200 while serving, 503 once draining so a balancer stops sending here, and
+/// 503 while the broker cannot be reached (with the reason), so a balancer sends clients
+/// to nodes that can serve them.
 pub async fn health(State(node): State<Arc<Node>>) -> Response {
-    let (status, state) = match *node.lifecycle.borrow() {
-        Lifecycle::Running => (StatusCode::OK, "ok"),
-        Lifecycle::Draining { .. } | Lifecycle::Aborted => {
+    let broker_state = node.broker.state();
+    let (status, state) = match (*node.lifecycle.borrow(), &broker_state) {
+        (Lifecycle::Draining { .. } | Lifecycle::Aborted, _) => {
             (StatusCode::SERVICE_UNAVAILABLE, "draining")
         }
+        (Lifecycle::Running, BrokerState::Up) => (StatusCode::OK, "ok"),
+        (Lifecycle::Running, _) => (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable"),
+    };
+    let reason = match &broker_state {
+        BrokerState::Up => None,
+        BrokerState::Unknown => Some("the broker has not answered yet"),
+        BrokerState::Down(reason) => Some(reason.as_str()),
     };
     // What the broker lacks is said here, not hidden (see the broker contract).
-    let broker = serde_json::json!({ "kind": node.broker.kind(), "lacks": node.broker.capabilities().lacks() });
+    let broker = serde_json::json!({
+        "kind": node.broker.kind(),
+        "lacks": node.broker.capabilities().lacks(),
+        "up": broker_state.is_up(),
+        "reason": reason,
+    });
     let body = serde_json::json!({ "status": state, "node": node.name(), "broker": broker });
     (status, Json(body)).into_response()
 }

@@ -92,6 +92,11 @@ pub struct CloseLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
     pub code: &'static str,
 }
@@ -104,6 +109,10 @@ pub struct Metrics {
     pub messages_in: Family<SourceLabel, Counter>,
     pub messages_out: Counter,
     pub broker_errors: Family<BrokerOpLabel, Counter>,
+    /// 1 while the broker answers, 0 while it cannot be reached (see `broker::health`).
+    pub broker_up: Gauge,
+    /// Failed broker operations by what went wrong (`unavailable`, `timeout`, `refused` …).
+    pub broker_failures: Family<KindLabel, Counter>,
     pub resumes: Family<ResumeLabel, Counter>,
     pub disconnects: Family<CloseLabel, Counter>,
     pub client_errors: Family<CodeLabel, Counter>,
@@ -128,6 +137,8 @@ impl Metrics {
             messages_in: Family::default(),
             messages_out: Counter::default(),
             broker_errors: Family::default(),
+            broker_up: Gauge::default(),
+            broker_failures: Family::default(),
             resumes: Family::default(),
             disconnects: Family::default(),
             client_errors: Family::default(),
@@ -163,6 +174,16 @@ impl Metrics {
             "broker_errors",
             "Failed broker operations",
             metrics.broker_errors.clone(),
+        );
+        registry.register(
+            "broker_up",
+            "Whether the broker answers (1) or cannot be reached (0)",
+            metrics.broker_up.clone(),
+        );
+        registry.register(
+            "broker_failures",
+            "Failed broker operations and probes, by kind of failure",
+            metrics.broker_failures.clone(),
         );
         registry.register(
             "resumes",
@@ -227,6 +248,13 @@ impl Metrics {
         };
         self.broker_errors
             .get_or_create(&BrokerOpLabel { op })
+            .inc();
+    }
+
+    /// Counts a broker failure of `kind` (see `BrokerError::kind`).
+    pub fn broker_failure(&self, kind: &'static str) {
+        self.broker_failures
+            .get_or_create(&KindLabel { kind })
             .inc();
     }
 

@@ -30,6 +30,7 @@ use tower::ServiceExt;
 use crate::access::Gate;
 use crate::api::{self, ApiError};
 use crate::auth::{check_protected_mode, Unprotected};
+use crate::broker::health;
 use crate::broker::Broker;
 use crate::config::{ConfigError, HubConfig};
 use crate::node::{Lifecycle, Node};
@@ -52,6 +53,10 @@ const WRITE_BUFFER: usize = 128 * 1024;
 /// when full (tungstenite keeps only the newest one pending) and the hub's own writes
 /// fail, which drops the client.
 const WRITE_SLACK: usize = 16 * 1024;
+
+/// How long a starting node waits for its first word from the broker, so `/health` is
+/// right from the start when the broker answers quickly.
+const FIRST_PROBE_PATIENCE: Duration = Duration::from_secs(1);
 
 /// How long `bind` keeps retrying an address still held by a node that was just aborted.
 const REBIND_PATIENCE: Duration = Duration::from_secs(3);
@@ -135,7 +140,14 @@ pub async fn serve(
         source,
     })?;
     let gate = Gate::start(&config.auth).await;
-    let node = Node::new(config, broker, gate);
+    let watched = Arc::new(health::Watched::new(broker));
+    let node = Node::new(config, watched.clone(), gate);
+    watched.report_to(node.metrics.clone());
+    // A broker that is down does not stop the node: it starts, says so on /health, and
+    // serves once the broker comes.
+    watched
+        .start_probing(node.lifecycle.subscribe(), FIRST_PROBE_PATIENCE)
+        .await;
     let mut router = routes(node.clone());
     if let Some(extra) = extra_routes {
         router = router.merge(extra);

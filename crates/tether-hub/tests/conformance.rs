@@ -5,7 +5,9 @@
 //!
 //! Everything is real: hubs on loopback, WebSocket clients, a real Redis (the machine's
 //! 6379 under a prefix of the test's own, or a private `redis-server` on a free port
-//! where the test must cut or restart it).
+//! where the test must cut or restart it), a real NATS JetStream (a private `nats-server`
+//! per test: its `max_payload` must fit the largest messages, which the machine's default
+//! one does not, and it leaves no stream behind).
 
 mod support;
 
@@ -18,6 +20,7 @@ use futures_util::future::join_all;
 use futures_util::StreamExt;
 use serde_json::json;
 use serde_json::value::RawValue;
+use support::nats::{NatsServer, Relay};
 use support::*;
 use tether_hub::broker::memory::MemoryBroker;
 use tether_hub::broker::FeedLimit;
@@ -30,23 +33,50 @@ use tokio_tungstenite::tungstenite::Message;
 enum Kind {
     Memory,
     Redis,
+    Nats,
 }
 
 /// Where one test's brokers come from: `node()` gives the broker one more hub node uses
-/// (a shared one for memory, one per node for Redis, as separate processes would have).
+/// (a shared one for memory, one per node for Redis and NATS, as separate processes would
+/// have). Hub nodes connect to `hub_url` when it is set (a relay the test can cut), the
+/// test's own brokers to `url`.
 struct Brokers {
     kind: Kind,
     options: BrokerOptions,
     url: String,
+    hub_url: Option<String>,
     memory: Option<Arc<dyn Broker>>,
+    /// The private server of a NATS test, stopped with it.
+    _nats: Option<NatsServer>,
 }
 
 impl Brokers {
-    fn new(kind: Kind, test: &str, history: HistoryPolicy) -> Self {
-        Self::with(kind, test, history, FeedLimit::DEFAULT, SHARED_REDIS.into())
+    async fn new(kind: Kind, test: &str, history: HistoryPolicy) -> Self {
+        Self::with(kind, test, history, FeedLimit::DEFAULT).await
     }
 
-    fn with(kind: Kind, test: &str, history: HistoryPolicy, feed: FeedLimit, url: String) -> Self {
+    async fn with(kind: Kind, test: &str, history: HistoryPolicy, feed: FeedLimit) -> Self {
+        match kind {
+            Kind::Nats => {
+                let server = NatsServer::start().await;
+                let brokers = Self::at(kind, test, history, feed, server.url(), None);
+                Self {
+                    _nats: Some(server),
+                    ..brokers
+                }
+            }
+            _ => Self::at(kind, test, history, feed, SHARED_REDIS.into(), None),
+        }
+    }
+
+    fn at(
+        kind: Kind,
+        test: &str,
+        history: HistoryPolicy,
+        feed: FeedLimit,
+        url: String,
+        hub_url: Option<String>,
+    ) -> Self {
         let options = BrokerOptions {
             feed,
             ..redis_options(&unique_prefix(test), history)
@@ -55,13 +85,22 @@ impl Brokers {
             Kind::Memory => {
                 Some(Arc::new(MemoryBroker::new(history).with_feed_limit(feed)) as Arc<dyn Broker>)
             }
-            Kind::Redis => None,
+            Kind::Redis | Kind::Nats => None,
         };
         Self {
             kind,
             options,
             url,
+            hub_url,
             memory,
+            _nats: None,
+        }
+    }
+
+    fn hub_node(&self) -> Arc<dyn Broker> {
+        match &self.hub_url {
+            Some(url) => tether_hub::broker_with(url, self.options.clone()).unwrap(),
+            None => self.node(),
         }
     }
 
@@ -80,7 +119,11 @@ impl Brokers {
                 max_message_size: 1024 * 1024,
                 ..config(&format!("hub{i}"))
             };
-            hubs.push(tether_hub::serve(config, self.node(), None).await.unwrap());
+            hubs.push(
+                tether_hub::serve(config, self.hub_node(), None)
+                    .await
+                    .unwrap(),
+            );
         }
         hubs
     }
@@ -109,7 +152,7 @@ fn strictly_increasing(offsets: &[u64]) -> bool {
 /// Publishes through two nodes in turn; subscribers on both see every message once, in
 /// the same order, which is offset order.
 async fn ordering_per_channel_across_two_nodes(kind: Kind) {
-    let brokers = Brokers::new(kind, "order", long());
+    let brokers = Brokers::new(kind, "order", long()).await;
     let hubs = brokers.hubs(2).await;
     let mut a = Client::connect(hubs[0].local_addr()).await;
     let mut b = Client::connect(hubs[1].local_addr()).await;
@@ -131,7 +174,7 @@ async fn ordering_per_channel_across_two_nodes(kind: Kind) {
 /// A resume from every offset still in history, on the node that did not publish, gets
 /// exactly what came after it and then the live stream, with no duplicate at the seam.
 async fn resume_from_any_offset_in_history_without_duplicate(kind: Kind) {
-    let brokers = Brokers::new(kind, "resume", long());
+    let brokers = Brokers::new(kind, "resume", long()).await;
     let hubs = brokers.hubs(2).await;
     let broker = brokers.node();
     let c = channel("resume");
@@ -164,7 +207,7 @@ async fn resume_from_any_offset_in_history_without_duplicate(kind: Kind) {
 
 /// A resume from before what history keeps is answered `recovered: false`.
 async fn recovered_false_past_history(kind: Kind) {
-    let brokers = Brokers::new(kind, "past", history(5, Duration::from_secs(60)));
+    let brokers = Brokers::new(kind, "past", history(5, Duration::from_secs(60))).await;
     let hubs = brokers.hubs(1).await;
     let broker = brokers.node();
     let c = channel("past");
@@ -196,7 +239,7 @@ async fn recovered_false_past_history(kind: Kind) {
 
 /// History keeps the newest `size` messages and none older than `ttl`.
 async fn trimming_by_size_and_age(kind: Kind) {
-    let brokers = Brokers::new(kind, "trim", history(5, Duration::from_millis(400)));
+    let brokers = Brokers::new(kind, "trim", history(5, Duration::from_millis(400))).await;
     let broker = brokers.node();
     let c = channel("trim");
     for n in 0..12 {
@@ -221,7 +264,7 @@ async fn gap_refill_after_the_live_feed_is_cut(kind: Kind) {
         bytes: NonZeroUsize::new(1024 * 1024).unwrap(),
         per_channel: NonZeroUsize::new(2).unwrap(),
     };
-    let brokers = Brokers::with(kind, "cut", long(), tiny, SHARED_REDIS.into());
+    let brokers = Brokers::with(kind, "cut", long(), tiny).await;
     let hubs = brokers.hubs(1).await;
     let mut client = Client::connect(hubs[0].local_addr()).await;
     client.subscribe("cut", None).await;
@@ -241,7 +284,7 @@ async fn gap_refill_after_the_live_feed_is_cut(kind: Kind) {
 /// Two nodes publishing to one channel at once: every offset distinct, each node's
 /// publishes numbered in the order it made them, subscribers see one sequence.
 async fn two_publishers_racing_on_one_channel(kind: Kind) {
-    let brokers = Brokers::new(kind, "race", long());
+    let brokers = Brokers::new(kind, "race", long()).await;
     let hubs = brokers.hubs(2).await;
     let mut client = Client::connect(hubs[0].local_addr()).await;
     client.subscribe("race", None).await;
@@ -267,7 +310,7 @@ async fn two_publishers_racing_on_one_channel(kind: Kind) {
 /// 10 000 channels, one message each: each has its own offset and history, and a node
 /// subscribed to a hundred of them gets theirs live.
 async fn ten_thousand_channels(kind: Kind) {
-    let brokers = Brokers::new(kind, "many", long());
+    let brokers = Brokers::new(kind, "many", long()).await;
     let hubs = brokers.hubs(1).await;
     let mut client = Client::connect(hubs[0].local_addr()).await;
     for i in 0..100 {
@@ -296,7 +339,7 @@ async fn ten_thousand_channels(kind: Kind) {
 /// Messages at the largest size a hub accepts go through publish, the live feed and
 /// history intact.
 async fn large_payloads(kind: Kind) {
-    let brokers = Brokers::new(kind, "large", long());
+    let brokers = Brokers::new(kind, "large", long()).await;
     let hubs = brokers.hubs(2).await;
     let mut live = Client::connect(hubs[1].local_addr()).await;
     live.subscribe("large", None).await;
@@ -327,13 +370,49 @@ trait Restartable {
 
 impl Restartable for RedisServer {
     fn brokers(&self, kind: Kind, test: &str, history: HistoryPolicy) -> Brokers {
-        Brokers::with(kind, test, history, FeedLimit::DEFAULT, self.url())
+        Brokers::at(kind, test, history, FeedLimit::DEFAULT, self.url(), None)
     }
     fn cut_feeds(&self) {
         self.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
     }
     async fn restart_empty(&mut self) {
         self.restart().await;
+    }
+}
+
+/// A private NATS with a relay in front of the hubs: NATS 2.9 cannot drop a client, so a
+/// cut of the relay is the cut of every node's connection (feed and all) while the broker
+/// and the test's own publishing connection stay up.
+struct NatsRig {
+    server: NatsServer,
+    relay: Relay,
+}
+
+impl NatsRig {
+    async fn start() -> Self {
+        let server = NatsServer::start().await;
+        let relay = Relay::start(server.port).await;
+        Self { server, relay }
+    }
+}
+
+impl Restartable for NatsRig {
+    fn brokers(&self, kind: Kind, test: &str, history: HistoryPolicy) -> Brokers {
+        let hubs = Some(self.relay.url());
+        Brokers::at(
+            kind,
+            test,
+            history,
+            FeedLimit::DEFAULT,
+            self.server.url(),
+            hubs,
+        )
+    }
+    fn cut_feeds(&self) {
+        self.relay.cut();
+    }
+    async fn restart_empty(&mut self) {
+        self.server.restart_empty().await;
     }
 }
 
@@ -359,6 +438,11 @@ async fn feed_cut_at_the_broker_is_refilled(kind: Kind, server: &mut impl Restar
         .map(|(_, d)| d.as_u64().unwrap())
         .collect();
     assert_eq!(data, (0..300).collect::<Vec<_>>());
+    let (_, metrics) = http(hubs[1].local_addr(), "GET", "/metrics", None, None).await;
+    assert!(
+        metrics.contains(r#"tether_hub_broker_errors_total{op="feed"}"#),
+        "the cut reached the node's feed: {metrics}"
+    );
 }
 
 /// The broker restarts empty while two nodes publish: publishes in the outage fail fast
@@ -518,5 +602,7 @@ macro_rules! conformance_restartable {
 
 conformance!(memory, Kind::Memory);
 conformance!(redis, Kind::Redis);
+conformance!(nats, Kind::Nats);
 // The memory broker lives and dies with its process: it has no restart to survive.
 conformance_restartable!(redis_private, Kind::Redis, RedisServer::start().await);
+conformance_restartable!(nats_private, Kind::Nats, NatsRig::start().await);

@@ -29,11 +29,13 @@ pub struct HubArgs {
     /// Node name, sent to clients in `welcome`. [default: hub]
     #[arg(long, env = "TETHER_HUB_NAME")]
     name: Option<String>,
-    /// Broker shared by the nodes that act as one: `memory` (this process only) or
-    /// `redis://host:port/db`. [default: memory]
+    /// Broker shared by the nodes that act as one: `memory` (this process only),
+    /// `redis://host:port/db` or `nats://[user:password@]host:port[?stream=NAME]` (NATS 2.9+
+    /// with JetStream). [default: memory]
     #[arg(long, env = "TETHER_HUB_BROKER")]
     broker: Option<String>,
-    /// Prefix of every Redis key and pub/sub channel. [default: tether]
+    /// Prefix of every Redis key and pub/sub channel, and of every NATS subject (the NATS
+    /// stream is TETHER_<prefix> unless the URL names one). [default: tether]
     #[arg(long, env = "TETHER_HUB_REDIS_PREFIX")]
     redis_prefix: Option<String>,
     /// Messages kept per channel for resume. [default: 1000]
@@ -406,7 +408,7 @@ async fn serve(args: HubArgs) -> anyhow::Result<()> {
     let settings = args.settings()?;
     let tls = settings.config.tls.is_some();
     let broker = tether_hub::broker_with(&settings.broker, settings.broker_options)
-        .with_context(|| format!("--broker {}", settings.broker))?;
+        .with_context(|| format!("--broker {}", without_password(&settings.broker)))?;
     let hub = tether_hub::serve(settings.config, broker, None).await?;
     let scheme = if tls { "wss" } else { "ws" };
     println!(
@@ -419,6 +421,22 @@ async fn serve(args: HubArgs) -> anyhow::Result<()> {
     tracing::info!("stop signal received; draining");
     hub.shutdown().await;
     Ok(())
+}
+
+/// The broker URL with any password replaced by `***`, for messages and logs.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            format!("{scheme}://{user}:***@{hosts}{tail}")
+        }
+        None => url.to_owned(),
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -464,5 +482,19 @@ mod tests {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn broker_urls_lose_their_password_in_messages() {
+        assert_eq!(
+            without_password("nats://me:s3cret@h:4222?stream=S"),
+            "nats://me:***@h:4222?stream=S"
+        );
+        assert_eq!(
+            without_password("redis://:pw@h:6379/0"),
+            "redis://:***@h:6379/0"
+        );
+        assert_eq!(without_password("nats://h:4222"), "nats://h:4222");
+        assert_eq!(without_password("memory"), "memory");
     }
 }

@@ -47,17 +47,20 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, FutureExt};
 use serde_json::value::RawValue;
 
 use crate::protocol::{ChannelName, Offset, Publication};
 
 pub mod feed;
+pub mod health;
 pub mod memory;
+pub mod nats;
 pub mod policy;
 pub mod redis;
 
 pub use feed::{Feed, FeedLimit};
+pub use health::BrokerState;
 pub use policy::{HistoryPolicies, HistoryPolicy};
 
 /// Options for [`broker_with`].
@@ -65,8 +68,9 @@ pub use policy::{HistoryPolicies, HistoryPolicy};
 pub struct BrokerOptions {
     /// Per channel, by namespace (see [`policy`]).
     pub history: HistoryPolicies,
-    /// Prefix of every Redis key and pub/sub channel, so deployments and tests can share a
-    /// Redis without seeing each other.
+    /// Prefix of every Redis key and pub/sub channel, and of every NATS subject (and the
+    /// default stream name, `TETHER_<prefix>`), so deployments and tests can share a
+    /// Redis or a NATS without seeing each other.
     pub redis_prefix: String,
     /// How much each node's feed holds before it overflows into a resync (see `feed`).
     pub feed: FeedLimit,
@@ -293,7 +297,7 @@ pub enum BrokerEvent {
 /// failed round trip can fail a whole batch of publishes.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
-    #[error("unsupported broker URL {0:?}: expected \"memory\" or \"redis://host:port/db\"")]
+    #[error("unsupported broker URL {0:?}: expected \"memory\", \"redis://host:port/db\" or \"nats://host:port\"")]
     UnsupportedUrl(String),
     /// The URL names a known broker but cannot be used (the reason never repeats a
     /// password).
@@ -320,6 +324,30 @@ pub enum BrokerError {
     Disconnected,
     #[error("broker did not answer within {0:?}")]
     Timeout(Duration),
+}
+
+impl BrokerError {
+    /// A short name of the variant, for metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BrokerError::UnsupportedUrl(_) => "unsupported_url",
+            BrokerError::BadUrl { .. } => "bad_url",
+            BrokerError::Unavailable { .. } => "unavailable",
+            BrokerError::Refused { .. } => "refused",
+            BrokerError::BadReply(_) => "bad_reply",
+            BrokerError::Disconnected => "disconnected",
+            BrokerError::Timeout(_) => "timeout",
+        }
+    }
+
+    /// Whether the broker could not be reached at all (rather than answering with a
+    /// refusal or a reply the hub could not read).
+    pub fn means_unreachable(&self) -> bool {
+        matches!(
+            self,
+            BrokerError::Unavailable { .. } | BrokerError::Disconnected | BrokerError::Timeout(_)
+        )
+    }
 }
 
 /// A message bus with per-channel offsets and history. Object-safe so hubs hold
@@ -363,6 +391,24 @@ pub trait Broker: Send + Sync + 'static {
 
     /// What this broker can and cannot do (see the contract, item 7).
     fn capabilities(&self) -> Capabilities;
+
+    /// One cheap round trip that succeeds only while the broker is reachable; a node runs
+    /// it every second for `/health` (see `health`). By default a history read of a
+    /// channel nobody uses, which creates nothing.
+    fn probe(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
+        async move {
+            let probe = ChannelName::parse("tether-probe")
+                .map_err(|e| BrokerError::BadReply(format!("probe channel name refused: {e}")))?;
+            self.history(&probe, None).await.map(|_| ())
+        }
+        .boxed()
+    }
+
+    /// What this handle knows of the broker's reachability: [`BrokerState::Unknown`] unless
+    /// it is watched (a node's broker is, see `health::Watched`).
+    fn state(&self) -> BrokerState {
+        BrokerState::Unknown
+    }
 }
 
 /// One node's subscriptions. Reference-counted per channel: the feed carries a channel
@@ -374,7 +420,8 @@ pub trait Link: Send + Sync + 'static {
     fn unsubscribe(&self, channel: &ChannelName);
 }
 
-/// Builds a broker from its URL with default options: `memory` or `redis://host:port/db`.
+/// Builds a broker from its URL with default options: `memory`, `redis://host:port/db` or
+/// `nats://host:port`.
 pub fn broker_from_url(url: &str) -> Result<Arc<dyn Broker>, BrokerError> {
     broker_with(url, BrokerOptions::default())
 }
@@ -388,6 +435,9 @@ pub fn broker_with(url: &str, options: BrokerOptions) -> Result<Arc<dyn Broker>,
     }
     if url.starts_with("redis://") {
         return Ok(Arc::new(redis::RedisBroker::new(url, options)?));
+    }
+    if url.starts_with("nats://") {
+        return Ok(Arc::new(nats::NatsBroker::new(url, options)?));
     }
     Err(BrokerError::UnsupportedUrl(url.to_owned()))
 }

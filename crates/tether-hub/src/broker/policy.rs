@@ -79,6 +79,11 @@ impl HistoryPolicies {
             })
     }
 
+    /// Whether every channel gets the default (no namespace sets limits of its own).
+    pub fn is_uniform(&self) -> bool {
+        self.by_prefix.iter().all(|(_, p)| *p == self.default)
+    }
+
     /// The shortest ttl of all, which paces a sweeper that must not let any channel's
     /// history outlive its ttl by much.
     pub fn shortest_ttl(&self) -> Duration {
@@ -125,6 +130,10 @@ mod tests {
         assert_eq!(policies.for_channel(&channel("news")), policy(1000, 300));
         assert_eq!(policies.widest(), policy(1000, 3600));
         assert_eq!(policies.shortest_ttl(), Duration::from_secs(5));
+        assert!(!policies.is_uniform());
+        assert!(HistoryPolicies::uniform(policy(1000, 300))
+            .with_prefix("room:", policy(1000, 300))
+            .is_uniform());
     }
 
     #[test]

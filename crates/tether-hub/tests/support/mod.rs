@@ -12,6 +12,8 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tether_hub::{BrokerOptions, HistoryPolicy, HubConfig, HubHandle};
+pub mod nats;
+
 pub use tether_testkit::{any_port, eventually, ws_connect, Ws};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
