@@ -97,6 +97,7 @@ pub(super) async fn passthrough(
             backend,
             lease,
             client_ip,
+            frames: None,
         },
     ))
 }
