@@ -136,11 +136,10 @@ async fn rebalance(shared: &Shared, joined: &[Arc<Backend>], rate: NonZeroU32) {
         status.left.store(planned.len(), Ordering::Relaxed);
         for entry in planned {
             ticker.tick().await;
+            // A request that loses (a drain closes it, or it ended) leaves the count to them.
             if entry.ticket.request(CloseReason::Rebalance) {
                 moved += 1;
                 status.moved.fetch_add(1, Ordering::Relaxed);
-            } else {
-                entry.unmark_scheduled();
             }
             status.left.fetch_sub(1, Ordering::Relaxed);
         }

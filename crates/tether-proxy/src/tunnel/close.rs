@@ -120,6 +120,10 @@ impl Entry {
         true
     }
 
+    fn is_scheduled(&self) -> bool {
+        self.ticket.scheduled.load(Ordering::Acquire)
+    }
+
     /// Takes back a mark that will not be followed by a close (a drain called off).
     pub fn unmark_scheduled(&self) {
         if self.ticket.scheduled.swap(false, Ordering::AcqRel) {
@@ -231,9 +235,11 @@ pub fn spread(
     let start = tokio::time::Instant::now();
     let mut planned: Vec<(Duration, Entry)> = {
         let mut rng = rand::rng();
+        // A tunnel an earlier drain already counts stays in this plan: that drain is being
+        // superseded and will not close it.
         entries
             .into_iter()
-            .filter(|e| e.mark_scheduled())
+            .filter(|e| e.mark_scheduled() || e.is_scheduled())
             .map(|e| (window.mul_f64(rng.random::<f64>()), e))
             .collect()
     };
@@ -250,10 +256,11 @@ pub fn spread(
                 }
                 break;
             }
+            // Counted again if a superseded drain took its mark back meanwhile. A request that
+            // loses (someone else closes it, or it ended) leaves the count to them.
+            entry.mark_scheduled();
             if entry.ticket.request(reason) {
                 closed += 1;
-            } else {
-                entry.unmark_scheduled();
             }
         }
         closed
