@@ -139,7 +139,7 @@ async fn a_paced_drain_closes_every_tunnel_with_1012_at_a_frame_boundary_over_th
     assert!(wrong.is_empty(), "{} of {TUNNELS} ended badly: {wrong:?}", wrong.len());
     times.sort();
     let (first, last) = (times[0], times[TUNNELS - 1]);
-    // Uniform over 3 s, each finishing its frame (70 ms for 1 MiB) before its close.
+    // Uniform over 3 s, each finishing its frame (0.4 s for 1 MiB) before its close.
     assert!(last < window + Duration::from_millis(2500), "last close at {last:?}");
     assert!(last - first > Duration::from_secs(2), "closes from {first:?} to {last:?}");
     // Uniform draws put about a third in any second; the bound leaves room for a loaded

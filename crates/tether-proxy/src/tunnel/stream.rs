@@ -322,4 +322,41 @@ mod tests {
         assert_eq!(outcome.reason, EndReason::Closed);
         assert_eq!(outcome.to_backend, expected.len() as u64);
     }
+    /// As on the plain tunnel: a close requested in the middle of a frame lets that frame
+    /// finish, then the client gets the close frame and EOF, and nothing past the frame.
+    #[tokio::test]
+    async fn a_close_request_mid_frame_finishes_the_frame_then_sends_a_close_frame() {
+        let (mut client, mut proxy_client) = tokio::io::duplex(64 * 1024);
+        let (mut proxy_backend, mut backend) = tokio::io::duplex(64 * 1024);
+        let ticket = std::sync::Arc::new(Ticket::default());
+        let held = ticket.clone();
+        let task = tokio::spawn(async move {
+            let (a, b) = (Counter::default(), Counter::default());
+            let counters = Counters {
+                to_backend: &a,
+                to_client: &b,
+            };
+            let closer = Closer {
+                ticket: &held,
+                frames: Some(FrameTracker::default()),
+            };
+            run(&mut proxy_client, &mut proxy_backend, None, &counters, closer).await
+        });
+        let mut frame = vec![0x82, 126, 0x27, 0x10];
+        frame.extend(std::iter::repeat_n(5u8, 10_000));
+        backend.write_all(&frame[..3000]).await.unwrap();
+        let mut got = vec![0u8; 3000];
+        client.read_exact(&mut got).await.unwrap();
+        assert!(ticket.request(crate::tunnel::CloseReason::Rebalance));
+        backend.write_all(&frame[3000..]).await.unwrap();
+        backend.write_all(&[0x81, 0x01, b'x']).await.unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        let (tail, close) = rest.split_at(frame.len() - 3000);
+        assert!(tail == &frame[3000..], "the frame under way was not finished");
+        assert_eq!(close, &super::super::frames::close_frame(1012, "rebalancing")[..]);
+        let outcome = task.await.unwrap();
+        assert_eq!(outcome.reason, EndReason::Rebalance);
+        assert_eq!(outcome.goodbye, Goodbye::Sent(1012));
+    }
 }
