@@ -315,10 +315,13 @@ pub(crate) fn set_draining(
         shared.rebalancer.kick();
     }
     if let Some(window) = close_within.filter(|_| draining) {
-        let tunnels = shared
-            .tunnels
-            .select(|e| Arc::ptr_eq(&e.backend, &backend));
-        tracing::info!(backend = name, tunnels = tunnels.len(), ?window, "closing the drained backend's tunnels with 1012");
+        let tunnels = shared.tunnels.select(|e| Arc::ptr_eq(&e.backend, &backend));
+        tracing::info!(
+            backend = name,
+            tunnels = tunnels.len(),
+            ?window,
+            "closing the drained backend's tunnels with 1012"
+        );
         let watched = backend.clone();
         let closing = spread(tunnels, CloseReason::Drain, window, move || {
             watched.drain_current(epoch)

@@ -544,10 +544,10 @@ async fn relay(mut t: Tunnel) {
         to_client: &backend.metrics.bytes_to_client,
     };
     let idle = Some(t.shared.config.timeouts.tunnel_idle).filter(|d| !d.is_zero());
-    let registration =
-        t.shared
-            .tunnels
-            .register(t.id.0, t.lease.backend().clone(), t.lease.key());
+    let registration = t
+        .shared
+        .tunnels
+        .register(t.id.0, t.lease.backend().clone(), t.lease.key());
     // A shutdown past its grace asks every registered tunnel after raising the signal: a
     // tunnel registering meanwhile sees the signal here.
     if let Some(reason) = t.shared.closing.reason() {

@@ -150,7 +150,12 @@ impl Proxy {
         let open = shared.gate.open();
         let grace = shared.config.runtime.grace;
         let tunnels = shared.tunnels.select(|_| true);
-        info!(open, tunnels = tunnels.len(), ?grace, "no longer accepting; closing tunnels with 1001 spread over the grace period");
+        info!(
+            open,
+            tunnels = tunnels.len(),
+            ?grace,
+            "no longer accepting; closing tunnels with 1001 spread over the grace period"
+        );
         let spreading = tokio::spawn(spread(tunnels, CloseReason::Shutdown, grace, || true));
         let deadline = tokio::time::Instant::now() + grace;
         while shared.gate.open() > 0 && tokio::time::Instant::now() < deadline {

@@ -4,13 +4,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::backend::Registry;
+use crate::balance::rebalance::Rebalancer;
 use crate::balance::Balancer;
 use crate::config::Config;
 use crate::frontend::Frontend;
 use crate::handshake::HeadLimits;
 use crate::limits::{ConnectionGate, PendingGate, RateLimiter};
 use crate::metrics::Metrics;
-use crate::balance::rebalance::Rebalancer;
 use crate::tunnel::{CloseSignal, TunnelTable};
 
 #[derive(Debug)]

@@ -538,7 +538,8 @@ mod tests {
 
     #[tokio::test]
     async fn idle_timeout_ends_a_silent_tunnel_but_not_a_busy_one() {
-        let (mut client, mut backend, _ticket, task) = tunnel(Some(Duration::from_millis(300))).await;
+        let (mut client, mut backend, _ticket, task) =
+            tunnel(Some(Duration::from_millis(300))).await;
         for _ in 0..5 {
             client.write_all(b"x").await.unwrap();
             let mut b = [0u8; 1];
@@ -574,7 +575,10 @@ mod tests {
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();
         let (tail, close) = rest.split_at(frame.len() - split);
-        assert!(tail == &frame[split..], "the frame under way was not finished");
+        assert!(
+            tail == &frame[split..],
+            "the frame under way was not finished"
+        );
         assert_eq!(close, &frames::close_frame(1012, "backend draining")[..]);
         let mut b = Vec::new();
         let _ = backend.read_to_end(&mut b).await;
@@ -596,7 +600,10 @@ mod tests {
     #[tokio::test]
     async fn a_stalled_frame_is_cut_without_a_close_frame() {
         let (mut client, mut backend, ticket, task) = tunnel(None).await;
-        backend.write_all(&[0x82, 126, 0x10, 0x00, 1, 2, 3]).await.unwrap();
+        backend
+            .write_all(&[0x82, 126, 0x10, 0x00, 1, 2, 3])
+            .await
+            .unwrap();
         let mut got = [0u8; 7];
         client.read_exact(&mut got).await.unwrap();
         ticket.request(CloseReason::Shutdown);

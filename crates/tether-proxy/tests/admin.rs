@@ -251,10 +251,12 @@ async fn shutdown_stops_accepting_and_closes_live_tunnels_with_1001_within_the_g
     let started = std::time::Instant::now();
     let stopping = tokio::spawn(proxy.shutdown());
     // Not accepting any more.
-    assert!(eventually(Duration::from_secs(2), || async {
-        tokio::net::TcpStream::connect(addr).await.is_err()
-    })
-    .await);
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            tokio::net::TcpStream::connect(addr).await.is_err()
+        })
+        .await
+    );
     // The live tunnel is closed with a close frame saying the proxy goes away, within the
     // grace (at a moment drawn over it, so clients come back spread out).
     let code = tokio::time::timeout(Duration::from_secs(4), async {

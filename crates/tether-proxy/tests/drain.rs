@@ -109,7 +109,12 @@ async fn a_paced_drain_closes_every_tunnel_with_1012_at_a_frame_boundary_over_th
         assert_eq!(backend_of(&response), "b1");
         clients.push(tokio::spawn(watch(ws, Duration::from_secs(20))));
     }
-    assert!(eventually(Duration::from_secs(10), || async { streamer.open() == TUNNELS }).await);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            streamer.open() == TUNNELS
+        })
+        .await
+    );
     // Let every stream get going (mid-frame, most of them) before the drain.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let admin = proxy.admin_addr().unwrap();
@@ -122,7 +127,10 @@ async fn a_paced_drain_closes_every_tunnel_with_1012_at_a_frame_boundary_over_th
     // Counting down while the window runs.
     tokio::time::sleep(window / 2).await;
     let midway = backend_field(&proxy, "b1");
-    assert!(0 < midway && midway < TUNNELS, "closing = {midway} half-way through");
+    assert!(
+        0 < midway && midway < TUNNELS,
+        "closing = {midway} half-way through"
+    );
 
     let mut times = Vec::new();
     let mut frames = 0;
@@ -136,28 +144,51 @@ async fn a_paced_drain_closes_every_tunnel_with_1012_at_a_frame_boundary_over_th
         frames += end.frames;
         times.push(end.at - asked);
     }
-    assert!(wrong.is_empty(), "{} of {TUNNELS} ended badly: {wrong:?}", wrong.len());
+    assert!(
+        wrong.is_empty(),
+        "{} of {TUNNELS} ended badly: {wrong:?}",
+        wrong.len()
+    );
     times.sort();
     let (first, last) = (times[0], times[TUNNELS - 1]);
     // Uniform over 3 s, each finishing its frame (0.4 s for 1 MiB) before its close.
-    assert!(last < window + Duration::from_millis(2500), "last close at {last:?}");
-    assert!(last - first > Duration::from_secs(2), "closes from {first:?} to {last:?}");
+    assert!(
+        last < window + Duration::from_millis(2500),
+        "last close at {last:?}"
+    );
+    assert!(
+        last - first > Duration::from_secs(2),
+        "closes from {first:?} to {last:?}"
+    );
     // Uniform draws put about a third in any second; the bound leaves room for a loaded
     // machine delaying some, and each third of the window must still get its share.
     let peak = densest(&times, Duration::from_secs(1));
-    assert!(peak <= TUNNELS * 55 / 100, "{peak} of {TUNNELS} closes in one second");
+    assert!(
+        peak <= TUNNELS * 55 / 100,
+        "{peak} of {TUNNELS} closes in one second"
+    );
     for third in 0..3u32 {
         let (from, to) = (window * third / 3, window * (third + 1) / 3);
         let n = times.iter().filter(|t| **t >= from && **t < to).count();
         assert!(n >= TUNNELS / 10, "{n} closes between {from:?} and {to:?}");
     }
-    assert!(frames > TUNNELS, "only {frames} frames crossed before the closes");
+    assert!(
+        frames > TUNNELS,
+        "only {frames} frames crossed before the closes"
+    );
 
-    assert!(eventually(Duration::from_secs(5), || async { backend_field(&proxy, "b1") == 0 }).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            backend_field(&proxy, "b1") == 0
+        })
+        .await
+    );
     assert!(eventually(Duration::from_secs(5), || async { streamer.open() == 0 }).await);
     let metrics = proxy.metrics_text();
     assert!(
-        metrics.contains(&format!("tether_tunnels_ended_total{{reason=\"Drain\"}} {TUNNELS}")),
+        metrics.contains(&format!(
+            "tether_tunnels_ended_total{{reason=\"Drain\"}} {TUNNELS}"
+        )),
         "{metrics}"
     );
 }
@@ -186,7 +217,10 @@ async fn a_bad_close_within_is_a_400_naming_the_parameter() {
         assert_eq!(status, 400, "{bad:?}: {answer}");
         let body = json(&answer);
         assert_eq!(body["parameter"], "close_within", "{answer}");
-        assert!(body["error"].as_str().unwrap().contains("close_within"), "{answer}");
+        assert!(
+            body["error"].as_str().unwrap().contains("close_within"),
+            "{answer}"
+        );
     }
     // Nothing changed: the backend still takes tunnels and the live one works.
     assert_eq!(state_of(&proxy, "b1"), "up");
@@ -219,13 +253,26 @@ async fn shutdown_closes_every_tunnel_with_1001_spread_over_the_grace() {
         .unwrap();
     times.sort();
     let last = times[TUNNELS - 1];
-    assert!(last < grace + Duration::from_millis(500), "last close at {last:?}");
-    assert!(last - times[0] > grace / 2, "closes from {:?} to {last:?}", times[0]);
+    assert!(
+        last < grace + Duration::from_millis(500),
+        "last close at {last:?}"
+    );
+    assert!(
+        last - times[0] > grace / 2,
+        "closes from {:?} to {last:?}",
+        times[0]
+    );
     let peak = densest(&times, grace / 4);
-    assert!(peak <= TUNNELS * 45 / 100, "{peak} of {TUNNELS} closes in {:?}", grace / 4);
+    assert!(
+        peak <= TUNNELS * 45 / 100,
+        "{peak} of {TUNNELS} closes in {:?}",
+        grace / 4
+    );
     let metrics = stopped.metrics_text();
     assert!(
-        metrics.contains(&format!("tether_tunnels_ended_total{{reason=\"Shutdown\"}} {TUNNELS}")),
+        metrics.contains(&format!(
+            "tether_tunnels_ended_total{{reason=\"Shutdown\"}} {TUNNELS}"
+        )),
         "{metrics}"
     );
 }
@@ -239,10 +286,12 @@ async fn an_idle_timeout_closes_with_1001() {
     let end = watch(ws, Duration::from_secs(5)).await;
     assert_eq!(end.error, None, "{end:?}");
     assert_eq!(end.code, Some(1001));
-    assert!(eventually(Duration::from_secs(3), || async {
-        proxy
-            .metrics_text()
-            .contains("tether_tunnels_ended_total{reason=\"IdleTimeout\"} 1")
-    })
-    .await);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            proxy
+                .metrics_text()
+                .contains("tether_tunnels_ended_total{reason=\"IdleTimeout\"} 1")
+        })
+        .await
+    );
 }

@@ -15,7 +15,11 @@ use tokio_tungstenite::tungstenite::Message;
 type Closed = (usize, Option<u16>, Instant);
 
 /// Opens `/ws?sid=k{key}` and reports its close on `closes`; returns the backend it reached.
-async fn keyed(proxy: &tether_proxy::RunningProxy, key: usize, closes: &mpsc::UnboundedSender<Closed>) -> String {
+async fn keyed(
+    proxy: &tether_proxy::RunningProxy,
+    key: usize,
+    closes: &mpsc::UnboundedSender<Closed>,
+) -> String {
     let (mut ws, response) = ws_connect(proxy.addr(), &format!("/ws?sid=k{key}"))
         .await
         .expect("connect");
@@ -39,7 +43,11 @@ fn config(balance: &str, rate: u32, backends: &[EchoServer]) -> String {
          [rebalance]\nrate = {rate}\n"
     );
     for b in backends {
-        text.push_str(&format!("[[backend]]\nname = \"{}\"\naddr = \"{}\"\n", b.name(), b.addr()));
+        text.push_str(&format!(
+            "[[backend]]\nname = \"{}\"\naddr = \"{}\"\n",
+            b.name(),
+            b.addr()
+        ));
     }
     text
 }
@@ -92,27 +100,46 @@ async fn scale_out_moves_the_keys_of_the_new_backend_at_the_rate_and_no_others()
         closed.insert(key, at);
     }
     // About a quarter of the keys belong to the fourth backend now.
-    assert!((KEYS * 15 / 100..=KEYS * 35 / 100).contains(&moved), "{moved} of {KEYS} moved");
+    assert!(
+        (KEYS * 15 / 100..=KEYS * 35 / 100).contains(&moved),
+        "{moved} of {KEYS} moved"
+    );
     // Every one of them comes back to it...
     for key in closed.keys() {
-        assert_eq!(keyed(&proxy, *key, &tx).await, "b4", "k{key} came back elsewhere");
+        assert_eq!(
+            keyed(&proxy, *key, &tx).await,
+            "b4",
+            "k{key} came back elsewhere"
+        );
     }
     // ...and no other tunnel was closed: their keys still belong where they were.
     assert!(rx.try_recv().is_err(), "a tunnel that stays was closed");
     for key in (0..KEYS).filter(|k| !closed.contains_key(k)) {
-        assert_ne!(keyed(&proxy, key, &tx).await, "b4", "k{key} belongs to b4 but stayed");
+        assert_ne!(
+            keyed(&proxy, key, &tx).await,
+            "b4",
+            "k{key} belongs to b4 but stayed"
+        );
     }
     // At the configured rate: never faster, whatever delays a loaded machine adds.
     let mut times: Vec<Instant> = closed.values().copied().collect();
     times.sort();
     let span = times[moved - 1] - times[0];
     let least = Duration::from_secs_f64((moved - 1) as f64 / f64::from(RATE) * 0.9);
-    assert!(span >= least, "{moved} closes in {span:?}, the rate allows {least:?} at least");
+    assert!(
+        span >= least,
+        "{moved} closes in {span:?}, the rate allows {least:?} at least"
+    );
     let peak = densest(&times, Duration::from_secs(1));
-    assert!(peak as u32 <= RATE * 3 / 2, "{peak} closes in one second at rate {RATE}");
+    assert!(
+        peak as u32 <= RATE * 3 / 2,
+        "{peak} closes in one second at rate {RATE}"
+    );
     let metrics = proxy.metrics_text();
     assert!(
-        metrics.contains(&format!("tether_tunnels_ended_total{{reason=\"Rebalance\"}} {moved}")),
+        metrics.contains(&format!(
+            "tether_tunnels_ended_total{{reason=\"Rebalance\"}} {moved}"
+        )),
         "{metrics}"
     );
 }
@@ -152,7 +179,10 @@ async fn an_enabled_backend_takes_the_tunnels_above_the_bound_under_least_connec
     // 50 each on three backends; with b4 the bound is ⌈1.25 × 150 / 4⌉ = 47: three from each.
     assert_eq!(moved_to.len(), 9, "{moved_to:?}");
     assert!(moved_to.iter().all(|b| b == "b4"), "{moved_to:?}");
-    let active: BTreeMap<String, usize> =
-        proxy.backends().into_iter().map(|b| (b.name, b.active)).collect();
+    let active: BTreeMap<String, usize> = proxy
+        .backends()
+        .into_iter()
+        .map(|b| (b.name, b.active))
+        .collect();
     assert!(active.values().all(|n| *n <= 47), "{active:?}");
 }

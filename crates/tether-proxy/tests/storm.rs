@@ -20,7 +20,10 @@ async fn upgrade(addr: SocketAddr) -> Result<(TcpStream, String), Option<u64>> {
     let mut stream = TcpStream::connect(addr).await.map_err(|_| None)?;
     let request = "GET /ws HTTP/1.1\r\nHost: storm\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-    stream.write_all(request.as_bytes()).await.map_err(|_| None)?;
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|_| None)?;
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -59,7 +62,11 @@ async fn until_upgraded(addr: SocketAddr) -> (TcpStream, String, usize) {
 /// where.
 enum Report {
     Connected(String),
-    Back { at: Instant, backend: String, attempts: usize },
+    Back {
+        at: Instant,
+        backend: String,
+        attempts: usize,
+    },
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,11 +127,19 @@ async fn a_dead_backends_2000_clients_come_back_within_the_survivors_rates() {
     let mut back = Vec::new();
     while back.len() < CLIENTS {
         match tokio::time::timeout(Duration::from_millis(50), rx.recv()).await {
-            Ok(Some(Report::Back { at, backend, attempts })) => back.push((at, backend, attempts)),
+            Ok(Some(Report::Back {
+                at,
+                backend,
+                attempts,
+            })) => back.push((at, backend, attempts)),
             Ok(_) => panic!("a client reported twice"),
             Err(_) => {
                 samples.push((Instant::now(), accepted()));
-                assert!(killed.elapsed() < Duration::from_secs(30), "{} back", back.len());
+                assert!(
+                    killed.elapsed() < Duration::from_secs(30),
+                    "{} back",
+                    back.len()
+                );
             }
         }
     }
@@ -132,8 +147,14 @@ async fn a_dead_backends_2000_clients_come_back_within_the_survivors_rates() {
     let elapsed = back.iter().map(|(at, ..)| *at - killed).max().unwrap();
     // The limits imply (2000 − 2 × one second's burst) ÷ (2 × rate) = 1 s at best; each
     // refused client waits its Retry-After of 1–2 s: within a few of those, everyone is back.
-    assert!(elapsed < Duration::from_secs(10), "the last client was back after {elapsed:?}");
-    assert!(back.iter().all(|(_, b, _)| b == "b2" || b == "b3"), "a client reached b1");
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "the last client was back after {elapsed:?}"
+    );
+    assert!(
+        back.iter().all(|(_, b, _)| b == "b2" || b == "b3"),
+        "a client reached b1"
+    );
     // A token bucket of one second's worth: in any interval T at most RATE × (T + 1).
     for (i, (t0, a0)) in samples.iter().enumerate() {
         for (t1, a1) in &samples[i + 1..] {
@@ -150,7 +171,10 @@ async fn a_dead_backends_2000_clients_come_back_within_the_survivors_rates() {
         }
     }
     let refused = back.iter().filter(|(_, _, attempts)| *attempts > 1).count();
-    assert!(refused > 0, "no client was held back: the storm never reached the limits");
+    assert!(
+        refused > 0,
+        "no client was held back: the storm never reached the limits"
+    );
     println!(
         "storm: {CLIENTS} back in {elapsed:?}; {refused} waited at least once; survivors took {:?}",
         accepted()

@@ -20,7 +20,18 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 /// The frame sizes streamed, in this order from a per-connection starting point: every
 /// length encoding (7-bit, 16-bit, 64-bit) and its edges, up to 1 MiB.
 pub const FRAME_SIZES: [usize; 12] = [
-    1, 2, 125, 126, 127, 1000, 4096, 65_535, 65_536, 70_000, 100_000, 1 << 20,
+    1,
+    2,
+    125,
+    126,
+    127,
+    1000,
+    4096,
+    65_535,
+    65_536,
+    70_000,
+    100_000,
+    1 << 20,
 ];
 
 /// Bytes written at once inside a frame, and the pause after each piece: 2.6 MB/s while a
@@ -144,7 +155,7 @@ async fn stream_frames(
         let len = FRAME_SIZES[i % FRAME_SIZES.len()];
         let header = header(len);
         // Every third frame splits its header after the first byte.
-        let split = if i % 3 == 0 { 1 } else { header.len() };
+        let split = if i.is_multiple_of(3) { 1 } else { header.len() };
         write.write_all(&header[..split]).await?;
         if split < header.len() {
             tokio::time::sleep(PIECE_PAUSE).await;

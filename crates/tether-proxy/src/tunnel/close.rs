@@ -275,7 +275,10 @@ mod tests {
 
     fn backend() -> Arc<Backend> {
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
-        Arc::new(Backend::new(&BackendConfig::new("b", addr), &Metrics::new()))
+        Arc::new(Backend::new(
+            &BackendConfig::new("b", addr),
+            &Metrics::new(),
+        ))
     }
 
     #[test]
@@ -287,7 +290,10 @@ mod tests {
         assert!(!reg.ticket().request(CloseReason::Shutdown));
         assert_eq!(reg.ticket().reason(), Some(CloseReason::Drain));
         let ticket = table.select(|_| true);
-        assert!(ticket.is_empty(), "a tunnel asked to close is not selected again");
+        assert!(
+            ticket.is_empty(),
+            "a tunnel asked to close is not selected again"
+        );
         drop(reg);
         assert!(table.is_empty());
     }
@@ -296,7 +302,9 @@ mod tests {
     async fn spread_counts_closing_until_each_tunnel_ends_and_can_be_called_off() {
         let table = TunnelTable::default();
         let b = backend();
-        let regs: Vec<_> = (0..40).map(|i| table.register(i, b.clone(), None)).collect();
+        let regs: Vec<_> = (0..40)
+            .map(|i| table.register(i, b.clone(), None))
+            .collect();
         let entries = table.select(|_| true);
         let go = std::sync::atomic::AtomicBool::new(true);
         let window = Duration::from_millis(800);
@@ -312,7 +320,10 @@ mod tests {
         assert!((1..40).contains(&asked), "{asked} of 40 asked half-way");
         go.store(false, Ordering::Relaxed);
         let closed = run.await;
-        assert!(closed >= asked && closed < 40, "{closed} closed, {asked} asked");
+        assert!(
+            closed >= asked && closed < 40,
+            "{closed} closed, {asked} asked"
+        );
         // The ones not asked are no longer counted; the asked ones are until they end.
         assert_eq!(b.closing(), closed);
         drop(regs);

@@ -104,7 +104,7 @@ impl FrameTracker {
 
     /// How many more bytes to read to reach the next frame boundary, or at least to learn
     /// where it is (the rest of a split header). 0: the stream is at a boundary now.
-    pub(crate) fn to_boundary(&self) -> u64 {
+    pub(crate) fn until_boundary(&self) -> u64 {
         if self.have == 0 {
             self.remaining
         } else {
@@ -173,19 +173,22 @@ mod tests {
                 let end = (at + piece).min(stream.len());
                 t.advance(&stream[at..end]);
                 at = end;
-                if t.to_boundary() == 0 {
-                    assert!(ends.contains(&at), "piece {piece}: boundary claimed at {at}");
+                if t.until_boundary() == 0 {
+                    assert!(
+                        ends.contains(&at),
+                        "piece {piece}: boundary claimed at {at}"
+                    );
                 }
             }
-            assert_eq!(t.to_boundary(), 0);
+            assert_eq!(t.until_boundary(), 0);
         }
         // A close requested at any position (every 7th byte) finds the next frame end.
         for start in (0..stream.len()).step_by(7) {
             let mut t = FrameTracker::default();
             t.advance(&stream[..start]);
             let mut at = start;
-            while t.to_boundary() > 0 {
-                let want = (t.to_boundary() as usize).min(4096);
+            while t.until_boundary() > 0 {
+                let want = (t.until_boundary() as usize).min(4096);
                 t.advance(&stream[at..at + want]);
                 at += want;
             }
@@ -201,7 +204,7 @@ mod tests {
         assert!(!t.saw_close());
         t.advance(&close_frame(1000, "bye"));
         assert!(t.saw_close());
-        assert_eq!(t.to_boundary(), 0);
+        assert_eq!(t.until_boundary(), 0);
     }
 
     #[test]

@@ -112,7 +112,7 @@ async fn finish_frame(
                 down.flow = Flow::Idle;
             }
             Flow::Idle => {
-                let want = down.frames.as_ref().map_or(0, |f| f.to_boundary());
+                let want = down.frames.as_ref().map_or(0, |f| f.until_boundary());
                 if want == 0 {
                     return Ok(true);
                 }

@@ -52,7 +52,11 @@ impl Pump<'_> {
     /// Moves bytes from `src` to `dst` up to the end of the frame under way (see
     /// [`goodbye`]). `Ok(true)` at a boundary with everything flushed; `Ok(false)` when the
     /// source ended first.
-    pub(super) async fn finish_frame<S, D>(&mut self, dst: &mut D, src: &mut S) -> std::io::Result<bool>
+    pub(super) async fn finish_frame<S, D>(
+        &mut self,
+        dst: &mut D,
+        src: &mut S,
+    ) -> std::io::Result<bool>
     where
         S: AsyncRead + Unpin + ?Sized,
         D: AsyncWrite + Unpin + ?Sized,
@@ -70,7 +74,7 @@ impl Pump<'_> {
                     self.flow = Flow::Idle;
                 }
                 Flow::Idle => {
-                    let want = self.frames.as_ref().map_or(0, FrameTracker::to_boundary);
+                    let want = self.frames.as_ref().map_or(0, FrameTracker::until_boundary);
                     if want == 0 {
                         return Ok(true);
                     }
@@ -340,7 +344,14 @@ mod tests {
                 ticket: &held,
                 frames: Some(FrameTracker::default()),
             };
-            run(&mut proxy_client, &mut proxy_backend, None, &counters, closer).await
+            run(
+                &mut proxy_client,
+                &mut proxy_backend,
+                None,
+                &counters,
+                closer,
+            )
+            .await
         });
         let mut frame = vec![0x82, 126, 0x27, 0x10];
         frame.extend(std::iter::repeat_n(5u8, 10_000));
@@ -353,8 +364,14 @@ mod tests {
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();
         let (tail, close) = rest.split_at(frame.len() - 3000);
-        assert!(tail == &frame[3000..], "the frame under way was not finished");
-        assert_eq!(close, &super::super::frames::close_frame(1012, "rebalancing")[..]);
+        assert!(
+            tail == &frame[3000..],
+            "the frame under way was not finished"
+        );
+        assert_eq!(
+            close,
+            &super::super::frames::close_frame(1012, "rebalancing")[..]
+        );
         let outcome = task.await.unwrap();
         assert_eq!(outcome.reason, EndReason::Rebalance);
         assert_eq!(outcome.goodbye, Goodbye::Sent(1012));
