@@ -62,16 +62,40 @@ fn payload_len(header: &[u8]) -> u64 {
 impl FrameTracker {
     /// Accounts for `data`, the next bytes of the stream.
     #[inline]
-    pub(crate) fn advance(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
+    pub(crate) fn advance(&mut self, data: &[u8]) {
+        let len = data.len() as u64;
+        if self.remaining >= len {
+            // Inside a payload that this read does not go past: nothing to parse.
+            self.remaining -= len;
+            return;
+        }
+        let skip = self.remaining as usize;
+        self.remaining = 0;
+        self.headers(&data[skip..]);
+    }
+
+    /// `data` starts at a header, or inside one a read split.
+    fn headers(&mut self, mut data: &[u8]) {
+        loop {
             if self.remaining > 0 {
                 let skip = self.remaining.min(data.len() as u64);
                 self.remaining -= skip;
                 data = &data[skip as usize..];
-                continue;
+            }
+            if data.is_empty() {
+                return;
             }
             if self.have == 0 {
-                // The usual case: the whole header is in this read.
+                if let [b0, b1, ..] = *data {
+                    // The common case, kept short: a whole header with a 7-bit length.
+                    let head = if b1 & 0x80 != 0 { 6 } else { 2 };
+                    if b1 & 0x7f < 126 && data.len() >= head {
+                        self.saw_close |= b0 & 0x0f == 0x8;
+                        self.remaining = u64::from(b1 & 0x7f);
+                        data = &data[head..];
+                        continue;
+                    }
+                }
                 let len = header_len(data);
                 if data.len() >= len {
                     self.start_frame_at(&data[..len]);
