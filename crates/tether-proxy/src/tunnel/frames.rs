@@ -74,7 +74,8 @@ impl FrameTracker {
         self.headers(&data[skip..]);
     }
 
-    /// `data` starts at a header, or inside one a read split.
+    /// `data` starts at a header, or inside one a read split. Kept small (the rest is in
+    /// [`FrameTracker::other_header`]) so the common case saves few registers.
     fn headers(&mut self, mut data: &[u8]) {
         loop {
             if self.remaining > 0 {
@@ -87,7 +88,7 @@ impl FrameTracker {
             }
             if self.have == 0 {
                 if let [b0, b1, ..] = *data {
-                    // The common case, kept short: a whole header with a 7-bit length.
+                    // The common case: a whole header with a 7-bit length.
                     let head = if b1 & 0x80 != 0 { 6 } else { 2 };
                     if b1 & 0x7f < 126 && data.len() >= head {
                         self.saw_close |= b0 & 0x0f == 0x8;
@@ -96,27 +97,34 @@ impl FrameTracker {
                         continue;
                     }
                 }
-                let len = header_len(data);
-                if data.len() >= len {
-                    self.start_frame_at(&data[..len]);
-                    data = &data[len..];
-                    continue;
-                }
             }
-            // A header split across reads: collect it.
-            let have = usize::from(self.have);
-            let need = header_len(&self.head[..have]);
-            let take = (need - have).min(data.len());
-            self.head[have..have + take].copy_from_slice(&data[..take]);
-            self.have += take as u8;
-            data = &data[take..];
-            let have = usize::from(self.have);
-            if have == header_len(&self.head[..have]) {
-                let head = self.head;
-                self.start_frame_at(&head[..have]);
-                self.have = 0;
+            data = self.other_header(data);
+        }
+    }
+
+    /// A header with an extended length, or one split across reads: takes what it can of
+    /// it and returns the bytes after.
+    #[inline(never)]
+    fn other_header<'d>(&mut self, data: &'d [u8]) -> &'d [u8] {
+        if self.have == 0 {
+            let len = header_len(data);
+            if data.len() >= len {
+                self.start_frame_at(&data[..len]);
+                return &data[len..];
             }
         }
+        let have = usize::from(self.have);
+        let need = header_len(&self.head[..have]);
+        let take = (need - have).min(data.len());
+        self.head[have..have + take].copy_from_slice(&data[..take]);
+        self.have += take as u8;
+        let have = usize::from(self.have);
+        if have == header_len(&self.head[..have]) {
+            let head = self.head;
+            self.start_frame_at(&head[..have]);
+            self.have = 0;
+        }
+        &data[take..]
     }
 
     fn start_frame_at(&mut self, header: &[u8]) {
