@@ -12,18 +12,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 use crate::backend::{Backend, BackendState};
+use crate::balance::rebalance::RebalanceView;
 use crate::shared::Shared;
+use crate::tunnel::close::spread;
+use crate::tunnel::CloseReason;
 
 mod access;
 mod ticket;
@@ -43,6 +47,8 @@ pub struct BackendView {
     pub state: BackendState,
     pub weight: u32,
     pub active: usize,
+    /// Tunnels a drain, rebalance or shutdown is closing and that have not ended yet.
+    pub closing: usize,
     pub bytes_to_backend: u64,
     pub bytes_to_client: u64,
     pub failures: u64,
@@ -56,6 +62,7 @@ impl BackendView {
             state: b.state(),
             weight: b.weight,
             active: b.active(),
+            closing: b.closing(),
             bytes_to_backend: b.metrics.bytes_to_backend.get(),
             bytes_to_client: b.metrics.bytes_to_client.get(),
             failures: b.metrics.failures.get(),
@@ -67,6 +74,7 @@ impl BackendView {
 struct Snapshot {
     backends: Vec<BackendView>,
     client_connections: i64,
+    rebalance: RebalanceView,
 }
 
 /// Which listener a router serves.
@@ -228,6 +236,7 @@ fn snapshot(shared: &Shared) -> Snapshot {
             .map(|b| BackendView::of(b))
             .collect(),
         client_connections: shared.metrics.client_connections.get(),
+        rebalance: shared.rebalancer.view(),
     }
 }
 
@@ -235,26 +244,95 @@ async fn backends(State(shared): State<Arc<Shared>>) -> Json<Vec<BackendView>> {
     Json(snapshot(&shared).backends)
 }
 
-async fn drain(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
-    set_draining(&shared, &name, true)
+/// The query of `POST /api/backends/NAME/drain`.
+#[derive(Debug, Deserialize)]
+struct DrainQuery {
+    /// Close the backend's live tunnels (1012) spread over this window (`30s`, `2m`).
+    close_within: Option<String>,
+}
+
+/// A 400 naming the query parameter that was wrong, as JSON.
+fn bad_parameter(parameter: &str, error: String) -> Response {
+    let body = serde_json::json!({ "error": error, "parameter": parameter });
+    (StatusCode::BAD_REQUEST, Json(body)).into_response()
+}
+
+async fn drain(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    query: Result<Query<DrainQuery>, QueryRejection>,
+) -> Response {
+    let query = match query {
+        Ok(Query(q)) => q,
+        Err(e) => return bad_parameter("close_within", e.body_text()),
+    };
+    let window = match query.close_within.as_deref().map(str::trim) {
+        None => None,
+        Some(text) => match humantime_serde::re::humantime::parse_duration(text) {
+            Ok(window) => Some(window),
+            Err(e) => {
+                return bad_parameter(
+                    "close_within",
+                    format!("close_within: `{text}` is not a duration such as 30s or 2m: {e}"),
+                )
+            }
+        },
+    };
+    answer(set_draining(&shared, &name, true, window), &name)
 }
 
 async fn enable(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
-    set_draining(&shared, &name, false)
+    answer(set_draining(&shared, &name, false, None), &name)
 }
 
-fn set_draining(shared: &Shared, name: &str, draining: bool) -> Response {
-    let set = shared.registry.snapshot();
-    let Some(backend) = set.by_name(name) else {
-        return (
+fn answer(view: Option<BackendView>, name: &str) -> Response {
+    match view {
+        Some(view) => Json(view).into_response(),
+        None => (
             StatusCode::NOT_FOUND,
             format!("no backend named `{name}`\n"),
         )
-            .into_response();
-    };
+            .into_response(),
+    }
+}
+
+/// Marks backend `name` draining (no new tunnels) or enabled again; `None` if unknown.
+/// With `close_within`, a drain also closes the backend's live tunnels with 1012 at moments
+/// drawn uniformly over that window, so their clients come back spread over it; a later
+/// drain or enable calls it off. An enable lets the rebalancer look at once.
+pub(crate) fn set_draining(
+    shared: &Shared,
+    name: &str,
+    draining: bool,
+    close_within: Option<Duration>,
+) -> Option<BackendView> {
+    let set = shared.registry.snapshot();
+    let backend = set.by_name(name)?.clone();
     backend.set_draining(draining);
-    tracing::info!(backend = name, draining, "admin changed backend state");
-    Json(BackendView::of(backend)).into_response()
+    let epoch = backend.next_drain_epoch();
+    tracing::info!(backend = name, draining, close_within = ?close_within, "admin changed backend state");
+    if !draining {
+        shared.rebalancer.kick();
+    }
+    if let Some(window) = close_within.filter(|_| draining) {
+        let tunnels = shared.tunnels.select(|e| Arc::ptr_eq(&e.backend, &backend));
+        tracing::info!(
+            backend = name,
+            tunnels = tunnels.len(),
+            ?window,
+            "closing the drained backend's tunnels with 1012"
+        );
+        let watched = backend.clone();
+        let closing = spread(tunnels, CloseReason::Drain, window, move || {
+            watched.drain_current(epoch)
+        });
+        let name = backend.name.clone();
+        tokio::spawn(async move {
+            let closed = closing.await;
+            tracing::info!(backend = &*name, closed, "drain closed its tunnels");
+        });
+    }
+    Some(BackendView::of(&backend))
 }
 
 async fn reload(State(shared): State<Arc<Shared>>) -> Response {

@@ -5,7 +5,7 @@
 //! set the balancer reads is an immutable [`BackendSet`] snapshot swapped in whole.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use prometheus_client::metrics::counter::Counter;
@@ -124,6 +124,10 @@ pub struct Backend {
     tls_settings: Option<crate::tls::BackendTls>,
     /// `[limits] backend_handshake_rate`: how fast handshakes may reach this backend.
     pub handshake_rate: Option<crate::limits::HandshakeRate>,
+    /// Tunnels a drain, rebalance or shutdown is closing (scheduled, not yet ended).
+    closing: AtomicUsize,
+    /// Bumped by every drain and enable, so a paced drain stops once it is superseded.
+    drain_epoch: AtomicU64,
 }
 
 impl Backend {
@@ -145,7 +149,32 @@ impl Backend {
             tls: config.connector.clone(),
             tls_settings: config.tls_settings.clone(),
             handshake_rate: config.handshake_rate.map(crate::limits::HandshakeRate::new),
+            closing: AtomicUsize::new(0),
+            drain_epoch: AtomicU64::new(0),
         }
+    }
+
+    /// Tunnels being closed on purpose (drain, rebalance, shutdown) and not yet ended.
+    pub fn closing(&self) -> usize {
+        self.closing.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn closing_started(&self) {
+        self.closing.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn closing_ended(&self) {
+        self.closing.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Starts a drain (or an enable): returns its epoch; earlier paced drains stop.
+    pub(crate) fn next_drain_epoch(&self) -> u64 {
+        self.drain_epoch.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// True while the drain of `epoch` is the latest change and the backend still drains.
+    pub(crate) fn drain_current(&self, epoch: u64) -> bool {
+        self.drain_epoch.load(Ordering::Acquire) == epoch && self.state() == BackendState::Draining
     }
 
     pub fn state(&self) -> BackendState {
@@ -190,6 +219,7 @@ impl Backend {
         self.metrics.active.inc();
         Lease {
             backend: self.clone(),
+            key: None,
         }
     }
 
@@ -236,11 +266,23 @@ fn cookie_value(name: &str) -> String {
 #[derive(Debug)]
 pub struct Lease {
     backend: Arc<Backend>,
+    /// The hash of the routing key the backend was chosen by (consistent hashing), so a
+    /// rebalance can tell where the connection belongs once the ring changes.
+    key: Option<u64>,
 }
 
 impl Lease {
     pub fn backend(&self) -> &Arc<Backend> {
         &self.backend
+    }
+
+    pub fn key(&self) -> Option<u64> {
+        self.key
+    }
+
+    /// Notes the routing key the connection was placed by.
+    pub fn set_key(&mut self, key: Option<&[u8]>) {
+        self.key = key.map(crate::balance::key_hash);
     }
 }
 

@@ -14,6 +14,8 @@
 //! tunnel closes) for no benefit. Below the floor keys stay where the ring puts them; above
 //! it the bound alone decides, so a hot key still spills once a backend is actually loaded.
 
+pub mod rebalance;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -55,7 +57,11 @@ impl Ring {
     /// Backends in ring order starting at `key`'s position, each once, for any number of
     /// backends (a spill or a retry must be able to reach every one of them).
     pub fn walk(&self, key: &[u8]) -> impl Iterator<Item = BackendId> + '_ {
-        let hash = xxh3_64(key);
+        self.walk_hash(key_hash(key))
+    }
+
+    /// [`Ring::walk`] from a key already hashed with [`key_hash`].
+    pub fn walk_hash(&self, hash: u64) -> impl Iterator<Item = BackendId> + '_ {
         let start = self.points.partition_point(|&(h, _)| h < hash);
         let n = self.points.len();
         let mut seen = vec![false; self.backends];
@@ -68,6 +74,11 @@ impl Ring {
             Some(id)
         })
     }
+}
+
+/// The position of a routing key on the ring.
+pub fn key_hash(key: &[u8]) -> u64 {
+    xxh3_64(key)
 }
 
 /// A smooth weighted round-robin order (weights 3,1 → a,a,b,a rather than a,a,a,b).
@@ -120,6 +131,15 @@ impl Balancer {
             floor: config.bound_floor,
             cursor: AtomicUsize::new(0),
         }
+    }
+
+    /// The most live tunnels a backend of `weight` should hold when `total` are live on
+    /// backends weighing `weights` together, as a rebalance measures it: the bounded-loads
+    /// bound (with factor 1 when the bound is off), never below the floor.
+    pub fn rebalance_bound(&self, total: usize, weight: u32, weights: u32) -> usize {
+        let factor = if self.factor == 0.0 { 1.0 } else { self.factor };
+        let share = factor * total as f64 * f64::from(weight) / f64::from(weights.max(1));
+        (share.ceil() as usize).max(self.floor as usize * weight as usize)
     }
 
     /// Picks a backend and leases a slot on it. `key` is the routing key when the strategy

@@ -57,6 +57,8 @@ pub struct Config {
     pub limits: LimitConfig,
     #[serde(default)]
     pub health: HealthConfig,
+    #[serde(default)]
+    pub rebalance: RebalanceConfig,
     #[serde(default, rename = "backend")]
     pub backends: Vec<BackendConfig>,
 }
@@ -409,6 +411,21 @@ impl Default for LimitConfig {
             max_pending_handshakes: None,
         }
     }
+}
+
+/// `[rebalance]`: moving live tunnels after scale-out.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RebalanceConfig {
+    /// Tunnels closed (with 1012) per second while a rebalance runs. `0` or absent turns
+    /// rebalancing off, which is `None` here.
+    #[serde(deserialize_with = "zero_is_off")]
+    pub rate: Option<NonZeroU32>,
+}
+
+/// A count where 0 means "off", as `Option`: no code after parsing asks `== 0`.
+fn zero_is_off<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<NonZeroU32>, D::Error> {
+    Ok(NonZeroU32::new(u32::deserialize(d)?))
 }
 
 /// What an active health check does.
@@ -879,6 +896,17 @@ mod tests {
         assert_eq!(e.key, "admin.read");
         let e = Config::from_toml(&format!("[admin]\nread = \"private\"\n{MINIMAL}")).unwrap_err();
         assert!(e.problem.contains("public"), "{e}");
+    }
+
+    #[test]
+    fn rebalance_rate_zero_or_absent_is_off() {
+        assert!(Config::from_toml(MINIMAL).unwrap().rebalance.rate.is_none());
+        let off = Config::from_toml(&format!("[rebalance]\nrate = 0\n{MINIMAL}")).unwrap();
+        assert!(off.rebalance.rate.is_none());
+        let on = Config::from_toml(&format!("[rebalance]\nrate = 25\n{MINIMAL}")).unwrap();
+        assert_eq!(on.rebalance.rate.map(NonZeroU32::get), Some(25));
+        let e = Config::from_toml(&format!("[rebalance]\nrate = -1\n{MINIMAL}")).unwrap_err();
+        assert_eq!(e.key, "rebalance.rate", "{e}");
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //!
 //! The handshake future is boxed and dropped before the tunnel starts, so nothing it needed
 //! (the head buffer, the parsed header table) stays alive for the life of the WebSocket.
-//! Every phase ends when the proxy's [`CloseSignal`](crate::tunnel::CloseSignal) is raised
-//! (shutdown past the grace period).
+//! Every phase before the tunnel ends when the proxy's
+//! [`CloseSignal`](crate::tunnel::CloseSignal) is raised (shutdown past the grace period);
+//! the tunnel registers in the [`TunnelTable`](crate::tunnel::TunnelTable), through which a
+//! drain, a rebalance or a shutdown closes it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -392,7 +394,7 @@ async fn connect(
     let attempts = shared.config.balance.retries + 1;
     let mut sticky = sticky;
     for attempt in 0..attempts {
-        let lease = match sticky.take() {
+        let mut lease = match sticky.take() {
             Some(b) => b.lease(),
             None => match shared.balancer.pick(&set, key, &tried) {
                 Ok((id, lease)) => {
@@ -424,7 +426,10 @@ async fn connect(
             Some(tls) => open_tls(backend.addr, tls, head, shared.config.timeouts.connect).await,
         };
         match opened {
-            Ok(stream) => return Ok((stream, lease)),
+            Ok(stream) => {
+                lease.set_key(key);
+                return Ok((stream, lease));
+            }
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 note_failure(shared, &backend, "connect timed out")
             }
@@ -502,6 +507,9 @@ struct Tunnel {
     client_ip: IpAddr,
     id: ConnId,
     started: Instant,
+    /// The backend→client stream's place in its WebSocket frames (`None`: not frames, the
+    /// tunnel is cut rather than closed with a close frame).
+    frames: Option<crate::tunnel::FrameTracker>,
     _open: Open,
 }
 
@@ -522,6 +530,7 @@ impl Tunnel {
             client_ip: switched.client_ip,
             id,
             started,
+            frames: switched.frames,
             _open: open,
         }
     }
@@ -535,9 +544,18 @@ async fn relay(mut t: Tunnel) {
         to_client: &backend.metrics.bytes_to_client,
     };
     let idle = Some(t.shared.config.timeouts.tunnel_idle).filter(|d| !d.is_zero());
+    let registration = t
+        .shared
+        .tunnels
+        .register(t.id.0, t.lease.backend().clone(), t.lease.key());
+    // A shutdown past its grace asks every registered tunnel after raising the signal: a
+    // tunnel registering meanwhile sees the signal here.
+    if let Some(reason) = t.shared.closing.reason() {
+        registration.ticket().request(reason);
+    }
     let closer = Closer {
-        signal: &t.shared.closing,
-        key: t.id.0,
+        ticket: registration.ticket(),
+        frames: t.frames,
     };
     // Plain on both sides: the readiness-driven tunnel that holds no buffer while idle.
     // Otherwise TLS is involved, and bytes go through the sessions' streams.
@@ -565,6 +583,7 @@ async fn relay(mut t: Tunnel) {
         bytes_to_client = outcome.to_client,
         reason = ?outcome.reason,
         error = ?outcome.error,
+        goodbye = ?outcome.goodbye,
         "tunnel ended"
     );
 }
@@ -594,6 +613,7 @@ mod tests {
             backend: crate::transport::Io::Plain(backend),
             lease: set.backends[0].lease(),
             client_ip: peer.ip(),
+            frames: Some(Default::default()),
         };
         let open = super::Open {
             _gauge: crate::shared::ClientGauge::new(&shared),

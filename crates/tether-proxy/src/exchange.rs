@@ -21,6 +21,7 @@ use crate::body::{BadChunk, Body, Framing};
 use crate::handshake::Reject;
 use crate::response::{self, BadResponse, ResponseHead};
 use crate::shared::Shared;
+use crate::tunnel::FrameTracker;
 
 /// A request whose head (and the body bytes that came with it) the backend has.
 pub(crate) struct Sent {
@@ -46,6 +47,9 @@ pub(crate) struct Switched {
     pub backend: BackendIo,
     pub lease: Lease,
     pub client_ip: IpAddr,
+    /// Where the backend→client stream is in its WebSocket frames; `None` when the tunnel
+    /// carries bytes that are not frames (`tls-passthrough`).
+    pub frames: Option<FrameTracker>,
 }
 
 /// How waiting for the response head failed.
@@ -109,13 +113,22 @@ pub(crate) async fn run(shared: &Shared, client: &mut ClientIo, sent: Sent) -> O
         sent_at,
     };
     match exchange(shared, client, &mut backend, lease, request).await {
-        Ended::Switched { lease, response } => {
+        Ended::Switched {
+            lease,
+            response,
+            head_len,
+        } => {
             client.write_all(&response).await.ok()?;
             backend.write_all(&early).await.ok()?;
+            // Frames the backend sent right behind its `101` went out with it: the tunnel's
+            // frame tracking starts after them.
+            let mut frames = FrameTracker::default();
+            frames.advance(&response[head_len..]);
             Some(Switched {
                 backend,
                 lease,
                 client_ip,
+                frames: Some(frames),
             })
         }
         Ended::Answered => {
@@ -139,7 +152,11 @@ struct Request {
 enum Ended {
     /// `101` to an upgrade: the response head (cookie inserted) is for the client, then the
     /// tunnel starts.
-    Switched { lease: Lease, response: Vec<u8> },
+    Switched {
+        lease: Lease,
+        response: Vec<u8>,
+        head_len: usize,
+    },
     /// One response went to the client, whose write side is shut down.
     Answered,
     /// A socket failed or the client left; nothing more to say.
@@ -214,10 +231,16 @@ async fn exchange(
             return Ended::Answered;
         }
         server.record_success(shared.config.health.rise);
+        let before = response.len();
         if let Some(line) = &cookie {
             crate::response::insert_header(&mut response, head.len, line);
         }
-        return Ended::Switched { lease, response };
+        let head_len = head.len + (response.len() - before);
+        return Ended::Switched {
+            lease,
+            response,
+            head_len,
+        };
     }
     // Only answers to WebSocket upgrades tell whether the backend takes WebSockets; a plain
     // request's 5xx is the application's (a hub's publish while its broker is away).

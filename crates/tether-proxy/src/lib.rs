@@ -80,6 +80,7 @@ pub(crate) fn reload(shared: &Shared, config: &Config) {
         health::spawn(backend, shared.config.health.clone());
     }
     tracing::info!(backends = config.backends.len(), "backend list reloaded");
+    shared.rebalancer.kick();
 }
 
 /// Why a reload did not happen.

@@ -16,11 +16,13 @@ use crate::admin::BackendView;
 use crate::connection::{self, ConnId};
 use crate::frontend::Frontend;
 use crate::shared::Shared;
+use crate::tunnel::close::spread;
 use crate::tunnel::CloseReason;
 use crate::{health, Config, ReloadError};
 
-/// How long closed connections get to finish closing after the grace period.
-const CLOSE_PATIENCE: Duration = Duration::from_secs(2);
+/// How long closed connections get to finish closing after the grace period: a tunnel may
+/// finish its frame under way, then waits for its client's answer to the close frame.
+const CLOSE_PATIENCE: Duration = Duration::from_secs(4);
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -95,11 +97,12 @@ impl Proxy {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// Serves until `shutdown` completes, then stops accepting, waits up to `runtime.grace`
-    /// for open connections to finish, and closes the ones that remain (their tunnels end
-    /// with reason `Shutdown`). It returns once they are gone, so a proxy embedded in a
-    /// larger program (the demo, tests) leaves no tunnel, admin listener or health check
-    /// behind.
+    /// Serves until `shutdown` completes, then stops accepting and closes every tunnel with
+    /// 1001 at a moment drawn uniformly over `runtime.grace` (so the clients reconnect to
+    /// the next proxy spread over it, not in one burst); what is still open at the end of
+    /// the grace, handshakes included, is closed then. It returns once they are gone, so a
+    /// proxy embedded in a larger program (the demo, tests) leaves no tunnel, admin listener
+    /// or health check behind.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let addrs = self.local_addrs();
         let shared = self.shared.clone();
@@ -118,6 +121,11 @@ impl Proxy {
             shared.clone(),
             crate::tls::watch::INTERVAL,
         ));
+        let rebalancer = shared
+            .config
+            .rebalance
+            .rate
+            .map(|rate| tokio::spawn(crate::balance::rebalance::run(shared.clone(), rate)));
         info!(
             ?addrs,
             backends = shared.registry.snapshot().backends.len(),
@@ -136,17 +144,31 @@ impl Proxy {
             _ = accepting => {}
             () = shutdown => {}
         }
+        if let Some(rebalancer) = rebalancer {
+            rebalancer.abort();
+        }
         let open = shared.gate.open();
-        info!(open, grace = ?shared.config.runtime.grace, "no longer accepting; waiting for connections to finish");
-        let deadline = tokio::time::Instant::now() + shared.config.runtime.grace;
+        let grace = shared.config.runtime.grace;
+        let tunnels = shared.tunnels.select(|_| true);
+        info!(
+            open,
+            tunnels = tunnels.len(),
+            ?grace,
+            "no longer accepting; closing tunnels with 1001 spread over the grace period"
+        );
+        let spreading = tokio::spawn(spread(tunnels, CloseReason::Shutdown, grace, || true));
+        let deadline = tokio::time::Instant::now() + grace;
         while shared.gate.open() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        spreading.abort();
         let left = shared.gate.open();
         if left > 0 {
             warn!(left, "grace period over; closing the remaining connections");
         }
+        // The signal first: a tunnel registering after `request_all` passed its shard sees it.
         shared.closing.close(CloseReason::Shutdown);
+        shared.tunnels.request_all(CloseReason::Shutdown);
         // Each connection ends at its next poll; this waits for them to be counted and
         // their sockets closed, bounded in case one is stuck in a write to a dead peer.
         let deadline = tokio::time::Instant::now() + CLOSE_PATIENCE;
@@ -258,15 +280,23 @@ impl RunningProxy {
         crate::reload_from_file(&self.shared)
     }
 
-    /// Marks a backend draining (no new tunnels) or enabled again. False if unknown.
+    /// Marks a backend draining (no new tunnels, live ones left alone) or enabled again.
+    /// False if unknown.
     pub fn set_draining(&self, name: &str, draining: bool) -> bool {
-        match self.shared.registry.snapshot().by_name(name) {
-            Some(b) => {
-                b.set_draining(draining);
-                true
-            }
-            None => false,
-        }
+        let window = None;
+        crate::admin::set_draining(&self.shared, name, draining, window).is_some()
+    }
+
+    /// Drains a backend and closes its live tunnels with 1012, spread uniformly at random
+    /// over `close_within`, as `POST /api/backends/NAME/drain?close_within=…` does. False if
+    /// unknown.
+    pub fn drain(&self, name: &str, close_within: Duration) -> bool {
+        crate::admin::set_draining(&self.shared, name, true, Some(close_within)).is_some()
+    }
+
+    /// The rebalancer's state (`[rebalance]`).
+    pub fn rebalance(&self) -> crate::balance::rebalance::RebalanceView {
+        self.shared.rebalancer.view()
     }
 
     /// The Prometheus text exposition.

@@ -4,13 +4,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::backend::Registry;
+use crate::balance::rebalance::Rebalancer;
 use crate::balance::Balancer;
 use crate::config::Config;
 use crate::frontend::Frontend;
 use crate::handshake::HeadLimits;
 use crate::limits::{ConnectionGate, PendingGate, RateLimiter};
 use crate::metrics::Metrics;
-use crate::tunnel::CloseSignal;
+use crate::tunnel::{CloseSignal, TunnelTable};
 
 #[derive(Debug)]
 pub struct Shared {
@@ -27,8 +28,13 @@ pub struct Shared {
     /// `[limits] max_pending_handshakes`.
     pub pending: Option<Arc<PendingGate>>,
     pub head_limits: HeadLimits,
-    /// Raised to end every connection and tunnel (shutdown past the grace period).
+    /// Raised to end every connection still in its handshake (shutdown past the grace
+    /// period); tunnels are closed through `tunnels`.
     pub closing: CloseSignal,
+    /// Every live tunnel, for drains, rebalances and shutdown.
+    pub tunnels: TunnelTable,
+    /// `[rebalance]`: its state, and the kick that starts it.
+    pub rebalancer: Rebalancer,
     /// Who may use the admin API, on either listener.
     pub admin_access: crate::admin::Access,
 }
@@ -76,6 +82,8 @@ impl Shared {
             rate: RateLimiter::new(config.limits.rate_per_ip, config.limits.rate_burst),
             pending: config.limits.max_pending_handshakes.map(PendingGate::new),
             closing: CloseSignal::default(),
+            tunnels: TunnelTable::default(),
+            rebalancer: Rebalancer::default(),
             head_limits: HeadLimits {
                 max_bytes: config.limits.max_head_bytes,
                 max_headers: config.limits.max_headers,

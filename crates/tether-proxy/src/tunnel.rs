@@ -9,14 +9,23 @@
 //! A half-close is forwarded (`shutdown(SHUT_WR)` on the other socket) and the other direction
 //! keeps flowing until it ends too; an error on either socket ends the whole tunnel.
 //!
-//! The proxy ends every tunnel at once through a [`CloseSignal`] (shutdown after the grace
-//! period). Listening costs a tunnel one registration when it starts and one relaxed atomic
-//! load per wake-up: the signal's wait list is locked only to register and to unregister,
-//! never while bytes move.
+//! The proxy ends a tunnel on purpose (drain, rebalance, shutdown, idle timeout) through its
+//! [`Ticket`] in the [`TunnelTable`]: listening costs the tunnel one registration when it
+//! starts and one atomic load per wake-up. It then says goodbye like a WebSocket server,
+//! with a close frame at a frame boundary ([`goodbye`]); to know where the boundaries are,
+//! the backend→client direction of a WebSocket tunnel follows its frame headers from the
+//! start ([`frames`], which gives the measured cost).
 
+pub mod close;
+pub mod frames;
+pub mod goodbye;
 mod stream;
 
+pub use close::{CloseReason, Entry, Registration, Ticket, TunnelTable};
+pub use goodbye::Goodbye;
 pub use stream::run as run_stream;
+
+pub use frames::FrameTracker;
 
 use std::cell::RefCell;
 use std::future::poll_fn;
@@ -53,32 +62,33 @@ pub enum EndReason {
     BackendError,
     /// No byte moved for `timeouts.tunnel_idle`.
     IdleTimeout,
-    /// The proxy shut down past its grace period.
+    /// The proxy is shutting down (closed within `runtime.grace`, or past it).
     Shutdown,
-}
-
-/// Why the proxy tells its tunnels to end. Carried by a [`CloseSignal`], so a tunnel can say
-/// goodbye the way the reason asks for (a later close frame with 1001 for a shutdown).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum CloseReason {
-    /// The proxy is shutting down and its grace period is over.
-    Shutdown = 1,
-}
-
-impl CloseReason {
-    fn from_u8(v: u8) -> Option<CloseReason> {
-        match v {
-            1 => Some(CloseReason::Shutdown),
-            _ => None,
-        }
-    }
+    /// Its backend was drained with `close_within`.
+    Drain,
+    /// A rebalance moved it to the backend its key belongs to now.
+    Rebalance,
 }
 
 impl From<CloseReason> for EndReason {
     fn from(reason: CloseReason) -> EndReason {
         match reason {
             CloseReason::Shutdown => EndReason::Shutdown,
+            CloseReason::Drain => EndReason::Drain,
+            CloseReason::Rebalance => EndReason::Rebalance,
+        }
+    }
+}
+
+impl EndReason {
+    /// The close code and text the client is told, when the proxy ended the tunnel.
+    fn close_code(self, ticket: &Ticket) -> Option<(u16, &'static str)> {
+        match self {
+            EndReason::IdleTimeout => Some((1001, "idle timeout")),
+            EndReason::Shutdown | EndReason::Drain | EndReason::Rebalance => {
+                ticket.reason().map(CloseReason::close_code)
+            }
+            EndReason::Closed | EndReason::ClientError | EndReason::BackendError => None,
         }
     }
 }
@@ -87,8 +97,9 @@ impl From<CloseReason> for EndReason {
 /// starting and ending on different threads rarely take the same lock.
 const CLOSE_SHARDS: usize = 8;
 
-/// "Close your tunnels, for this reason", broadcast to every tunnel listening, including the
-/// ones that start after it was raised. Raised once; the first reason stays.
+/// "Close your connections, for this reason", broadcast to every connection still in its
+/// handshake, including the ones that start after it was raised (tunnels are closed through
+/// their [`Ticket`]s). Raised once; the first reason stays.
 #[derive(Debug, Default)]
 pub struct CloseSignal {
     /// 0 until raised, then a [`CloseReason`].
@@ -136,12 +147,13 @@ impl CloseSignal {
     }
 }
 
-/// What a tunnel listens to for an order to end: the signal and the key that picks its shard
-/// (the connection id).
+/// What a tunnel listens to for an order to end, and where its backend→client stream is in
+/// its WebSocket frames, so it can end with a close frame (`None`: not frames, as on a
+/// `tls-passthrough` listener; such a tunnel is cut).
 #[derive(Debug, Clone, Copy)]
 pub struct Closer<'a> {
-    pub signal: &'a CloseSignal,
-    pub key: u64,
+    pub ticket: &'a Ticket,
+    pub frames: Option<FrameTracker>,
 }
 
 /// Bytes each way and why the tunnel ended.
@@ -152,6 +164,8 @@ pub struct Outcome {
     pub reason: EndReason,
     /// The socket error behind `ClientError` / `BackendError`.
     pub error: Option<io::ErrorKind>,
+    /// How the end was told to the client.
+    pub goodbye: Goodbye,
 }
 
 /// Where each direction's bytes are counted for metrics.
@@ -179,6 +193,8 @@ struct Direction<'a> {
     flow: Flow,
     moved: u64,
     counter: &'a Counter,
+    /// Frame boundaries of the backend→client direction of a WebSocket; `None` otherwise.
+    frames: Option<FrameTracker>,
 }
 
 /// A failure on one of the two sockets, so the end reason can blame the right side.
@@ -252,6 +268,9 @@ impl Direction<'_> {
     fn forward(&mut self, data: &[u8]) -> io::Result<()> {
         self.moved += data.len() as u64;
         self.counter.inc_by(data.len() as u64);
+        if let Some(frames) = &mut self.frames {
+            frames.advance(data);
+        }
         let sent = match self.dst.try_write(data) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
@@ -295,8 +314,8 @@ fn read_draining(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// Carries bytes both ways until both sides have closed, a socket fails or the idle timeout
-/// fires.
+/// Carries bytes both ways until both sides have closed, a socket fails, the idle timeout
+/// fires or the proxy closes the tunnel (then with a close frame, see [`goodbye`]).
 pub async fn run(
     client: &TcpStream,
     backend: &TcpStream,
@@ -310,6 +329,7 @@ pub async fn run(
         flow: Flow::Idle,
         moved: 0,
         counter: counters.to_backend,
+        frames: None,
     };
     let mut down = Direction {
         src: backend,
@@ -317,22 +337,19 @@ pub async fn run(
         flow: Flow::Idle,
         moved: 0,
         counter: counters.to_client,
+        frames: closer.frames,
     };
     let mut idle = IdleClock::new(idle);
     let mut error = None;
-    // Created before the flag is first read, so a signal raised in between still wakes it.
-    let notified = closer.signal.shard(closer.key).notified();
-    let mut notified = std::pin::pin!(notified);
     let mut listening = false;
     let reason = poll_fn(|cx| {
         if !listening {
-            // Polled once, to leave this task's waker on the wait list. It is not polled
-            // again: that would lock the list on every wake-up, and the task's waker does
-            // not change. The flag says whether the wake-up was the signal.
+            // Once, to leave this task's waker with the ticket: the task's waker does not
+            // change, and the flag says whether a wake-up was a close request.
             listening = true;
-            let _ = notified.as_mut().poll(cx);
+            closer.ticket.listen(cx.waker());
         }
-        if let Some(reason) = closer.signal.reason() {
+        if let Some(reason) = closer.ticket.reason() {
             return Poll::Ready(EndReason::from(reason));
         }
         let mut activity = false;
@@ -370,11 +387,20 @@ pub async fn run(
         Poll::Pending
     })
     .await;
+    let goodbye = match reason.close_code(closer.ticket) {
+        // Boxed: only a closing tunnel pays for the goodbye's state.
+        Some((code, text)) if closer.frames.is_some() => {
+            Box::pin(goodbye::plain(client, backend, &mut down, code, text)).await
+        }
+        Some(_) => Goodbye::Cut,
+        None => Goodbye::None,
+    };
     Outcome {
         to_backend: up.moved,
         to_client: down.moved,
         reason,
         error,
+        goodbye,
     }
 }
 
@@ -443,31 +469,38 @@ mod tests {
         (a, b)
     }
 
-    /// client ⇄ [proxy_client | proxy_backend] ⇄ backend
+    /// client ⇄ [proxy_client | proxy_backend] ⇄ backend, the backend→client direction
+    /// tracked as WebSocket frames; the ticket closes it.
     async fn tunnel(
         idle: Option<Duration>,
-    ) -> (TcpStream, TcpStream, tokio::task::JoinHandle<Outcome>) {
+    ) -> (
+        TcpStream,
+        TcpStream,
+        std::sync::Arc<Ticket>,
+        tokio::task::JoinHandle<Outcome>,
+    ) {
         let (client, proxy_client) = pair().await;
         let (proxy_backend, backend) = pair().await;
+        let ticket = std::sync::Arc::new(Ticket::default());
+        let held = ticket.clone();
         let task = tokio::spawn(async move {
             let (to_backend, to_client) = (Counter::default(), Counter::default());
             let c = Counters {
                 to_backend: &to_backend,
                 to_client: &to_client,
             };
-            let signal = CloseSignal::default();
             let closer = Closer {
-                signal: &signal,
-                key: 0,
+                ticket: &held,
+                frames: Some(FrameTracker::default()),
             };
             run(&proxy_client, &proxy_backend, idle, &c, closer).await
         });
-        (client, backend, task)
+        (client, backend, ticket, task)
     }
 
     #[tokio::test]
     async fn large_payload_crosses_byte_exact_both_ways() {
-        let (mut client, mut backend, task) = tunnel(None).await;
+        let (mut client, mut backend, _ticket, task) = tunnel(None).await;
         let payload: Vec<u8> = (0..8 * 1024 * 1024u32)
             .map(|i| (i * 7 % 251) as u8)
             .collect();
@@ -493,7 +526,7 @@ mod tests {
 
     #[tokio::test]
     async fn half_close_keeps_the_other_direction_open() {
-        let (mut client, mut backend, _task) = tunnel(None).await;
+        let (mut client, mut backend, _ticket, _task) = tunnel(None).await;
         client.shutdown().await.unwrap();
         let mut buf = [0u8; 1];
         assert_eq!(backend.read(&mut buf).await.unwrap(), 0, "backend sees EOF");
@@ -505,7 +538,8 @@ mod tests {
 
     #[tokio::test]
     async fn idle_timeout_ends_a_silent_tunnel_but_not_a_busy_one() {
-        let (mut client, mut backend, task) = tunnel(Some(Duration::from_millis(300))).await;
+        let (mut client, mut backend, _ticket, task) =
+            tunnel(Some(Duration::from_millis(300))).await;
         for _ in 0..5 {
             client.write_all(b"x").await.unwrap();
             let mut b = [0u8; 1];
@@ -520,61 +554,70 @@ mod tests {
         assert_eq!(outcome.reason, EndReason::IdleTimeout);
     }
 
+    /// A close request in the middle of a large frame: the client gets the rest of that
+    /// frame, then a 1012 close frame, then EOF; the backend gets EOF; nothing past the
+    /// frame's end is forwarded.
     #[tokio::test]
-    async fn a_raised_close_signal_ends_idle_tunnels_and_later_ones() {
-        let signal = std::sync::Arc::new(CloseSignal::default());
-        let (to_backend, to_client) = (Counter::default(), Counter::default());
-        let mut tunnels = Vec::new();
-        let mut ends = Vec::new();
-        for key in 0..3u64 {
-            let (client, proxy_client) = pair().await;
-            let (proxy_backend, backend) = pair().await;
-            let (signal, up, down) = (signal.clone(), to_backend.clone(), to_client.clone());
-            ends.push((client, backend));
-            tunnels.push(tokio::spawn(async move {
-                let c = Counters {
-                    to_backend: &up,
-                    to_client: &down,
-                };
-                let closer = Closer {
-                    signal: &signal,
-                    key,
-                };
-                run(&proxy_client, &proxy_backend, None, &c, closer).await
-            }));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(tunnels.iter().all(|t| !t.is_finished()));
-        signal.close(CloseReason::Shutdown);
-        for t in tunnels {
-            let outcome = tokio::time::timeout(Duration::from_secs(3), t)
-                .await
-                .expect("tunnel still open after the signal")
-                .unwrap();
-            assert_eq!(outcome.reason, EndReason::Shutdown);
-        }
-        // A tunnel that starts after the signal ends at once.
-        let (_c, proxy_client) = pair().await;
-        let (proxy_backend, _b) = pair().await;
-        let c = Counters {
-            to_backend: &to_backend,
-            to_client: &to_client,
-        };
-        let closer = Closer {
-            signal: &signal,
-            key: 9,
-        };
-        let late = run(&proxy_client, &proxy_backend, None, &c, closer);
-        let outcome = tokio::time::timeout(Duration::from_secs(3), late)
+    async fn a_close_request_mid_frame_finishes_the_frame_then_sends_a_close_frame() {
+        let (mut client, mut backend, ticket, task) = tunnel(None).await;
+        let len = 200_000usize;
+        let mut frame = vec![0x82, 127];
+        frame.extend_from_slice(&(len as u64).to_be_bytes());
+        frame.extend(std::iter::repeat_n(7u8, len));
+        let split = 10 + len / 2;
+        backend.write_all(&frame[..split]).await.unwrap();
+        let mut got = vec![0u8; split];
+        client.read_exact(&mut got).await.unwrap();
+        assert!(ticket.request(CloseReason::Drain));
+        // The rest of the frame, and a whole next frame the proxy must not forward.
+        backend.write_all(&frame[split..]).await.unwrap();
+        backend.write_all(&[0x81, 0x02, b'n', b'o']).await.unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        let (tail, close) = rest.split_at(frame.len() - split);
+        assert!(
+            tail == &frame[split..],
+            "the frame under way was not finished"
+        );
+        assert_eq!(close, &frames::close_frame(1012, "backend draining")[..]);
+        let mut b = Vec::new();
+        let _ = backend.read_to_end(&mut b).await;
+        let outcome = task.await.unwrap();
+        assert_eq!(outcome.reason, EndReason::Drain);
+        assert_eq!(outcome.goodbye, Goodbye::Sent(1012));
+    }
+
+    #[tokio::test]
+    async fn an_idle_timeout_ends_with_1001() {
+        let (mut client, _backend, _ticket, task) = tunnel(Some(Duration::from_millis(200))).await;
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, frames::close_frame(1001, "idle timeout"));
+        assert_eq!(task.await.unwrap().goodbye, Goodbye::Sent(1001));
+    }
+
+    /// A frame that does not end within the deadline is cut: no close frame inside it.
+    #[tokio::test]
+    async fn a_stalled_frame_is_cut_without_a_close_frame() {
+        let (mut client, mut backend, ticket, task) = tunnel(None).await;
+        backend
+            .write_all(&[0x82, 126, 0x10, 0x00, 1, 2, 3])
             .await
             .unwrap();
+        let mut got = [0u8; 7];
+        client.read_exact(&mut got).await.unwrap();
+        ticket.request(CloseReason::Shutdown);
+        let mut rest = Vec::new();
+        let _ = client.read_to_end(&mut rest).await;
+        assert!(rest.is_empty(), "bytes after a cut: {rest:?}");
+        let outcome = task.await.unwrap();
         assert_eq!(outcome.reason, EndReason::Shutdown);
-        drop(ends);
+        assert_eq!(outcome.goodbye, Goodbye::Cut);
     }
 
     #[tokio::test]
     async fn backend_reset_ends_the_tunnel() {
-        let (_client, backend, task) = tunnel(None).await;
+        let (_client, backend, _ticket, task) = tunnel(None).await;
         socket2::SockRef::from(&backend)
             .set_linger(Some(Duration::ZERO))
             .unwrap();

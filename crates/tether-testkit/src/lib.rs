@@ -6,11 +6,13 @@
 #![forbid(unsafe_code)]
 
 pub mod fuzz;
+pub mod stream;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+pub use stream::FrameStreamer;
 pub use tether_bench::echo::{EchoServer, BACKEND_HEADER};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

@@ -218,13 +218,13 @@ fn check_reads_the_admin_token_file_and_names_it_when_it_cannot() {
 }
 
 #[tokio::test]
-async fn sigterm_lets_tunnels_finish_and_logs_one_json_line_per_tunnel() {
+async fn sigterm_closes_tunnels_with_1001_within_the_grace_and_logs_one_json_line_per_tunnel() {
     let backends = echo_backends(1).await;
     let port = free_port();
     let path = write_config(
         "run.toml",
         &format!(
-            "[listen]\naddr = \"127.0.0.1:{port}\"\n[admin]\nenabled = false\n[runtime]\nworkers = 1\ngrace = \"10s\"\n[[backend]]\nname = \"b1\"\naddr = \"{}\"\n",
+            "[listen]\naddr = \"127.0.0.1:{port}\"\n[admin]\nenabled = false\n[runtime]\nworkers = 1\ngrace = \"2s\"\n[[backend]]\nname = \"b1\"\naddr = \"{}\"\n",
             backends[0].addr()
         ),
     );
@@ -243,21 +243,27 @@ async fn sigterm_lets_tunnels_finish_and_logs_one_json_line_per_tunnel() {
     });
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut ws = connect_when_up(addr).await;
+    assert_eq!(whoami(&mut ws).await.unwrap(), "b1");
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "exited with a tunnel still open"
-    );
-    assert_eq!(
-        whoami(&mut ws).await.unwrap(),
-        "b1",
-        "tunnel cut by SIGTERM"
-    );
-    ws.close(None).await.unwrap();
+    // The tunnel gets a close frame saying the proxy goes away, at a moment within the grace.
+    let code = tokio::time::timeout(Duration::from_secs(4), async {
+        use futures_util::StreamExt;
+        loop {
+            match ws.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f))) => {
+                    return f.map(|f| u16::from(f.code))
+                }
+                Some(Ok(_)) => {}
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("no close frame within the grace");
+    assert_eq!(code, Some(1001));
     drop(ws);
     let deadline = Instant::now() + Duration::from_secs(5);
     let status = loop {
@@ -282,7 +288,9 @@ async fn sigterm_lets_tunnels_finish_and_logs_one_json_line_per_tunnel() {
     assert_eq!(line["backend"], "b1");
     assert_eq!(line["client"], "127.0.0.1");
     assert!(line["bytes_to_backend"].as_u64().unwrap() > 0);
-    assert!(line["duration"].is_string() && line["reason"].is_string());
+    assert!(line["duration"].is_string());
+    assert_eq!(line["reason"], "Shutdown");
+    assert_eq!(line["goodbye"], "Sent(1001)");
 }
 
 #[tokio::test]

@@ -98,6 +98,7 @@ pub(super) async fn passthrough(
             backend,
             lease,
             client_ip,
+            frames: None,
         },
     ))
 }

@@ -15,9 +15,11 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::{blame, Closer, Counters, EndReason, IdleClock, Outcome, Side, SCRATCH_BUF};
+use super::frames::FrameTracker;
+use super::goodbye::{self, Goodbye};
+use super::{blame, Closer, Counters, EndReason, IdleClock, Outcome, Side, SCRATCH, SCRATCH_BUF};
 
 /// The state of one direction.
 #[derive(Debug)]
@@ -34,13 +36,66 @@ enum Flow {
     Finished,
 }
 
-struct Pump<'a> {
+pub(super) struct Pump<'a> {
     flow: Flow,
     moved: u64,
     counter: &'a Counter,
+    /// Frame boundaries of the backend→client direction of a WebSocket; `None` otherwise.
+    frames: Option<FrameTracker>,
 }
 
 impl Pump<'_> {
+    pub(super) fn saw_close(&self) -> bool {
+        self.frames.as_ref().is_some_and(FrameTracker::saw_close)
+    }
+
+    /// Moves bytes from `src` to `dst` up to the end of the frame under way (see
+    /// [`goodbye`]). `Ok(true)` at a boundary with everything flushed; `Ok(false)` when the
+    /// source ended first.
+    pub(super) async fn finish_frame<S, D>(
+        &mut self,
+        dst: &mut D,
+        src: &mut S,
+    ) -> std::io::Result<bool>
+    where
+        S: AsyncRead + Unpin + ?Sized,
+        D: AsyncWrite + Unpin + ?Sized,
+    {
+        let mut buf = Vec::new();
+        loop {
+            match &mut self.flow {
+                Flow::Finished | Flow::Closing => return Ok(false),
+                Flow::Pending { buf: pending, sent } => {
+                    dst.write_all(&pending[*sent..]).await?;
+                    self.flow = Flow::Flushing;
+                }
+                Flow::Flushing => {
+                    dst.flush().await?;
+                    self.flow = Flow::Idle;
+                }
+                Flow::Idle => {
+                    let want = self.frames.as_ref().map_or(0, FrameTracker::until_boundary);
+                    if want == 0 {
+                        return Ok(true);
+                    }
+                    buf.resize(want.min(SCRATCH as u64) as usize, 0);
+                    let n = src.read(&mut buf).await?;
+                    if n == 0 {
+                        return Ok(false);
+                    }
+                    let data = &buf[..n];
+                    self.moved += n as u64;
+                    self.counter.inc_by(n as u64);
+                    if let Some(frames) = &mut self.frames {
+                        frames.advance(data);
+                    }
+                    dst.write_all(data).await?;
+                    self.flow = Flow::Flushing;
+                }
+            }
+        }
+    }
+
     fn poll_pump<S, D>(
         &mut self,
         cx: &mut Context<'_>,
@@ -87,6 +142,9 @@ impl Pump<'_> {
                         }
                         self.moved += data.len() as u64;
                         self.counter.inc_by(data.len() as u64);
+                        if let Some(frames) = &mut self.frames {
+                            frames.advance(data);
+                        }
                         let sent = match dst.as_mut().poll_write(cx, data) {
                             Poll::Ready(Ok(n)) => n,
                             Poll::Ready(Err(e)) => return Poll::Ready(Err(Side::Dst(e))),
@@ -114,7 +172,7 @@ impl Pump<'_> {
 }
 
 /// Carries bytes both ways between two streams until both have closed, one fails, the idle
-/// timeout fires or the proxy closes its tunnels.
+/// timeout fires or the proxy closes the tunnel (then with a close frame, see [`goodbye`]).
 pub async fn run<C, B>(
     client: &mut C,
     backend: &mut B,
@@ -130,24 +188,24 @@ where
         flow: Flow::Idle,
         moved: 0,
         counter: counters.to_backend,
+        frames: None,
     };
     let mut down = Pump {
         flow: Flow::Idle,
         moved: 0,
         counter: counters.to_client,
+        frames: closer.frames,
     };
     let mut idle = IdleClock::new(idle);
     let mut error = None;
-    let notified = closer.signal.shard(closer.key).notified();
-    let mut notified = std::pin::pin!(notified);
     let mut listening = false;
     let reason = poll_fn(|cx| {
         if !listening {
             // As in the plain tunnel: register once, then read only the flag.
             listening = true;
-            let _ = notified.as_mut().poll(cx);
+            closer.ticket.listen(cx.waker());
         }
-        if let Some(reason) = closer.signal.reason() {
+        if let Some(reason) = closer.ticket.reason() {
             return Poll::Ready(EndReason::from(reason));
         }
         let mut activity = false;
@@ -194,20 +252,26 @@ where
         Poll::Pending
     })
     .await;
+    let goodbye = match reason.close_code(closer.ticket) {
+        Some((code, text)) if closer.frames.is_some() => {
+            Box::pin(goodbye::stream(client, backend, &mut down, code, text)).await
+        }
+        Some(_) => Goodbye::Cut,
+        None => Goodbye::None,
+    };
     Outcome {
         to_backend: up.moved,
         to_client: down.moved,
         reason,
         error,
+        goodbye,
     }
 }
-
-use std::future::Future as _;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tunnel::CloseSignal;
+    use crate::tunnel::Ticket;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A slow reader on one side: the bytes still all arrive, in order, through the pending
@@ -222,10 +286,10 @@ mod tests {
                 to_backend: &a,
                 to_client: &b,
             };
-            let signal = CloseSignal::default();
+            let ticket = Ticket::default();
             let closer = Closer {
-                signal: &signal,
-                key: 1,
+                ticket: &ticket,
+                frames: Some(FrameTracker::default()),
             };
             run(
                 &mut proxy_client,
@@ -261,5 +325,55 @@ mod tests {
         let outcome = task.await.unwrap();
         assert_eq!(outcome.reason, EndReason::Closed);
         assert_eq!(outcome.to_backend, expected.len() as u64);
+    }
+    /// As on the plain tunnel: a close requested in the middle of a frame lets that frame
+    /// finish, then the client gets the close frame and EOF, and nothing past the frame.
+    #[tokio::test]
+    async fn a_close_request_mid_frame_finishes_the_frame_then_sends_a_close_frame() {
+        let (mut client, mut proxy_client) = tokio::io::duplex(64 * 1024);
+        let (mut proxy_backend, mut backend) = tokio::io::duplex(64 * 1024);
+        let ticket = std::sync::Arc::new(Ticket::default());
+        let held = ticket.clone();
+        let task = tokio::spawn(async move {
+            let (a, b) = (Counter::default(), Counter::default());
+            let counters = Counters {
+                to_backend: &a,
+                to_client: &b,
+            };
+            let closer = Closer {
+                ticket: &held,
+                frames: Some(FrameTracker::default()),
+            };
+            run(
+                &mut proxy_client,
+                &mut proxy_backend,
+                None,
+                &counters,
+                closer,
+            )
+            .await
+        });
+        let mut frame = vec![0x82, 126, 0x27, 0x10];
+        frame.extend(std::iter::repeat_n(5u8, 10_000));
+        backend.write_all(&frame[..3000]).await.unwrap();
+        let mut got = vec![0u8; 3000];
+        client.read_exact(&mut got).await.unwrap();
+        assert!(ticket.request(crate::tunnel::CloseReason::Rebalance));
+        backend.write_all(&frame[3000..]).await.unwrap();
+        backend.write_all(&[0x81, 0x01, b'x']).await.unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        let (tail, close) = rest.split_at(frame.len() - 3000);
+        assert!(
+            tail == &frame[3000..],
+            "the frame under way was not finished"
+        );
+        assert_eq!(
+            close,
+            &super::super::frames::close_frame(1012, "rebalancing")[..]
+        );
+        let outcome = task.await.unwrap();
+        assert_eq!(outcome.reason, EndReason::Rebalance);
+        assert_eq!(outcome.goodbye, Goodbye::Sent(1012));
     }
 }
