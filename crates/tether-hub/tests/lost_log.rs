@@ -87,8 +87,28 @@ async fn a_resume_into_the_empty_new_log_is_unrecovered_and_then_gets_the_new_lo
     redis.restart().await;
 
     // The watcher's node learns of the lost log and closes it (1013), as it closes anyone
-    // owed messages that history no longer holds.
-    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+    // owed messages that history no longer holds. The watcher does not read yet, so its
+    // session stays a member of the channel for the second it waits for a closing answer:
+    // the channel's dispatcher, which has just told its subscribers, lives on.
+    let told = eventually(Duration::from_secs(15), || async move {
+        let metrics = http(node, "GET", "/metrics", None, None).await.1;
+        metrics.contains("tether_hub_channel_gaps_total 1")
+    })
+    .await;
+    assert!(told, "the node noticed the lost log within 15 s");
+
+    // A client that saw only the first message resumes there: what came after it is gone,
+    // and the answer says so although the channel's newest offset (0: its new log is
+    // empty) is below `since`.
+    let mut resumed = Client::connect(node).await;
+    let subscribed = subscribe_when_served(&mut resumed, "lost", old[0]).await;
+    assert_eq!(subscribed["recovered"], false, "{subscribed}");
+    assert_eq!(
+        subscribed["offset"], 0,
+        "the new log is empty: {subscribed}"
+    );
+
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match watcher.ws.next().await {
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
@@ -97,21 +117,11 @@ async fn a_resume_into_the_empty_new_log_is_unrecovered_and_then_gets_the_new_lo
         }
     })
     .await
-    .expect("the node noticed the lost log within 15 s");
+    .expect("the watcher's close arrived");
     match closed {
         Some(Ok(Message::Close(Some(close)))) => assert_eq!(u16::from(close.code), 1013),
         other => panic!("expected close 1013, got {other:?}"),
     }
-
-    // A client that saw only the first message resumes: what came after it is gone, and
-    // the answer says so although the channel's newest offset (0: empty) is below `since`.
-    let mut resumed = Client::connect(node).await;
-    let subscribed = subscribe_when_served(&mut resumed, "lost", old[0]).await;
-    assert_eq!(subscribed["recovered"], false, "{subscribed}");
-    assert_eq!(
-        subscribed["offset"], 0,
-        "the new log is empty: {subscribed}"
-    );
 
     // The new log's first message arrives live, numbered above the lost log's offsets, and
     // nothing else (no message of the lost log, no repeat) comes before it.
