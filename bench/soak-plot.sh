@@ -62,7 +62,7 @@ gnuplot <<EOF
 $common
 set terminal pngcairo size 1200,1100 font ',10'
 set output '$out.png'
-set multiplot layout 3,1 title 'tether bench soak: $(basename "$(dirname "$csv")")'
+set multiplot layout 3,1 title 'tether bench soak: $(basename "$out")'
 set ylabel 'open descriptors'
 $fds_plot
 set ylabel 'RSS (MiB)'
