@@ -12,6 +12,7 @@
 //! * [`faults`]: the seeded injector.
 //! * [`client`]: the resuming subscriber; [`publisher`]: the publishers.
 //! * [`ledger`]: what was owed and what arrived; [`resources`]: fds and RSS, CSV.
+//! * [`trace`]: each subscriber's connections and answers, to explain a missing delivery.
 
 pub mod client;
 pub mod faults;
