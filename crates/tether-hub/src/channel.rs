@@ -406,19 +406,25 @@ impl Dispatcher {
                 }
             };
             if !history.recovered {
-                if let Some(last) = self.last {
-                    // Messages after `last` are gone from the log (trimmed, or lost with the
-                    // broker's data). Subscribers are told by being closed (1013): each
-                    // client resumes from the last offset it saw and is answered
-                    // `recovered: false`. Carrying on after the hole would be silent loss.
-                    self.hand_over();
-                    tracing::warn!(since = %last, top = %history.top, subscribers = self.subscribers.len(),
-                        "history no longer reaches back to the last delivered offset; closing the channel's subscribers so they resume and learn of the gap");
-                    self.metrics.channel_gaps.inc();
-                    for s in self.subscribers.drain(..) {
-                        s.postbox.lost();
-                    }
+                // Messages after `since` are gone from the log (trimmed, or lost with the
+                // broker's data). Subscribers are told by being closed (1013): each client
+                // resumes from the last offset it saw and is answered `recovered: false`.
+                // Carrying on after the hole would be silent loss.
+                self.hand_over();
+                tracing::warn!(%since, top = %history.top, subscribers = self.subscribers.len(),
+                    "history no longer reaches back to the last delivered offset; closing the channel's subscribers so they resume and learn of the gap");
+                self.metrics.channel_gaps.inc();
+                for s in self.subscribers.drain(..) {
+                    s.postbox.lost();
                 }
+                // Everyone owed the hole has been told, and whoever joins from now on
+                // replays history for itself: the dispatcher goes on from where the log
+                // stands now. Not from `last`: after a lost log that lies above the new
+                // log's top (0 while the new log is empty), and the new log's first message
+                // would look like one more hole and close the clients that had just
+                // resumed and been told, for nothing (found by the soak; `lost_log.rs`).
+                self.last = (history.top != Offset(0)).then_some(history.top);
+                break;
             }
             for p in history.messages {
                 if self.last.is_none_or(|last| p.offset > last) {

@@ -18,7 +18,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::ledger::{Arrival, Ledger};
+use super::ledger::{Arrival, Asked, Ledger};
+use super::trace::Step;
 use crate::client::{Ws, HANDSHAKE_TIMEOUT};
 use crate::source::connect_from;
 
@@ -96,6 +97,7 @@ struct Frame {
     recovered: Option<bool>,
     data: Option<Tagged>,
     code: Option<String>,
+    node: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -134,6 +136,7 @@ pub async fn run(
             Ok(ws) => {
                 stats.connects.fetch_add(1, Ordering::Relaxed);
                 stats.connected.fetch_add(1, Ordering::Relaxed);
+                let mut received = Received::default();
                 let ended = session(
                     ws,
                     index,
@@ -144,9 +147,18 @@ pub async fn run(
                     &mut control,
                     &mut stop,
                     &mut attempt,
+                    &mut received,
                 )
                 .await;
                 stats.connected.fetch_sub(1, Ordering::Relaxed);
+                if let Ended::Lost(code) = ended {
+                    ledger.subscriber(index).step(Step::Ended {
+                        code,
+                        messages: received.messages,
+                        first: received.first,
+                        last: received.last,
+                    });
+                }
                 ended
             }
             Err(_) => {
@@ -185,6 +197,14 @@ pub async fn run(
     }
 }
 
+/// The message frames one connection brought, for the subscriber's trace.
+#[derive(Debug, Default)]
+struct Received {
+    messages: u64,
+    first: Option<u64>,
+    last: Option<u64>,
+}
+
 async fn open(endpoint: &Endpoint) -> Result<Ws, ()> {
     let url = format!("ws://{}/ws?sid={}", endpoint.proxy, endpoint.sid);
     let config = WebSocketConfig::default()
@@ -216,9 +236,10 @@ async fn session(
     control: &mut mpsc::UnboundedReceiver<Control>,
     stop: &mut watch::Receiver<bool>,
     attempt: &mut u32,
+    received: &mut Received,
 ) -> Ended {
     let book = ledger.subscriber(index);
-    let mut since = None;
+    let mut asked = Asked::default();
     let mut resubscribe_at: Option<tokio::time::Instant> = None;
     let mut frames = 0u64;
     loop {
@@ -256,8 +277,9 @@ async fn session(
             }
             _ = resubscribe => {
                 resubscribe_at = None;
-                since = book.since();
-                if send_subscribe(&mut ws, channel, since).await.is_err() {
+                asked = ledger.asking(index);
+                book.step(Step::Subscribe { asked });
+                if send_subscribe(&mut ws, channel, asked.since).await.is_err() {
                     return Ended::Lost(None);
                 }
                 continue;
@@ -284,8 +306,12 @@ async fn session(
         match frame.kind.as_str() {
             "welcome" => {
                 *attempt = 0;
-                since = book.since();
-                if send_subscribe(&mut ws, channel, since).await.is_err() {
+                book.step(Step::Welcome {
+                    node: frame.node.unwrap_or_default(),
+                });
+                asked = ledger.asking(index);
+                book.step(Step::Subscribe { asked });
+                if send_subscribe(&mut ws, channel, asked.since).await.is_err() {
                     return Ended::Lost(None);
                 }
             }
@@ -297,13 +323,17 @@ async fn session(
                 if !recovered {
                     stats.gaps.fetch_add(1, Ordering::Relaxed);
                 }
-                book.subscribed(since, top, recovered);
+                book.step(Step::Subscribed { top, recovered });
+                book.subscribed(asked, top, recovered);
             }
             "message" => {
                 let (Some(offset), Some(data)) = (frame.offset, frame.data) else {
                     stats.server_errors.fetch_add(1, Ordering::Relaxed);
                     continue;
                 };
+                received.messages += 1;
+                received.first.get_or_insert(offset);
+                received.last = Some(offset);
                 if let Some(n) = endpoint.drop_every {
                     frames += 1;
                     if frames == n.get() {

@@ -15,9 +15,15 @@
 //! frames (with the same tag), or inside a span the hub said it could not recover.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use serde::Serialize;
+
+use super::trace::{Step, Trace};
+
+/// Subscribers whose trace [`Ledger::explain`] writes out: enough to see a pattern.
+const EXPLAINED: usize = 20;
 
 /// One channel's acknowledged publishes.
 #[derive(Debug)]
@@ -25,6 +31,18 @@ struct ChannelBook {
     name: String,
     /// `(offset, tag)` in the order the answers arrived.
     published: Mutex<Vec<(u64, u64)>>,
+    /// The highest offset acknowledged so far (0: none; the hub never hands out 0).
+    highest: AtomicU64,
+}
+
+/// A `subscribe` as it was sent: its `since`, and the channel's highest acknowledged offset
+/// at that moment, which bounds what a `recovered: false` answer to it may declare gone
+/// (see [`SubscriberBook::subscribed`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Asked {
+    /// `None` for the first subscribe of the run.
+    pub since: Option<u64>,
+    pub acknowledged: Option<u64>,
 }
 
 /// Everything the run published and received.
@@ -53,6 +71,8 @@ struct Received {
     gaps: Vec<(u64, u64)>,
     duplicated: u64,
     out_of_order: u64,
+    /// What the subscriber went through, to explain a missing delivery.
+    trace: Trace,
 }
 
 /// What a `message` frame was, judged against what the subscriber had already.
@@ -81,10 +101,21 @@ impl SubscriberBook {
         self.lock().start.is_some()
     }
 
-    /// Records a `subscribed` answer to a subscribe that carried `since` (`None`: the first).
-    pub fn subscribed(&self, since: Option<u64>, top: u64, recovered: bool) {
+    /// Records the `subscribed` answer to `asked`.
+    ///
+    /// `recovered: false` declares messages after `since` gone (docs/protocol.md). Which
+    /// ones: those history no longer holds, so the span runs from `since` to the newest
+    /// message that was already stored when the hub read its history. That is at least
+    /// the answer's `offset` (its top), and at least every publish acknowledged before the
+    /// subscribe was sent (stored before the hub read anything for it). The two differ
+    /// when the broker lost its data and the channel's new log was still empty: the
+    /// answer is `offset: 0`, below `since`, yet the messages acknowledged after `since`
+    /// in the lost log are exactly what the hub said is gone. Nothing acknowledged later
+    /// is excused: a new log's offsets are above every old one, and a message stored
+    /// before the read and kept would have made the top reach it.
+    pub fn subscribed(&self, asked: Asked, top: u64, recovered: bool) {
         let mut r = self.lock();
-        match since {
+        match asked.since {
             None => {
                 if r.start.is_none() {
                     r.start = Some(top);
@@ -93,9 +124,19 @@ impl SubscriberBook {
                     r.last = Some(top);
                 }
             }
-            Some(since) if !recovered && top > since => r.gaps.push((since, top)),
+            Some(since) if !recovered => {
+                let gone_up_to = top.max(asked.acknowledged.unwrap_or(0));
+                if gone_up_to > since {
+                    r.gaps.push((since, gone_up_to));
+                }
+            }
             Some(_) => {}
         }
+    }
+
+    /// Notes a step of the subscriber's life in its trace (see `trace`).
+    pub fn step(&self, step: Step) {
+        self.lock().trace.push(step);
     }
 
     /// Records a `message` frame.
@@ -160,6 +201,7 @@ impl Ledger {
                 .map(|name| ChannelBook {
                     name,
                     published: Mutex::new(Vec::new()),
+                    highest: AtomicU64::new(0),
                 })
                 .collect(),
             subscribers: subscriber_channels
@@ -189,11 +231,25 @@ impl Ledger {
 
     /// Records that the publish tagged `tag` on `channel` was given `offset`.
     pub fn published(&self, channel: usize, offset: u64, tag: u64) {
-        self.channels[channel]
-            .published
+        let book = &self.channels[channel];
+        book.published
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push((offset, tag));
+        book.highest.fetch_max(offset, Ordering::AcqRel);
+    }
+
+    /// What subscriber `index` asks for now: `since` its last offset, and its channel's
+    /// highest acknowledged offset at this moment. Take it just before sending the frame.
+    pub fn asking(&self, index: usize) -> Asked {
+        let subscriber = &self.subscribers[index];
+        let highest = self.channels[subscriber.channel]
+            .highest
+            .load(Ordering::Acquire);
+        Asked {
+            since: subscriber.since(),
+            acknowledged: (highest != 0).then_some(highest),
+        }
     }
 
     /// Publishes acknowledged so far.
@@ -222,6 +278,37 @@ impl Ledger {
                 None => false,
             })
             .count()
+    }
+
+    /// For each subscriber with a missing delivery in `missing`: the offsets it did receive
+    /// either side of each hole, and its trace, to look up in the hubs' logs.
+    pub fn explain(&self, missing: &[Missing]) -> String {
+        let mut out = String::new();
+        let mut seen = Vec::new();
+        for m in missing {
+            if seen.contains(&m.subscriber) {
+                continue;
+            }
+            if seen.len() == EXPLAINED {
+                break;
+            }
+            seen.push(m.subscriber);
+            let r = self.subscribers[m.subscriber].lock();
+            out.push_str(&format!("s{} on {}:\n", m.subscriber, m.channel));
+            for hole in missing.iter().filter(|h| h.subscriber == m.subscriber) {
+                let at = r.got.partition_point(|&(o, _)| o < hole.offset);
+                let before = at.checked_sub(1).map(|i| r.got[i].0);
+                let after = r.got.get(at).map(|&(o, _)| o);
+                out.push_str(&format!(
+                    "  missing {} (received before it: {}, after it: {})\n",
+                    hole.offset,
+                    before.map_or_else(|| "none".to_owned(), |o| o.to_string()),
+                    after.map_or_else(|| "none".to_owned(), |o| o.to_string()),
+                ));
+            }
+            out.push_str(&r.trace.render("  "));
+        }
+        out
     }
 
     /// Reckons every channel and subscriber; also returns the first `keep` missing deliveries.
@@ -297,7 +384,7 @@ mod tests {
     fn every_owed_message_delivered_once_balances() {
         let ledger = one_channel(2);
         for s in 0..2 {
-            ledger.subscriber(s).subscribed(None, 0, true);
+            ledger.subscriber(s).subscribed(Asked::default(), 0, true);
         }
         for offset in 1..=3 {
             ledger.published(0, offset, 100 + offset);
@@ -317,7 +404,7 @@ mod tests {
     fn a_skipped_offset_is_lost_unless_the_hub_declared_the_gap() {
         let ledger = one_channel(2);
         for s in 0..2 {
-            ledger.subscriber(s).subscribed(None, 0, true);
+            ledger.subscriber(s).subscribed(Asked::default(), 0, true);
         }
         for offset in 1..=4 {
             ledger.published(0, offset, offset);
@@ -327,7 +414,11 @@ mod tests {
             ledger.subscriber(0).message(offset, offset);
         }
         ledger.subscriber(1).message(1, 1);
-        ledger.subscriber(1).subscribed(Some(1), 3, false);
+        let asked = Asked {
+            since: Some(1),
+            acknowledged: Some(3),
+        };
+        ledger.subscriber(1).subscribed(asked, 3, false);
         ledger.subscriber(1).message(4, 4);
         let (t, missing) = ledger.reckon(10);
         assert_eq!((t.delivered, t.lost, t.unrecovered), (4, 2, 2));
@@ -340,11 +431,63 @@ mod tests {
         );
     }
 
+    /// Found by the 60 s soak (docs/soak.md): a subscriber stalled while its channel's
+    /// next two publishes were acknowledged, then Redis lost its data. Its resume was
+    /// answered `recovered: false` with `offset: 0` (the new log still empty), and the
+    /// ledger, which excused only `(since, offset]`, counted the two as lost.
+    #[test]
+    fn a_resume_into_an_empty_new_log_excuses_what_was_acknowledged_before_it() {
+        let ledger = one_channel(1);
+        let s = ledger.subscriber(0);
+        s.subscribed(ledger.asking(0), 0, true);
+        ledger.published(0, 100, 1);
+        s.message(100, 1);
+        // Acknowledged while the subscriber was away; then the log is lost.
+        ledger.published(0, 101, 2);
+        ledger.published(0, 102, 3);
+        let asked = ledger.asking(0);
+        assert_eq!(
+            asked,
+            Asked {
+                since: Some(100),
+                acknowledged: Some(102)
+            }
+        );
+        s.subscribed(asked, 0, false);
+        // The new log's messages are owed as ever: one arrives, one does not.
+        ledger.published(0, 5_000, 4);
+        ledger.published(0, 5_001, 5);
+        s.message(5_000, 4);
+        let (t, missing) = ledger.reckon(10);
+        assert_eq!((t.delivered, t.unrecovered, t.lost), (2, 2, 1));
+        assert_eq!(
+            missing.iter().map(|m| m.offset).collect::<Vec<_>>(),
+            [5_001]
+        );
+    }
+
+    #[test]
+    fn a_publish_acknowledged_after_the_subscribe_was_sent_is_never_excused() {
+        let ledger = one_channel(1);
+        let s = ledger.subscriber(0);
+        s.subscribed(ledger.asking(0), 0, true);
+        ledger.published(0, 100, 1);
+        s.message(100, 1);
+        let asked = ledger.asking(0);
+        // Acknowledged after the frame went out: the hub may have read history before it
+        // was stored, so an answer cannot speak for it.
+        ledger.published(0, 101, 2);
+        s.subscribed(asked, 0, false);
+        let (t, missing) = ledger.reckon(10);
+        assert_eq!((t.unrecovered, t.lost), (0, 1));
+        assert_eq!(missing[0].offset, 101);
+    }
+
     #[test]
     fn a_repeat_is_a_duplicate_and_an_older_unseen_offset_is_out_of_order() {
         let ledger = one_channel(1);
         let s = ledger.subscriber(0);
-        s.subscribed(None, 10, true);
+        s.subscribed(Asked::default(), 10, true);
         assert_eq!(s.message(12, 1), Arrival::InOrder);
         assert_eq!(s.message(12, 1), Arrival::Duplicate);
         assert_eq!(s.message(11, 2), Arrival::OutOfOrder);
@@ -357,7 +500,7 @@ mod tests {
     fn publishes_before_the_first_subscribe_are_not_owed() {
         let ledger = one_channel(1);
         ledger.published(0, 5, 5);
-        ledger.subscriber(0).subscribed(None, 5, true);
+        ledger.subscriber(0).subscribed(Asked::default(), 5, true);
         ledger.published(0, 6, 6);
         ledger.subscriber(0).message(6, 6);
         let (t, _) = ledger.reckon(0);
@@ -367,7 +510,7 @@ mod tests {
     #[test]
     fn a_frame_carrying_another_message_under_an_acknowledged_offset_is_corrupt() {
         let ledger = one_channel(1);
-        ledger.subscriber(0).subscribed(None, 0, true);
+        ledger.subscriber(0).subscribed(Asked::default(), 0, true);
         ledger.published(0, 1, 7);
         ledger.subscriber(0).message(1, 8);
         ledger.subscriber(0).message(2, 9);
@@ -376,10 +519,45 @@ mod tests {
     }
 
     #[test]
+    fn explain_shows_the_offsets_around_each_hole_and_the_subscribers_trace() {
+        let ledger = one_channel(2);
+        for s in 0..2 {
+            ledger.subscriber(s).subscribed(Asked::default(), 0, true);
+        }
+        let s = ledger.subscriber(1);
+        s.step(Step::Welcome {
+            node: "hub2".into(),
+        });
+        s.step(Step::Subscribe {
+            asked: Asked::default(),
+        });
+        for offset in 1..=4 {
+            ledger.published(0, offset, offset);
+            ledger.subscriber(0).message(offset, offset);
+        }
+        for offset in [1, 4] {
+            s.message(offset, offset);
+        }
+        let (_, missing) = ledger.reckon(10);
+        let text = ledger.explain(&missing);
+        assert!(text.starts_with("s1 on c:\n"), "{text}");
+        assert!(
+            text.contains("  missing 2 (received before it: 1, after it: 4)\n"),
+            "{text}"
+        );
+        assert!(text.contains(" welcome node=hub2\n"), "{text}");
+        assert!(
+            text.contains(" subscribe since=- (acknowledged up to -)\n"),
+            "{text}"
+        );
+        assert!(!text.contains("s0 "), "{text}");
+    }
+
+    #[test]
     fn behind_counts_subscribers_short_of_their_channel_top() {
         let ledger = one_channel(2);
         for s in 0..2 {
-            ledger.subscriber(s).subscribed(None, 0, true);
+            ledger.subscriber(s).subscribed(Asked::default(), 0, true);
         }
         ledger.published(0, 1, 1);
         ledger.subscriber(0).message(1, 1);

@@ -12,6 +12,7 @@
 //! * [`faults`]: the seeded injector.
 //! * [`client`]: the resuming subscriber; [`publisher`]: the publishers.
 //! * [`ledger`]: what was owed and what arrived; [`resources`]: fds and RSS, CSV.
+//! * [`trace`]: each subscriber's connections and answers, to explain a missing delivery.
 
 pub mod client;
 pub mod faults;
@@ -20,6 +21,7 @@ pub mod ledger;
 pub mod publisher;
 pub mod resources;
 pub mod system;
+pub mod trace;
 
 use std::fmt;
 use std::io::Write as _;
@@ -443,7 +445,7 @@ async fn drive(
     subscribers.abort_all();
 
     let (tally, missing) = ledger.reckon(1000);
-    write_missing(dir, &missing);
+    write_missing(dir, &missing, &ledger.explain(&missing));
     let growth = samples.growth(&["proxy", "hubs"]);
     let report = SoakReport {
         seed,
@@ -516,7 +518,7 @@ async fn wait_started(ledger: &Ledger, count: usize, limit: Duration) -> Result<
 }
 
 /// Lists the missing deliveries in `DIR/ledger.txt`, for a reproduction.
-fn write_missing(dir: &Path, missing: &[ledger::Missing]) {
+fn write_missing(dir: &Path, missing: &[ledger::Missing], explained: &str) {
     let Ok(mut file) = std::fs::File::create(dir.join("ledger.txt")) else {
         return;
     };
@@ -531,6 +533,13 @@ fn write_missing(dir: &Path, missing: &[ledger::Missing]) {
             "{} s{} {} {}",
             m.channel, m.subscriber, m.offset, m.tag
         );
+    }
+    if !explained.is_empty() {
+        let _ = writeln!(
+            file,
+            "\n# what those subscribers went through (UTC, as in the hubs' logs)"
+        );
+        let _ = file.write_all(explained.as_bytes());
     }
 }
 
