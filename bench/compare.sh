@@ -1,26 +1,33 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark: tether proxy vs HAProxy vs nginx (and direct), and tether hub vs
-# Socket.IO with its Redis adapter. Prints one table and writes it to bench/results/latest.md;
-# a full run (neither --quick nor --skip-*) also writes it into docs/bench.md and the README's
-# headline table, between their bench:results / bench:headline markers.
+# Side-by-side benchmark: tether proxy vs HAProxy vs nginx (and direct), plain and over TLS,
+# and tether hub vs Socket.IO with its Redis adapter. Prints one table and writes it to
+# bench/results/latest.md; a full run (neither --quick nor --skip-*) also writes it into
+# docs/bench.md and the README's headline table, between their bench:results /
+# bench:headline markers.
 #
-# Usage: bench/compare.sh [--quick] [--skip-proxies] [--skip-hub] [--no-build] [--instructions]
-#                         [--no-docs]
+# Usage: bench/compare.sh [--quick] [--skip-proxies] [--skip-tls] [--skip-hub] [--no-build]
+#                         [--no-ring] [--instructions] [--no-docs]
 #   --quick         short runs (smoke test of the script, numbers not meaningful)
-#   --skip-proxies  only the hub fan-out comparison
+#   --skip-proxies  only the hub fan-out comparison (no plain and no TLS proxy rows)
+#   --skip-tls      no TLS rows (wss:// through each proxy, ECDSA P-256 and RSA-2048)
 #   --skip-hub      only the proxy comparison
-#   --no-build      use the existing release binary
+#   --no-build      use the existing release binaries
+#   --no-ring       measure tether with its default crypto provider (aws-lc-rs) only, not
+#                   also a build with --features crypto-ring
 #   --rounds N      measure every proxy N times, in turn, and report medians (default 3)
-#   --instructions  also count each proxy's user-space instructions per round trip under
-#                   callgrind: deterministic where CPU time on a shared machine is not (~3 min)
+#   --instructions  also count each proxy's user-space instructions per round trip and per
+#                   full TLS handshake under callgrind: deterministic where CPU time on a
+#                   shared machine is not (~10 min)
 #   --no-docs       a full run leaves docs/bench.md and README.md alone
 # Environment: CARGO_TARGET_DIR (where the release binary is built), TETHER_BIN (use this
-# binary instead), SERVER_CPU (0) and CLIENT_CPU (1): servers under test are pinned to one CPU,
-# the load generator and echo backends to the other. REDIS_URL (redis://127.0.0.1:6379).
-# WRITE_DELAY (10ms): the hub's --write-delay for its second, batched fan-out run.
+# binary instead), TETHER_RING_BIN (the crypto-ring build to use; without it the script builds
+# one, or with --no-build skips it), SERVER_CPU (0) and CLIENT_CPU (1): servers under test are
+# pinned to one CPU, the load generator and echo backends to the other. REDIS_URL
+# (redis://127.0.0.1:6379). WRITE_DELAY (10ms): the hub's --write-delay for its second,
+# batched fan-out run.
 #
-# Runs unattended in under 10 minutes on a 2-core machine. Needs root only to install
-# haproxy/nginx when they are missing.
+# Runs unattended in about 25 minutes on a 2-core machine (10 without TLS). Needs root only
+# to install haproxy/nginx/valgrind when they are missing; needs openssl for the certificates.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,7 +35,7 @@ SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 WRITE_DELAY=${WRITE_DELAY:-10ms}
-QUICK=0 SKIP_PROXIES=0 SKIP_HUB=0 BUILD=1 ROUNDS= INSTRUCTIONS=0 DOCS=1
+QUICK=0 SKIP_PROXIES=0 SKIP_TLS=0 SKIP_HUB=0 BUILD=1 RING=1 ROUNDS= INSTRUCTIONS=0 DOCS=1
 ARGS=("$@")
 while [ $# -gt 0 ]; do
   arg=$1; shift
@@ -36,11 +43,13 @@ while [ $# -gt 0 ]; do
     --rounds) ROUNDS=${1:?--rounds needs a number}; shift ;;
     --quick) QUICK=1 ;;
     --skip-proxies) SKIP_PROXIES=1 ;;
+    --skip-tls) SKIP_TLS=1 ;;
     --skip-hub) SKIP_HUB=1 ;;
     --no-build) BUILD=0 ;;
+    --no-ring) RING=0 ;;
     --instructions) INSTRUCTIONS=1 ;;
     --no-docs) DOCS=0 ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
     *) echo "compare.sh: unknown argument $arg (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -118,9 +127,33 @@ install_peers() {
   if [ "$created" = 1 ]; then rm -f "$policy"; fi
 }
 
+# Whether any TLS figure is measured: the TLS rows, or the TLS handshakes under callgrind.
+tls_wanted() {
+  [ "$SKIP_TLS" = 0 ] && { [ "$SKIP_PROXIES" = 0 ] || [ "$INSTRUCTIONS" = 1 ]; }
+}
+
+# Sets TETHER, and TETHER_RING when the crypto-ring build is measured too (empty if not).
+# Cargo keeps each feature set's artifacts apart, so after the first time switching between
+# the two builds only relinks.
 build_tether() {
-  if [ -n "${TETHER_BIN:-}" ]; then TETHER=$TETHER_BIN; return; fi
   local target_dir=${CARGO_TARGET_DIR:-$ROOT/target}
+  TETHER_RING=
+  if [ "$RING" = 1 ] && tls_wanted; then
+    if [ -n "${TETHER_RING_BIN:-}" ]; then
+      TETHER_RING=$TETHER_RING_BIN
+    elif [ "$BUILD" = 1 ]; then
+      log "building tether --release --features crypto-ring"
+      (cd "$ROOT" && cargo build --release -p tether --features crypto-ring)
+      cp "$target_dir/release/tether" "$WORK/tether-ring"
+      TETHER_RING=$WORK/tether-ring
+    else
+      log "--no-build without TETHER_RING_BIN: the ring provider is not measured"
+    fi
+    if [ -n "$TETHER_RING" ] && [ ! -x "$TETHER_RING" ]; then
+      log "no tether binary at $TETHER_RING"; exit 1
+    fi
+  fi
+  if [ -n "${TETHER_BIN:-}" ]; then TETHER=$TETHER_BIN; return; fi
   TETHER=$target_dir/release/tether
   if [ "$BUILD" = 1 ]; then
     log "building tether --release"
@@ -259,6 +292,109 @@ proxy_suite() {
   ROUND=1
 }
 
+# --- TLS: each proxy terminates wss:// and speaks plain WebSocket to the same echo backends.
+
+# The key types every proxy is measured with, in order; each gets its own CA and certificate.
+TLS_KEYS=(ecdsa rsa)
+
+# make_cert KEY — a throw-away CA and a certificate for 127.0.0.1/localhost signed by it, in
+# $WORK/tls-KEY: site.pem (leaf only), site.key (PKCS#8), haproxy.pem (both, as HAProxy wants
+# them), ca.pem (what the generator trusts). One certificate serves all three proxies.
+make_cert() {
+  local key=$1 dir=$WORK/tls-$1 newkey
+  case "$key" in
+    ecdsa) newkey=(-newkey ec -pkeyopt ec_paramgen_curve:P-256) ;;
+    rsa) newkey=(-newkey rsa:2048) ;;
+  esac
+  mkdir -p "$dir"
+  openssl req -x509 "${newkey[@]}" -nodes -days 2 -subj "/CN=tether bench CA ($key)" \
+    -keyout "$dir/ca.key" -out "$dir/ca.pem" 2>>"$WORK/openssl.log"
+  openssl req "${newkey[@]}" -nodes -subj "/CN=localhost" \
+    -keyout "$dir/site.key" -out "$dir/site.csr" 2>>"$WORK/openssl.log"
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n' > "$dir/ext.cnf"
+  openssl x509 -req -in "$dir/site.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial \
+    -days 2 -extfile "$dir/ext.cnf" -out "$dir/site.pem" 2>>"$WORK/openssl.log"
+  cat "$dir/site.pem" "$dir/site.key" > "$dir/haproxy.pem"
+}
+
+# write_tls_configs KEY — the plain configurations (write_configs) with TLS 1.3 termination
+# on the same ports, in $WORK/tls-KEY. Each proxy's own defaults otherwise (session tickets
+# on for all three; the generator never resumes).
+write_tls_configs() {
+  local dir=$WORK/tls-$1
+  sed "s|^  bind 127.0.0.1:$PORT_HAPROXY\$|  bind 127.0.0.1:$PORT_HAPROXY ssl crt $dir/haproxy.pem ssl-min-ver TLSv1.3 alpn http/1.1|" \
+    "$WORK/haproxy.cfg" > "$dir/haproxy.cfg"
+  sed "s|listen 127.0.0.1:$PORT_NGINX;|listen 127.0.0.1:$PORT_NGINX ssl;\n    ssl_certificate $dir/site.pem;\n    ssl_certificate_key $dir/site.key;\n    ssl_protocols TLSv1.3;|" \
+    "$WORK/nginx.conf" > "$dir/nginx.conf"
+  sed -e 's|^\[listen\]$|[[listen]]|' \
+    -e "s|^addr = \"127.0.0.1:$PORT_TETHER\"\$|&\n\n[listen.tls]\ncert = \"$dir/site.pem\"\nkey = \"$dir/site.key\"\nmin_version = \"1.3\"|" \
+    "$WORK/tether.toml" > "$dir/tether.toml"
+  grep -q "ssl crt" "$dir/haproxy.cfg" && grep -q "ssl_protocols" "$dir/nginx.conf" &&
+    grep -q "listen.tls" "$dir/tether.toml" || { log "TLS configurations not written ($dir)"; exit 1; }
+  "$TETHER" check --config "$dir/tether.toml" >&2
+}
+
+# The proxies measured over TLS, in turn (tether-ring: the crypto-ring build).
+tls_targets() {
+  echo haproxy nginx tether
+  [ -z "$TETHER_RING" ] || echo tether-ring
+}
+
+# tls_command TARGET KEY — sets TLS_PORT and TLS_CMD, the command that runs TARGET
+# terminating TLS with KEY's certificate.
+tls_command() {
+  local target=$1 dir=$WORK/tls-$2
+  case "$target" in
+    haproxy) TLS_PORT=$PORT_HAPROXY; TLS_CMD=(haproxy -db -f "$dir/haproxy.cfg") ;;
+    nginx) TLS_PORT=$PORT_NGINX; TLS_CMD=(nginx -p "$WORK/nginx" -c "$dir/nginx.conf") ;;
+    tether) TLS_PORT=$PORT_TETHER; TLS_CMD=("$TETHER" proxy --config "$dir/tether.toml") ;;
+    tether-ring) TLS_PORT=$PORT_TETHER; TLS_CMD=("$TETHER_RING" proxy --config "$dir/tether.toml") ;;
+  esac
+}
+
+# measure_tls TARGET KEY — the TLS figures of one running proxy (watching SERVER_PIDS).
+# Round trips and idle memory do not depend on the certificate's key, so they are measured
+# with the first key type only; handshakes with each.
+measure_tls() {
+  local target=$1 key=$2 url="wss://127.0.0.1:$TLS_PORT/ws" ca=(--ca "$WORK/tls-$2/ca.pem") watch=() pid
+  for pid in "${SERVER_PIDS[@]}"; do watch+=(--watch-pid "$pid"); done
+  if [ "$key" = "${TLS_KEYS[0]}" ]; then
+    run_bench "$target" tls-idle idle --url "$url" "${ca[@]}" --connections "$IDLE_N" --sources 8 \
+      --hold 2s --settle 1s --sample 100 "${watch[@]}"
+    local conns size
+    for conns in 1 64; do
+      for size in 128 4096; do
+        run_bench "$target" "tls-rt$conns-$size" pingpong --url "$url" "${ca[@]}" --connections "$conns" \
+          --size "$size" --duration "$DUR" --warmup "$WARM" --sources 4 "${watch[@]}"
+      done
+    done
+  fi
+  run_bench "$target" "tls-hs-$key" handshake --url "$url" "${ca[@]}" --concurrency 16 \
+    --duration "$HS_DUR" --warmup 1s --sources 16 "${watch[@]}"
+}
+
+tls_suite() {
+  install_peers
+  command -v openssl >/dev/null || { log "openssl is needed for the TLS certificates"; exit 1; }
+  [ -f "$WORK/tether.toml" ] || write_configs
+  local key target
+  for key in "${TLS_KEYS[@]}"; do make_cert "$key"; write_tls_configs "$key"; done
+  [ "$ECHO_RUNNING" = 1 ] || start_echo_backends
+  for ROUND in $(seq "$ROUNDS"); do
+    for target in $(tls_targets); do
+      for key in "${TLS_KEYS[@]}"; do
+        SERVER_PIDS=()
+        tls_command "$target" "$key"
+        # Access logs off, as in the plain rows.
+        start_server "$target-tls" "$TLS_PORT" env TETHER_LOG=warn "${TLS_CMD[@]}"
+        measure_tls "$target" "$key"
+        stop_pid "$SERVER_MAIN"
+      done
+    done
+  done
+  ROUND=1
+}
+
 # fanout TARGET FLAVOUR PORTS... — the rising-rate fan-out run against two hub nodes.
 fanout() {
   local target=$1 flavour=$2 hubs=() port
@@ -273,11 +409,12 @@ fanout() {
 # callgrind. Each proxy runs twice under valgrind, with pingpong load for 1 s and for 6 s;
 # (instructions of the long run − the short one) ÷ (round trips of the long run − the short
 # one) cancels start-up and shutdown. The kernel's share is not counted, and instructions are
-# not cycles, but the count does not move with the machine's load.
+# not cycles, but the count does not move with the machine's load. With TLS, the same for a
+# full TLS handshake + upgrade + close per key type (tls_instructions).
 instructions_suite() {
   install_peers
   install_valgrind
-  write_configs
+  [ -f "$WORK/tether.toml" ] || write_configs
   # valgrind keeps a few descriptors for itself: HAProxy refuses to start if it cannot get
   # all it asks for.
   sed "s/ulimit-n .*/ulimit-n $((FD_LIMIT - 100))/" "$WORK/haproxy.cfg" > "$WORK/haproxy-callgrind.cfg"
@@ -285,9 +422,29 @@ instructions_suite() {
   chmod 711 "$WORK"
   mkdir -p -m 1777 "$WORK/callgrind"
   [ "$ECHO_RUNNING" = 1 ] || start_echo_backends
+  CG_LOAD=cg_pingpong CG_RUN=instructions CG_SHORT=1s CG_LONG=6s
   count_instructions haproxy "$PORT_HAPROXY" haproxy -db -f "$WORK/haproxy-callgrind.cfg"
   count_instructions nginx "$PORT_NGINX" nginx -p "$WORK/nginx" -c "$WORK/nginx.conf"
   count_instructions tether "$PORT_TETHER" "$TETHER" proxy --config "$WORK/tether.toml"
+  [ "$SKIP_TLS" = 1 ] || tls_instructions
+}
+
+# tls_instructions — instructions per full TLS handshake (+ upgrade + close), per key type and
+# proxy; the certificates and configurations are tls_suite's.
+tls_instructions() {
+  local key target dir
+  for key in "${TLS_KEYS[@]}"; do
+    dir=$WORK/tls-$key
+    [ -f "$dir/tether.toml" ] || { make_cert "$key"; write_tls_configs "$key"; }
+    sed "s/ulimit-n .*/ulimit-n $((FD_LIMIT - 100))/" "$dir/haproxy.cfg" > "$dir/haproxy-callgrind.cfg"
+    chmod -R a+rX "$dir"
+    CG_LOAD=cg_handshake CG_RUN=tls-hs-instructions-$key CG_SHORT=2s CG_LONG=8s CG_CA=$dir/ca.pem
+    for target in $(tls_targets); do
+      tls_command "$target" "$key"
+      [ "$target" != haproxy ] || TLS_CMD=(haproxy -db -f "$dir/haproxy-callgrind.cfg")
+      count_instructions "$target" "$TLS_PORT" "${TLS_CMD[@]}"
+    done
+  done
 }
 
 install_valgrind() {
@@ -297,26 +454,51 @@ install_valgrind() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q valgrind
 }
 
-# count_instructions TARGET PORT COMMAND... — stores {short, long} runs of TARGET.
+# count_instructions TARGET PORT COMMAND... — stores {short, long} runs of TARGET under the
+# run name CG_RUN, with CG_LOAD as the load for CG_SHORT and CG_LONG.
 count_instructions() {
   local target=$1 port=$2 short long
   shift 2
-  log "$target: instructions (callgrind)"
-  short=$(callgrind_run "$target" "$port" 1s "$@")
-  long=$(callgrind_run "$target" "$port" 6s "$@")
-  printf '{"target":"%s","run":"instructions","round":1,"result":{"short":%s,"long":%s}}\n' \
-    "$target" "$short" "$long" >> "$RESULTS"
+  log "$target: $CG_RUN (callgrind)"
+  short=$(callgrind_run "$target" "$port" "$CG_SHORT" "$@")
+  long=$(callgrind_run "$target" "$port" "$CG_LONG" "$@")
+  printf '{"target":"%s","run":"%s","round":1,"result":{"short":%s,"long":%s}}\n' \
+    "$target" "$CG_RUN" "$short" "$long" >> "$RESULTS"
 }
 
-# callgrind_run TARGET PORT DURATION COMMAND... — prints {"instructions":N,"round_trips":M} of
-# one run under callgrind (null when it failed).
+# The loads of a callgrind run: each prints how much work was done (round trips, handshakes).
+# cg_pingpong PORT DURATION — 16 connections × 64 B over ws://.
+cg_pingpong() {
+  json_field messages "$(taskset -c "$CLIENT_CPU" "$TETHER" bench --threads 1 pingpong \
+    --url "ws://127.0.0.1:$1/ws" --connections 16 --size 64 --duration "$2" --warmup 0s \
+    2>>"$WORK/bench.log")"
+}
+# cg_handshake PORT DURATION — 4 clients cycling full TLS handshakes against CG_CA's proxy,
+# after 3 s of the same that are not counted: the first handshakes under valgrind are slow
+# (aws-lc seeds its entropy pool, OpenSSL loads its providers), and a window that opened at
+# once would count none of them in the short run while paying for them in both.
+cg_handshake() {
+  json_field handshakes "$(taskset -c "$CLIENT_CPU" "$TETHER" bench --threads 1 handshake \
+    --url "wss://127.0.0.1:$1/ws" --ca "$CG_CA" --concurrency 4 --sources 4 --duration "$2" \
+    --warmup 3s 2>>"$WORK/bench.log")"
+}
+
+# json_field NAME JSON — prints the number JSON holds under NAME; fails on empty input.
+json_field() {
+  [ -n "$2" ] || return 1
+  printf '%s' "$2" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s)[process.argv[1]]))' "$1"
+}
+
+# callgrind_run TARGET PORT DURATION COMMAND... — prints {"instructions":N,"count":M} of one
+# run under callgrind, M being what CG_LOAD counted (null when it failed).
 callgrind_run() {
-  local target=$1 port=$2 dur=$3 pid line out instructions
+  local target=$1 port=$2 dur=$3 pid count out instructions name
   shift 3
-  out=$WORK/callgrind-$target-$dur.log
+  name=$target-$CG_RUN-$dur
+  out=$WORK/callgrind-$name.log
   # Every process of the server (nginx: master and worker) prints its total at exit.
   TETHER_LOG=warn taskset -c "$SERVER_CPU" valgrind --tool=callgrind \
-    --callgrind-out-file="$WORK/callgrind/$target-$dur.%p" "$@" > "$out" 2>&1 &
+    --callgrind-out-file="$WORK/callgrind/$name.%p" "$@" > "$out" 2>&1 &
   pid=$!
   STARTED+=("$pid")
   # Under valgrind start-up is slow: HAProxy alone takes ~20 s to load its CA store.
@@ -326,21 +508,19 @@ callgrind_run() {
     sleep 0.1
   done
   sleep 1
-  line=$(taskset -c "$CLIENT_CPU" "$TETHER" bench --threads 1 pingpong --url "ws://127.0.0.1:$port/ws" \
-    --connections 16 --size 64 --duration "$dur" --warmup 0s 2>>"$WORK/bench.log") || line=
+  count=$("$CG_LOAD" "$port" "$dur") || count=
   # Every process of it (nginx's worker too) is told to stop, and each prints its total as
   # it exits; a kill -9 would lose them, so wait for all of them to be gone.
-  local pattern="callgrind-out-file=$WORK/callgrind/$target-$dur"
+  local pattern="callgrind-out-file=$WORK/callgrind/$name"
   pkill -TERM -f "$pattern" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   for i in $(seq 300); do pgrep -f "$pattern" >/dev/null || break; sleep 0.1; done
   instructions=$(awk '/Collected :/ {s += $4} END {print s + 0}' "$out")
-  if [ -z "$line" ] || [ "$instructions" = 0 ]; then
+  if [ -z "$count" ] || [ "$count" = undefined ] || [ "$instructions" = 0 ]; then
     log "$target: callgrind run of $dur failed (see $out)"
     echo null; return
   fi
-  printf '{"instructions":%s,"round_trips":%s}\n' "$instructions" \
-    "$(printf '%s' "$line" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).messages))')"
+  printf '{"instructions":%s,"count":%s}\n' "$instructions" "$count"
 }
 
 hub_suite() {
@@ -414,6 +594,7 @@ main() {
   load_before=$(cut -d' ' -f1-3 /proc/loadavg)
   log "results in $WORK; servers on CPU $SERVER_CPU, generator and echo backends on CPU $CLIENT_CPU"
   [ "$SKIP_PROXIES" = 1 ] || proxy_suite
+  [ "$SKIP_PROXIES" = 1 ] || [ "$SKIP_TLS" = 1 ] || tls_suite
   [ "$INSTRUCTIONS" = 0 ] || instructions_suite
   [ "$SKIP_HUB" = 1 ] || hub_suite
   mkdir -p "$ROOT/bench/results"
@@ -421,7 +602,7 @@ main() {
   [ "$QUICK" = 0 ] || out=$WORK/latest.md
   # Only a full run speaks for the project: a partial or quick one leaves the docs alone.
   local docs=()
-  if [ "$DOCS" = 1 ] && [ "$QUICK" = 0 ] && [ "$SKIP_PROXIES" = 0 ] && [ "$SKIP_HUB" = 0 ]; then
+  if [ "$DOCS" = 1 ] && [ "$QUICK" = 0 ] && [ "$SKIP_PROXIES" = 0 ] && [ "$SKIP_TLS" = 0 ] && [ "$SKIP_HUB" = 0 ]; then
     docs=("BENCH_DOC=$ROOT/docs/bench.md" "BENCH_README=$ROOT/README.md")
   fi
   env ${docs[@]+"${docs[@]}"} \

@@ -119,8 +119,8 @@ if (process.env.BENCH_COMMAND) out.push(`- command: \`${process.env.BENCH_COMMAN
 if (ROUNDS > 1) out.push(`- every proxy figure is the median of ${ROUNDS} rounds (each round measures every target once, in turn)`);
 out.push("");
 
-// The two headline tables (proxy figures, hub fan-out summary) as [start, end) into `out`,
-// for the README.
+// The headline tables (proxy figures, TLS rows, hub fan-out summary) for the README: each
+// either [start, end) into `out` or its own lines.
 const headline = [];
 const haveProxies = ["direct", ...PEERS, "tether"].some((t) => runs.has(`${t}/lat1`));
 if (haveProxies) {
@@ -181,11 +181,17 @@ if (haveProxies) {
 // minus the short one, so start-up and shutdown cancel.
 const instructions = (t) => {
   const r = runs.get(`${t}/instructions`);
-  if (!r || !r.short || !r.long) return null;
-  const trips = r.long.round_trips - r.short.round_trips;
-  const spent = r.long.instructions - r.short.instructions;
-  return trips > 0 && spent > 0 ? spent / trips : null;
+  return perUnit(r);
 };
+// (long − short) instructions ÷ (long − short) units of work; older results name the units
+// `round_trips`.
+function perUnit(r) {
+  if (!r || !r.short || !r.long) return null;
+  const units = (x) => x.count ?? x.round_trips;
+  const done = units(r.long) - units(r.short);
+  const spent = r.long.instructions - r.short.instructions;
+  return done > 0 && spent > 0 ? spent / done : null;
+}
 if ([...PEERS, "tether"].some((t) => runs.has(`${t}/instructions`))) {
   const v = Object.fromEntries([...PEERS, "tether"].map((t) => [t, instructions(t)]));
   const r = PEERS.map((p) => ratio(v.tether, v[p]));
@@ -195,6 +201,121 @@ if ([...PEERS, "tether"].some((t) => runs.has(`${t}/instructions`))) {
     `| user-space instructions per round trip (kernel not counted) | ${fmt(v.haproxy, 0)} | ${fmt(v.nginx, 0)} | ` +
       `${fmt(v.tether, 0)} | ${fmt(r[0], 2)} | ${fmt(r[1], 2)} |`,
   );
+  out.push("");
+}
+
+// The TLS rows (compare.sh's tls_suite): each proxy terminating wss:// with the same
+// certificate, ECDSA P-256 and RSA-2048; `tether-ring` is tether built with --features
+// crypto-ring, shown beside the default (aws-lc-rs) build so the provider is chosen by
+// measurement. Targets are judged against the better (lower) peer of the same run.
+const TLS_KEYS = [
+  ["ecdsa", "ECDSA P-256"],
+  ["rsa", "RSA-2048"],
+];
+const haveTls = [...PEERS, "tether"].some((t) => rounds.has(`${t}/tls-hs-ecdsa`) || rounds.has(`${t}/tls-idle`));
+const haveRing = [...rounds.keys()].some((k) => k.startsWith("tether-ring/"));
+const better = (v) => {
+  const peers = PEERS.map((p) => v[p]).filter((x) => x !== null);
+  return peers.length === PEERS.length ? Math.min(...peers) : null;
+};
+const tlsRows = [
+  ...TLS_KEYS.map(([key, name]) => ({
+    label: `proxy CPU per full TLS handshake + upgrade, µs (${name})`,
+    value: (t) => get(t, `tls-hs-${key}`, (r) => r.server_cpu_us_per_handshake),
+    goal: "≤ 0.5 × better peer",
+    met: (v) => v.tether !== null && better(v) !== null && v.tether <= 0.5 * better(v),
+    headline: key === "ecdsa",
+  })),
+  ...[
+    [1, 128],
+    [1, 4096],
+    [64, 128],
+    [64, 4096],
+  ].map(([conns, size]) => ({
+    label: `proxy CPU per round trip over wss://, µs (${conns} conn × ${size === 4096 ? "4 KiB" : `${size} B`})`,
+    value: (t) => get(t, `tls-rt${conns}-${size}`, (r) => r.server_cpu_us_per_msg),
+    goal: "< both peers",
+    met: (v) => v.tether !== null && better(v) !== null && v.tether < better(v),
+  })),
+  {
+    label: `proxy memory per idle TLS tunnel, bytes (N = ${process.env.BENCH_IDLE_N || "?"})`,
+    value: (t) => get(t, "tls-idle", (r) => r.server_rss_bytes_per_conn),
+    goal: "≤ 0.5 × HAProxy",
+    met: (v) => v.tether !== null && v.haproxy !== null && v.tether <= 0.5 * v.haproxy,
+    headline: true,
+  },
+];
+if (haveTls) {
+  const targets = [...PEERS, "tether", ...(haveRing ? ["tether-ring"] : [])];
+  const head =
+    "| TLS 1.3 figure | HAProxy | nginx | tether | tether/HAProxy | tether/nginx | tether/better peer | target | met |" +
+    (haveRing ? " tether (ring) | ring/aws-lc-rs |" : "");
+  const rule = "|---|---:|---:|---:|---:|---:|---:|---|:-:|" + (haveRing ? "---:|---:|" : "");
+  const lineOf = (row) => {
+    const v = Object.fromEntries(targets.map((t) => [t, row.value(t)]));
+    const cells =
+      `| ${row.label} | ${fmt(v.haproxy)} | ${fmt(v.nginx)} | ${fmt(v.tether)} | ` +
+      `${fmt(ratio(v.tether, v.haproxy), 2)} | ${fmt(ratio(v.tether, v.nginx), 2)} | ` +
+      `${fmt(ratio(v.tether, better(v)), 2)} | ${row.goal} | ${row.met(v) ? "yes" : "no"} |`;
+    return haveRing ? `${cells} ${fmt(v["tether-ring"])} | ${fmt(ratio(v["tether-ring"], v.tether), 2)} |` : cells;
+  };
+  out.push(head, rule);
+  for (const row of tlsRows) out.push(lineOf(row));
+  out.push("");
+  // One or two rows of it for the README's headline.
+  headline.push([head, rule, ...tlsRows.filter((r) => r.headline).map(lineOf)]);
+  const checks = [];
+  const all = (t, run) => rounds.get(`${t}/${run}`) || [];
+  const tlsRuns = ["tls-idle", ...TLS_KEYS.map(([k]) => `tls-hs-${k}`), "tls-rt1-128", "tls-rt1-4096", "tls-rt64-128", "tls-rt64-4096"];
+  for (const t of targets) {
+    all(t, "tls-idle").forEach((idle, i) => {
+      if (!idle) return;
+      checks.push(
+        `${t}${ROUNDS > 1 ? ` (round ${i + 1})` : ""}: ${idle.opened}/${idle.requested} idle TLS tunnels opened, ` +
+          `${idle.still_open} still open after the hold, ${idle.sample_answered}/${idle.sampled} sampled answered`,
+      );
+    });
+    const errors = tlsRuns
+      .filter((run) => run !== "tls-idle")
+      .map((run) => [run, all(t, run).reduce((n, r) => n + (r ? r.errors || 0 : 0), 0)])
+      .filter(([, n]) => n > 0)
+      .map(([run, n]) => `${run}: ${n} errors`);
+    if (errors.length) checks.push(`${t}: ${errors.join(", ")}`);
+    const failed = tlsRuns
+      .map((run) => [run, all(t, run).filter((r) => r === null).length])
+      .filter(([, n]) => n > 0)
+      .map(([run, n]) => `${run} (${n} of ${all(t, run).length})`);
+    if (failed.length) checks.push(`${t}: TLS runs failed: ${failed.join(", ")}`);
+  }
+  const rate = targets
+    .map((t) => [t, get(t, "tls-hs-ecdsa", (r) => r.handshakes_per_sec), get(t, "tls-hs-ecdsa", (r) => r.generator_cpu_pct)])
+    .filter(([, v]) => v !== null)
+    .map(([t, v, g]) => `${t} ${fmt(v, 0)}/s (generator ${fmt(g, 0)}%)`);
+  if (rate.length) checks.push(`ECDSA handshakes per second (16 clients cycling; the generator pays for TLS too): ${rate.join(", ")}`);
+  if (checks.length) {
+    out.push("TLS checks:");
+    for (const c of checks) out.push(`- ${c}`);
+    out.push("");
+  }
+}
+
+// User-space instructions per full TLS handshake + upgrade + close (compare.sh
+// --instructions), per key type.
+const tlsInstr = TLS_KEYS.filter(([key]) => [...rounds.keys()].some((k) => k.endsWith(`/tls-hs-instructions-${key}`)));
+if (tlsInstr.length) {
+  const targets = [...PEERS, "tether", ...(haveRing ? ["tether-ring"] : [])];
+  out.push(
+    "| callgrind, TLS 1.3 (4 clients cycling) | HAProxy | nginx | tether | tether/better peer |" +
+      (haveRing ? " tether (ring) | ring/aws-lc-rs |" : ""),
+  );
+  out.push("|---|---:|---:|---:|---:|" + (haveRing ? "---:|---:|" : ""));
+  for (const [key, name] of tlsInstr) {
+    const v = Object.fromEntries(targets.map((t) => [t, perUnit(runs.get(`${t}/tls-hs-instructions-${key}`))]));
+    const cells =
+      `| user-space instructions per full handshake + upgrade + close (${name}) | ${fmt(v.haproxy, 0)} | ` +
+      `${fmt(v.nginx, 0)} | ${fmt(v.tether, 0)} | ${fmt(ratio(v.tether, better(v)), 2)} |`;
+    out.push(haveRing ? `${cells} ${fmt(v["tether-ring"], 0)} | ${fmt(ratio(v["tether-ring"], v.tether), 2)} |` : cells);
+  }
   out.push("");
 }
 
@@ -301,7 +422,9 @@ if (docFile || readmeFile) {
     `Measured by \`${command}\`${when}${what.length ? ` (${what.join("; ")})` : ""}. ` +
       "Method, every figure and step, and earlier runs: [docs/bench.md](docs/bench.md).",
   ];
-  for (const [from, to] of headline) summary.push("", ...out.slice(from, to));
+  for (const part of headline) {
+    summary.push("", ...(typeof part[0] === "number" ? out.slice(part[0], part[1]) : part));
+  }
   // Read and check both files before writing either: a run updates both or neither.
   const writes = [];
   try {

@@ -65,6 +65,19 @@ function results() {
       add(target, "handshake", { handshakes: 900, errors: 0, server_cpu_us_per_handshake: base * 3 });
     }
   }
+  // TLS rows: tether (and its ring build) against both peers; HAProxy is the better peer
+  // for handshakes, nginx for round trips.
+  const tls = { haproxy: [900, 40, 30000], nginx: [1000, 30, 60000], tether: [400, 25, 12000], "tether-ring": [500, 26, 12500] };
+  for (const [target, [hs, rt, mem]] of Object.entries(tls)) {
+    add(target, "tls-hs-ecdsa", { handshakes: 900, errors: 0, handshakes_per_sec: 180, generator_cpu_pct: 90, server_cpu_us_per_handshake: hs });
+    add(target, "tls-hs-rsa", { handshakes: 300, errors: 0, server_cpu_us_per_handshake: hs * 3 });
+    for (const run of ["tls-rt1-128", "tls-rt1-4096", "tls-rt64-128", "tls-rt64-4096"]) add(target, run, pingpong(rt, 100, 200, 5000));
+    add(target, "tls-idle", idle(mem));
+    add(target, "tls-hs-instructions-ecdsa", {
+      short: { instructions: 1e9, count: 100 },
+      long: { instructions: 1e9 + hs * 2000 * 400, count: 500 },
+    });
+  }
   add("socketio", "fanout", fanout(20000));
   add("tether-hub", "fanout", fanout(424242));
   add("tether-hub-batched", "fanout", fanout(300000));
@@ -159,6 +172,24 @@ test("a full run writes its own tables between the markers and nothing else", ()
     headline,
   );
   assert.ok(headline.includes("| hub fan-out (2 nodes, shared Redis) |"), headline);
+  // The TLS rows: ratios to the better peer, the ring build beside the default one.
+  assert.ok(
+    region.includes(
+      "| proxy CPU per full TLS handshake + upgrade, µs (ECDSA P-256) | 900.0 | 1,000 | 400.0 | 0.44 | 0.40 | 0.44 | ≤ 0.5 × better peer | yes | 500.0 | 1.25 |",
+    ),
+    region,
+  );
+  assert.ok(region.includes("| proxy CPU per full TLS handshake + upgrade, µs (RSA-2048) | 2,700 | 3,000 | 1,200 | 0.44 | 0.40 | 0.44 | ≤ 0.5 × better peer | yes |"), region);
+  assert.ok(region.includes("| proxy CPU per round trip over wss://, µs (64 conn × 4 KiB) | 40.0 | 30.0 | 25.0 | 0.63 | 0.83 | 0.83 | < both peers | yes |"), region);
+  assert.ok(region.includes("| proxy memory per idle TLS tunnel, bytes (N = 1000) | 30,000 | 60,000 | 12,000 | 0.40 | 0.20 | 0.40 | ≤ 0.5 × HAProxy | yes | 12,500 | 1.04 |"), region);
+  assert.ok(region.includes("| user-space instructions per full handshake + upgrade + close (ECDSA P-256) | 1,800,000 | 2,000,000 | 800,000 | 0.44 | 1,000,000 | 1.25 |"), region);
+  assert.ok(region.includes("tether: 1000/1000 idle TLS tunnels opened"), region);
+  // The README gets the ECDSA handshake and idle memory rows only.
+  assert.ok(headline.includes("| TLS 1.3 figure |"), headline);
+  assert.ok(headline.includes("(ECDSA P-256) | 900.0"), headline);
+  assert.ok(headline.includes("| proxy memory per idle TLS tunnel"), headline);
+  assert.ok(!headline.includes("RSA-2048"), headline);
+  assert.ok(!headline.includes("round trip over wss://"), headline);
   assert.ok(!headline.includes("| publish rate, msg/s |"), "the step-by-step curve stays in docs/bench.md");
   assert.ok(!headline.includes("Checks:"), headline);
 

@@ -1,4 +1,5 @@
-//! Opening a WebSocket client session for a run: TCP from a chosen source, then the upgrade.
+//! Opening a WebSocket client session for a run: a connection from a chosen source (TCP, or
+//! TLS over it; see [`dialer`](crate::dialer)), then the upgrade.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -7,8 +8,8 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::dialer::{Dialer, Plain};
 use crate::error::BenchError;
-use crate::source::connect_from;
 use crate::target::TargetUrl;
 
 /// A client session over plain TCP.
@@ -41,16 +42,27 @@ impl Buffers {
     }
 }
 
-/// Connects from `source` to `target` and completes the upgrade for `url`.
+/// Connects from `source` to a `ws://` `target` and completes the upgrade for `url`.
 pub async fn open(
     target: &TargetUrl,
     url: &str,
     source: IpAddr,
     buffers: Buffers,
 ) -> Result<Ws, BenchError> {
-    let addr = target.addr();
+    open_with(&Plain::new(target)?, url, source, buffers).await
+}
+
+/// Connects from `source` with `dialer` and completes the upgrade for `url`; connect, TLS
+/// (if any) and upgrade together have [`HANDSHAKE_TIMEOUT`].
+pub async fn open_with<D: Dialer>(
+    dialer: &D,
+    url: &str,
+    source: IpAddr,
+    buffers: Buffers,
+) -> Result<WebSocketStream<D::Stream>, BenchError> {
+    let addr = dialer.target().addr();
     let attempt = async {
-        let stream = connect_from(source, addr).await?;
+        let stream = dialer.connect(source).await?;
         let (ws, _response) =
             tokio_tungstenite::client_async_with_config(url, stream, Some(buffers.config()))
                 .await

@@ -39,6 +39,20 @@ pub enum BenchError {
         #[source]
         source: Box<tungstenite::Error>,
     },
+    /// The TLS handshake with a `wss://` target failed (untrusted certificate, no common
+    /// version or suite, the server closed).
+    #[error("TLS handshake with {target} failed")]
+    Tls {
+        target: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The `--ca` file could not be read or holds no usable CA certificate.
+    #[error("cannot use {} as --ca: {reason}", file.display())]
+    Ca {
+        file: std::path::PathBuf,
+        reason: String,
+    },
     /// A step waited longer than its bound.
     #[error("{what} timed out after {after:?}")]
     Timeout { what: &'static str, after: Duration },

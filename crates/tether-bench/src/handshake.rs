@@ -3,16 +3,20 @@
 //! Reconnect storms are where a proxy spends on parsing, routing and connecting rather than on
 //! moving bytes. With `--watch-pid` the report gives server CPU per completed handshake.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
 
-use crate::client::{self, Buffers, Ws};
+use crate::client::{self, Buffers};
+use crate::dialer::{Dial, Dialer};
 use crate::error::BenchError;
 use crate::latency::{LatencyRecorder, LatencySummary};
 use crate::procstat::{Usage, WatchArgs};
@@ -26,9 +30,13 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// `tether bench handshake`: back-to-back connect/upgrade/close cycles.
 #[derive(Debug, Clone, clap::Args)]
 pub struct HandshakeArgs {
-    /// WebSocket URL of the path under test.
+    /// WebSocket URL of the path under test; `wss://` needs `--ca`, and every handshake
+    /// is then a full TLS 1.3 one (no resumption).
     #[arg(long)]
     pub url: TargetUrl,
+    /// PEM file of the CA that signed a `wss://` server's certificate (the only one trusted).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
     /// Clients cycling concurrently.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
@@ -88,6 +96,16 @@ pub async fn run(args: HandshakeArgs) -> Result<HandshakeReport, BenchError> {
             "--concurrency must be at least 1".into(),
         ));
     }
+    match Dial::new(&args.url, args.ca.as_deref())? {
+        Dial::Plain(dialer) => run_with(args, dialer).await,
+        Dial::Tls(dialer) => run_with(args, dialer).await,
+    }
+}
+
+async fn run_with<D: Dialer>(
+    args: HandshakeArgs,
+    dialer: D,
+) -> Result<HandshakeReport, BenchError> {
     let sources = SourcePool::loopback(args.sources)?;
     let window = Window::after(args.warmup, args.duration);
     crate::progress!(
@@ -104,6 +122,7 @@ pub async fn run(args: HandshakeArgs) -> Result<HandshakeReport, BenchError> {
     for _ in 0..args.concurrency {
         tasks.spawn(cycle(
             args.clone(),
+            dialer.clone(),
             sources.clone(),
             counter.clone(),
             window,
@@ -144,8 +163,9 @@ pub async fn run(args: HandshakeArgs) -> Result<HandshakeReport, BenchError> {
     })
 }
 
-async fn cycle(
+async fn cycle<D: Dialer>(
     args: HandshakeArgs,
+    dialer: D,
     sources: SourcePool,
     counter: Arc<AtomicUsize>,
     window: Window,
@@ -164,8 +184,8 @@ async fn cycle(
         }
         let n = counter.fetch_add(1, Ordering::Relaxed);
         let url = args.url.url_with_param(&args.sid_param, &format!("hs-{n}"));
-        let opened = client::open(
-            &args.url,
+        let opened = client::open_with(
+            &dialer,
             &url,
             sources.for_connection(n),
             Buffers::ForMessages(0),
@@ -196,7 +216,7 @@ async fn cycle(
 
 /// Closes cleanly: our close frame, then the server's, then EOF. The server closes the TCP
 /// connection first, so the client keeps no TIME_WAIT socket per cycle.
-async fn close(mut ws: Ws) {
+async fn close<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocketStream<S>) {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
         let _ = ws.close(None).await;
         while let Some(Ok(_)) = ws.next().await {}

@@ -4,14 +4,18 @@
 //! while idle decides how many a box can hold. With `--watch-pid` the report gives the server's
 //! resident-memory growth divided by the connections held.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
-use crate::client::{self, Buffers, Ws};
+use crate::client::{self, Buffers};
+use crate::dialer::{Dial, Dialer};
 use crate::error::BenchError;
 use crate::procstat::{Usage, WatchArgs};
 use crate::source::SourcePool;
@@ -23,9 +27,12 @@ const SAMPLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// `tether bench idle`: hold N quiet connections from several source addresses.
 #[derive(Debug, Clone, clap::Args)]
 pub struct IdleArgs {
-    /// WebSocket URL of the path under test.
+    /// WebSocket URL of the path under test; `wss://` needs `--ca`.
     #[arg(long)]
     pub url: TargetUrl,
+    /// PEM file of the CA that signed a `wss://` server's certificate (the only one trusted).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
     /// Connections to open and hold.
     #[arg(long, default_value_t = 1000)]
     pub connections: usize,
@@ -82,10 +89,17 @@ pub async fn run(args: IdleArgs) -> Result<IdleReport, BenchError> {
             "--connections and --concurrency must be at least 1".into(),
         ));
     }
+    match Dial::new(&args.url, args.ca.as_deref())? {
+        Dial::Plain(dialer) => run_with(args, dialer).await,
+        Dial::Tls(dialer) => run_with(args, dialer).await,
+    }
+}
+
+async fn run_with<D: Dialer>(args: IdleArgs, dialer: D) -> Result<IdleReport, BenchError> {
     let sources = SourcePool::loopback(args.sources)?;
     let before = args.watch.sample()?;
     let started = std::time::Instant::now();
-    let (mut held, failed, first_error) = open_all(&args, &sources).await;
+    let (mut held, failed, first_error) = open_all(&args, &dialer, &sources).await;
     let open_s = started.elapsed().as_secs_f64();
     if held.is_empty() {
         if let Some(first) = first_error {
@@ -127,7 +141,13 @@ pub async fn run(args: IdleArgs) -> Result<IdleReport, BenchError> {
 
 /// Opens the connections with bounded concurrency; failures are counted, not fatal, so a
 /// server that tops out at some number still gets a report saying where.
-async fn open_all(args: &IdleArgs, sources: &SourcePool) -> (Vec<Ws>, usize, Option<BenchError>) {
+type Opened<S> = (Vec<WebSocketStream<S>>, usize, Option<BenchError>);
+
+async fn open_all<D: Dialer>(
+    args: &IdleArgs,
+    dialer: &D,
+    sources: &SourcePool,
+) -> Opened<D::Stream> {
     let mut held = Vec::with_capacity(args.connections);
     let mut failed = 0;
     let mut first_error = None;
@@ -138,8 +158,10 @@ async fn open_all(args: &IdleArgs, sources: &SourcePool) -> (Vec<Ws>, usize, Opt
             let url = args
                 .url
                 .url_with_param(&args.sid_param, &format!("idle-{next}"));
-            let (target, source) = (args.url.clone(), sources.for_connection(next));
-            opening.spawn(async move { client::open(&target, &url, source, Buffers::Idle).await });
+            let (dialer, source) = (dialer.clone(), sources.for_connection(next));
+            opening.spawn(
+                async move { client::open_with(&dialer, &url, source, Buffers::Idle).await },
+            );
             next += 1;
         }
         match opening.join_next().await {
@@ -168,7 +190,7 @@ async fn open_all(args: &IdleArgs, sources: &SourcePool) -> (Vec<Ws>, usize, Opt
 
 /// Counts sessions the server has not closed, without blocking: a closed one has a frame or
 /// EOF ready to read.
-fn count_still_open(held: &mut [Ws]) -> usize {
+fn count_still_open<S: AsyncRead + AsyncWrite + Unpin>(held: &mut [WebSocketStream<S>]) -> usize {
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     held.iter_mut()
         .filter_map(|ws| {
@@ -182,7 +204,10 @@ fn count_still_open(held: &mut [Ws]) -> usize {
 }
 
 /// Asks `sample` connections, spread evenly over all held, who they are.
-async fn check_sample(held: &mut [Ws], sample: usize) -> (usize, usize) {
+async fn check_sample<S: AsyncRead + AsyncWrite + Unpin>(
+    held: &mut [WebSocketStream<S>],
+    sample: usize,
+) -> (usize, usize) {
     let sample = sample.min(held.len());
     if sample == 0 {
         return (0, 0);
@@ -197,7 +222,7 @@ async fn check_sample(held: &mut [Ws], sample: usize) -> (usize, usize) {
     (sample, answered)
 }
 
-async fn whoami(ws: &mut Ws) -> bool {
+async fn whoami<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> bool {
     let ask = async {
         ws.send(Message::text("whoami")).await.ok()?;
         loop {

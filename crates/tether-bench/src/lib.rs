@@ -11,6 +11,7 @@
 //! * [`soak`]: the whole system under random faults, with a ledger of every publish.
 
 pub mod client;
+pub mod dialer;
 pub mod echo;
 pub mod error;
 pub mod fanout;

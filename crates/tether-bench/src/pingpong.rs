@@ -4,17 +4,21 @@
 //! round-trip histogram measures latency at that load. With `--watch-pid` the server's CPU
 //! time over the window divided by the round trips gives CPU per echoed message.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
-use crate::client::{self, Buffers, Ws};
+use crate::client::{self, Buffers};
+use crate::dialer::{Dial, Dialer};
 use crate::error::BenchError;
 use crate::latency::{LatencyRecorder, LatencySummary};
 use crate::procstat::{Usage, WatchArgs};
@@ -25,9 +29,13 @@ use crate::window::{Watched, Window};
 /// `tether bench pingpong`: N connections in closed loop against an echo path.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PingpongArgs {
-    /// WebSocket URL of the path under test (an echo backend, or a proxy in front of some).
+    /// WebSocket URL of the path under test (an echo backend, or a proxy in front of some);
+    /// `wss://` needs `--ca`.
     #[arg(long)]
     pub url: TargetUrl,
+    /// PEM file of the CA that signed a `wss://` server's certificate (the only one trusted).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
     /// Concurrent connections, each with one message in flight.
     #[arg(long, default_value_t = 1)]
     pub connections: usize,
@@ -90,8 +98,15 @@ pub async fn run(args: PingpongArgs) -> Result<PingpongReport, BenchError> {
             "--connections and --size must be at least 1".into(),
         ));
     }
+    match Dial::new(&args.url, args.ca.as_deref())? {
+        Dial::Plain(dialer) => run_with(args, dialer).await,
+        Dial::Tls(dialer) => run_with(args, dialer).await,
+    }
+}
+
+async fn run_with<D: Dialer>(args: PingpongArgs, dialer: D) -> Result<PingpongReport, BenchError> {
     let sources = SourcePool::loopback(args.sources)?;
-    let sessions = open_all(&args, &sources).await?;
+    let sessions = open_all(&args, &dialer, &sources).await?;
     crate::progress!(
         "pingpong: {} connections open to {}; warming up {:?}, measuring {:?}",
         sessions.len(),
@@ -141,16 +156,20 @@ pub async fn run(args: PingpongArgs) -> Result<PingpongReport, BenchError> {
 }
 
 /// Opens every connection before the clock starts, so setup is never inside the window.
-async fn open_all(args: &PingpongArgs, sources: &SourcePool) -> Result<Vec<Ws>, BenchError> {
+async fn open_all<D: Dialer>(
+    args: &PingpongArgs,
+    dialer: &D,
+    sources: &SourcePool,
+) -> Result<Vec<WebSocketStream<D::Stream>>, BenchError> {
     let mut opening = JoinSet::new();
     for i in 0..args.connections {
         let url = args.url.url_with_param(&args.sid_param, &format!("pp-{i}"));
-        let (target, source, buffers) = (
-            args.url.clone(),
+        let (dialer, source, buffers) = (
+            dialer.clone(),
             sources.for_connection(i),
             Buffers::ForMessages(args.size),
         );
-        opening.spawn(async move { client::open(&target, &url, source, buffers).await });
+        opening.spawn(async move { client::open_with(&dialer, &url, source, buffers).await });
     }
     let mut sessions = Vec::with_capacity(args.connections);
     while let Some(opened) = opening.join_next().await {
@@ -168,8 +187,8 @@ async fn open_all(args: &PingpongArgs, sources: &SourcePool) -> Result<Vec<Ws>, 
     Ok(sessions)
 }
 
-async fn drive(
-    mut ws: Ws,
+async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+    mut ws: WebSocketStream<S>,
     payload: Arc<[u8]>,
     window: Window,
     counted: Arc<AtomicU64>,

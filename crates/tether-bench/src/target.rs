@@ -6,18 +6,49 @@ use std::str::FromStr;
 
 use crate::error::BenchError;
 
-/// A `ws://host:port/path?query` target, resolved to one socket address.
+/// A `ws://` or `wss://host:port/path?query` target, resolved to one socket address.
 ///
-/// Only plain `ws://` is accepted: the benchmark measures the proxy's tunnel, and TLS on the
-/// client side would measure the client instead.
+/// `wss://` exists to measure a proxy's TLS termination; the generator then pays for TLS on
+/// its side too, which is why it runs on a CPU of its own (see `bench/compare.sh`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetUrl {
+    scheme: Scheme,
     addr: SocketAddr,
     authority: String,
     path_and_query: String,
 }
 
+/// Whether the target speaks TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Ws,
+    Wss,
+}
+
+impl Scheme {
+    fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Ws => "ws",
+            Scheme::Wss => "wss",
+        }
+    }
+}
+
 impl TargetUrl {
+    /// `ws` or `wss`.
+    pub fn scheme(&self) -> Scheme {
+        self.scheme
+    }
+
+    /// The host as written (no port, no brackets), the name a TLS client verifies.
+    pub fn host(&self) -> &str {
+        let host = match self.authority.rfind(':') {
+            Some(i) => &self.authority[..i],
+            None => &self.authority,
+        };
+        host.trim_start_matches('[').trim_end_matches(']')
+    }
+
     /// The resolved address connections go to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -50,20 +81,28 @@ impl TargetUrl {
             '?'
         };
         format!(
-            "ws://{}{}{sep}{param}={value}",
-            self.authority, self.path_and_query
+            "{}://{}{}{sep}{param}={value}",
+            self.scheme.as_str(),
+            self.authority,
+            self.path_and_query
         )
     }
 
     /// The request URL as given.
     pub fn url(&self) -> String {
-        format!("ws://{}{}", self.authority, self.path_and_query)
+        self.to_string()
     }
 }
 
 impl fmt::Display for TargetUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ws://{}{}", self.authority, self.path_and_query)
+        write!(
+            f,
+            "{}://{}{}",
+            self.scheme.as_str(),
+            self.authority,
+            self.path_and_query
+        )
     }
 }
 
@@ -75,9 +114,13 @@ impl FromStr for TargetUrl {
             url: url.to_owned(),
             reason: reason.to_owned(),
         };
-        let rest = url
-            .strip_prefix("ws://")
-            .ok_or_else(|| bad("only ws:// URLs are supported"))?;
+        let (scheme, rest) = if let Some(rest) = url.strip_prefix("ws://") {
+            (Scheme::Ws, rest)
+        } else if let Some(rest) = url.strip_prefix("wss://") {
+            (Scheme::Wss, rest)
+        } else {
+            return Err(bad("only ws:// and wss:// URLs are supported"));
+        };
         let (authority, path_and_query) = match rest.find(['/', '?']) {
             Some(i) if rest[i..].starts_with('?') => (&rest[..i], format!("/{}", &rest[i..])),
             Some(i) => (&rest[..i], rest[i..].to_owned()),
@@ -87,7 +130,9 @@ impl FromStr for TargetUrl {
             return Err(bad("missing host"));
         }
         if !authority.contains(':') || authority.ends_with(']') {
-            return Err(bad("missing port (write ws://host:port/...)"));
+            return Err(bad(
+                "missing port (write ws://host:port/... or wss://host:port/...)",
+            ));
         }
         let addr = authority
             .to_socket_addrs()
@@ -95,6 +140,7 @@ impl FromStr for TargetUrl {
             .next()
             .ok_or_else(|| bad("host resolves to no address"))?;
         Ok(TargetUrl {
+            scheme,
             addr,
             authority: authority.to_owned(),
             path_and_query,
@@ -128,9 +174,26 @@ mod tests {
     }
 
     #[test]
+    fn wss_keeps_its_scheme_and_names_the_host_to_verify() {
+        let t: TargetUrl = "wss://localhost:9443/ws".parse().unwrap();
+        assert_eq!(t.scheme(), Scheme::Wss);
+        assert_eq!(t.host(), "localhost");
+        assert_eq!(
+            t.url_with_param("sid", "c1"),
+            "wss://localhost:9443/ws?sid=c1"
+        );
+        let v6: TargetUrl = "wss://[::1]:9443/".parse().unwrap();
+        assert_eq!(v6.host(), "::1");
+        let plain: TargetUrl = "ws://127.0.0.1:9000/".parse().unwrap();
+        assert_eq!(plain.scheme(), Scheme::Ws);
+        assert_eq!(plain.host(), "127.0.0.1");
+    }
+
+    #[test]
     fn non_ws_scheme_and_missing_port_are_rejected() {
         assert!("http://127.0.0.1:9000/".parse::<TargetUrl>().is_err());
-        assert!("wss://127.0.0.1:9000/".parse::<TargetUrl>().is_err());
+        assert!("https://127.0.0.1:9000/".parse::<TargetUrl>().is_err());
+        assert!("wss://127.0.0.1/".parse::<TargetUrl>().is_err());
         assert!("ws://127.0.0.1/".parse::<TargetUrl>().is_err());
         assert!("ws:///x".parse::<TargetUrl>().is_err());
     }

@@ -14,6 +14,7 @@ async fn handshake_cycles_open_and_close_cleanly_and_are_all_counted() {
         .unwrap();
     let report = handshake::run(HandshakeArgs {
         url: format!("ws://{}/ws", echo.addr()).parse().unwrap(),
+        ca: None,
         concurrency: 4,
         duration: Duration::from_millis(500),
         warmup: Duration::ZERO,

@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 fn args(url: String, connections: usize, sources: u8) -> IdleArgs {
     IdleArgs {
         url: url.parse().unwrap(),
+        ca: None,
         connections,
         sources,
         concurrency: 32,

@@ -12,6 +12,7 @@ use tether_bench::BenchError;
 fn args(url: String, connections: usize) -> PingpongArgs {
     PingpongArgs {
         url: url.parse().unwrap(),
+        ca: None,
         connections,
         size: 512,
         duration: Duration::from_millis(800),
