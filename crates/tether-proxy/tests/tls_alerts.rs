@@ -415,3 +415,24 @@ async fn passthrough_refuses_a_hello_without_sni_with_missing_extension() {
     );
     assert!(backend.heads.lock().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn strict_sni_refuses_a_name_no_certificate_covers_and_serves_its_own() {
+    // `strict_sni`: other.example is refused by the proxy itself, with an alert; the default
+    // certificate's own name (chat.example.com) is still served.
+    let s = setup("strict_sni = true\n").await;
+    let error = s.client(None, BOTH, "other.example").await.unwrap_err();
+    assert_eq!(
+        error,
+        rustls::Error::AlertReceived(AlertDescription::AccessDenied)
+    );
+    assert_eq!(s.counted("UnknownServerName").await, 1.0);
+    s.still_serves().await;
+    // The same name on a listener without strict_sni gets the default certificate, which
+    // the client refuses itself (the test above): strictness is what refused it here.
+    let lax = setup("").await;
+    assert!(matches!(
+        lax.client(None, BOTH, "other.example").await,
+        Err(rustls::Error::InvalidCertificate(_))
+    ));
+}

@@ -39,6 +39,11 @@ pub struct ListenTlsConfig {
     /// Defaults to `required` when `client_ca` is set, `none` otherwise.
     #[serde(default)]
     pub client_auth: Option<ClientAuthMode>,
+    /// Refuse a handshake that names a server this listener has no certificate for, instead
+    /// of serving the default certificate (HAProxy's `strict-sni`). A client that sends no
+    /// name still gets the default.
+    #[serde(default)]
+    pub strict_sni: bool,
 }
 
 /// `[[listen.tls.sni]]`: a certificate for some server names.
@@ -198,8 +203,20 @@ pub struct ServerTlsSettings {
     pub sni: Vec<SniCert>,
     pub min_version: MinVersion,
     pub client_auth: ClientAuth,
+    /// What a name no certificate is for gets.
+    pub unknown_name: UnknownName,
     /// Where `client_ca` was named, for errors about that file.
     pub at: String,
+}
+
+/// A ClientHello naming a server no certificate of the listener covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownName {
+    /// The default certificate (the client will likely refuse it): nginx's and HAProxy's
+    /// default behaviour.
+    ServeDefault,
+    /// The handshake is refused (`strict_sni = true`).
+    Refuse,
 }
 
 impl ServerTlsSettings {
@@ -277,6 +294,11 @@ impl ListenTlsConfig {
             sni,
             min_version: self.min_version,
             client_auth,
+            unknown_name: if self.strict_sni {
+                UnknownName::Refuse
+            } else {
+                UnknownName::ServeDefault
+            },
             at: at.to_owned(),
         })
     }

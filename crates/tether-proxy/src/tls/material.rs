@@ -67,6 +67,9 @@ pub struct CertInfo {
     pub subject: String,
     /// The leaf's `notAfter`.
     pub not_after: SystemTime,
+    /// The DNS names of the leaf's subjectAltName, lower-cased (`*.example.com` as written):
+    /// what a `strict_sni` listener serves the default certificate for.
+    pub dns_names: Vec<String>,
 }
 
 impl CertInfo {
@@ -184,9 +187,24 @@ fn describe(leaf: &CertificateDer<'_>) -> Result<CertInfo, String> {
     } else {
         SystemTime::UNIX_EPOCH - Duration::from_secs(not_after.unsigned_abs())
     };
+    let dns_names = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|name| match name {
+                x509_parser::extensions::GeneralName::DNSName(dns) => {
+                    Some(dns.to_ascii_lowercase())
+                }
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
     Ok(CertInfo {
         file: PathBuf::new(),
         subject: cert.subject().to_string(),
         not_after,
+        dns_names,
     })
 }

@@ -195,6 +195,9 @@ pub enum HandshakeFailure {
     CertificateExpired,
     /// The client certificate does not chain to `client_ca`, or is otherwise refused.
     CertificateRejected,
+    /// `strict_sni`: the client named a server no certificate of the listener covers
+    /// (rustls answers `access_denied`).
+    UnknownServerName,
     /// The client sent an alert (often: it does not trust the proxy's certificate).
     AlertReceived,
     /// The client closed during the handshake.
@@ -236,6 +239,11 @@ impl HandshakeFailure {
             ) => HandshakeFailure::CertificateExpired,
             Error::InvalidCertificate(_) => HandshakeFailure::CertificateRejected,
             Error::AlertReceived(_) => HandshakeFailure::AlertReceived,
+            // What rustls 0.23 says when the certificate resolver (`tls::store`) returns
+            // nothing, which it does only for `strict_sni`.
+            Error::General(message) if message == "no server certificate chain resolved" => {
+                HandshakeFailure::UnknownServerName
+            }
             _ => HandshakeFailure::Other,
         }
     }

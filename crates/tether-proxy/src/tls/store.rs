@@ -15,7 +15,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use super::config::{ServerTlsSettings, SniName};
+use super::config::{ServerTlsSettings, SniName, UnknownName};
 use super::material::{load_certified_key, CertInfo, FileError};
 
 /// One consistent generation of a listener's certificates.
@@ -26,6 +26,7 @@ pub struct CertSet {
     /// Keyed by the suffix after `*.`.
     wildcard: HashMap<Box<str>, Arc<CertifiedKey>>,
     infos: Vec<CertInfo>,
+    unknown_name: UnknownName,
 }
 
 impl CertSet {
@@ -39,10 +40,23 @@ impl CertSet {
             default,
             exact: HashMap::new(),
             wildcard: HashMap::new(),
-            infos: vec![info],
+            infos: vec![info.clone()],
+            unknown_name: settings.unknown_name,
         };
+        if settings.unknown_name == UnknownName::Refuse {
+            // A strict listener still serves the default certificate for its own names; an
+            // SNI entry for the same name wins, as it would without `strict_sni`.
+            for name in &info.dns_names {
+                let map = match name.strip_prefix("*.") {
+                    Some(suffix) => (&mut set.wildcard, suffix),
+                    None => (&mut set.exact, name.as_str()),
+                };
+                map.0.insert(map.1.into(), set.default.clone());
+            }
+        }
         for entry in &settings.sni {
             let (key, info) = load_certified_key(&entry.paths, provider)?;
+            // Explicit SNI entries replace the default's own names inserted above.
             set.infos.push(info);
             for name in &entry.names {
                 match name {
@@ -57,9 +71,10 @@ impl CertSet {
     /// The certificate for a requested name: an exact match, else a wildcard one label up,
     /// else the default (like nginx's default server, so a client without SNI still gets a
     /// certificate and decides for itself).
-    pub fn pick(&self, sni: Option<&str>) -> &Arc<CertifiedKey> {
+    /// `None`: the name is covered by no certificate and the listener is strict.
+    pub fn pick(&self, sni: Option<&str>) -> Option<&Arc<CertifiedKey>> {
         let Some(name) = sni else {
-            return &self.default;
+            return Some(&self.default);
         };
         // rustls hands over the name lower-cased and validated; be robust anyway.
         let lower;
@@ -70,14 +85,17 @@ impl CertSet {
             name
         };
         if let Some(key) = self.exact.get(name) {
-            return key;
+            return Some(key);
         }
         if let Some((_, parent)) = name.split_once('.') {
             if let Some(key) = self.wildcard.get(parent) {
-                return key;
+                return Some(key);
             }
         }
-        &self.default
+        match self.unknown_name {
+            UnknownName::ServeDefault => Some(&self.default),
+            UnknownName::Refuse => None,
+        }
     }
 
     /// The loaded certificates, default first.
@@ -112,6 +130,7 @@ impl CertStore {
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load().pick(hello.server_name()).clone())
+        // `None` makes rustls abort the handshake with an alert (strict_sni).
+        self.current.load().pick(hello.server_name()).cloned()
     }
 }
