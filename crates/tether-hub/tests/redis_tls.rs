@@ -79,3 +79,46 @@ fn a_missing_ca_file_is_a_bad_url_at_start() {
     assert!(matches!(error, BrokerError::BadUrl { .. }), "{error:?}");
     assert!(error.to_string().contains("/nonexistent/ca.pem"), "{error}");
 }
+
+/// A hub whose Redis presents a certificate it cannot verify starts, but says so on
+/// `/health` (503 with rustls's reason) and refuses publishes with 503: never a silent
+/// plaintext fallback, never a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_on_an_unverifiable_redis_reports_why_on_health() {
+    let server = RedisTlsServer::start().await;
+    let history = HistoryPolicy {
+        size: 100,
+        ttl: Duration::from_secs(60),
+    };
+    let hubs = redis_hubs(
+        1,
+        &server.url_trusting_another_ca(),
+        &unique_prefix("tls-health"),
+        history,
+    )
+    .await;
+    let addr = hubs[0].local_addr();
+    let reason = || async move {
+        let (status, body) = http(addr, "GET", "/health", None, None).await;
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        (
+            status,
+            body["broker"]["reason"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+    let reported = eventually(Duration::from_secs(10), || async {
+        let (status, reason) = reason().await;
+        status == 503 && reason.contains("certificate")
+    })
+    .await;
+    assert!(reported, "{:?}", reason().await);
+    let (status, _) = http(
+        addr,
+        "POST",
+        "/api/publish",
+        Some(r#"{"channel":"t","data":1}"#),
+        None,
+    )
+    .await;
+    assert_eq!(status, 503);
+}
