@@ -21,6 +21,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 use serde_json::value::RawValue;
 use support::nats::{NatsServer, Relay};
+use support::redis_tls::RedisTlsServer;
 use support::*;
 use tether_hub::broker::memory::MemoryBroker;
 use tether_hub::broker::FeedLimit;
@@ -33,6 +34,8 @@ use tokio_tungstenite::tungstenite::Message;
 enum Kind {
     Memory,
     Redis,
+    /// A private TLS-only `redis-server` reached by `rediss://…?ca=`.
+    RedisTls,
     Nats,
 }
 
@@ -48,6 +51,8 @@ struct Brokers {
     memory: Option<Arc<dyn Broker>>,
     /// The private server of a NATS test, stopped with it.
     _nats: Option<NatsServer>,
+    /// The private TLS server of a `rediss://` test, stopped with it.
+    _redis_tls: Option<RedisTlsServer>,
 }
 
 impl Brokers {
@@ -62,6 +67,14 @@ impl Brokers {
                 let brokers = Self::at(kind, test, history, feed, server.url(), None);
                 Self {
                     _nats: Some(server),
+                    ..brokers
+                }
+            }
+            Kind::RedisTls => {
+                let server = RedisTlsServer::start().await;
+                let brokers = Self::at(kind, test, history, feed, server.url(), None);
+                Self {
+                    _redis_tls: Some(server),
                     ..brokers
                 }
             }
@@ -85,7 +98,7 @@ impl Brokers {
             Kind::Memory => {
                 Some(Arc::new(MemoryBroker::new(history).with_feed_limit(feed)) as Arc<dyn Broker>)
             }
-            Kind::Redis | Kind::Nats => None,
+            Kind::Redis | Kind::RedisTls | Kind::Nats => None,
         };
         Self {
             kind,
@@ -94,6 +107,7 @@ impl Brokers {
             hub_url,
             memory,
             _nats: None,
+            _redis_tls: None,
         }
     }
 
@@ -603,6 +617,7 @@ macro_rules! conformance_restartable {
 conformance!(memory, Kind::Memory);
 conformance!(redis, Kind::Redis);
 conformance!(nats, Kind::Nats);
+conformance!(redis_tls, Kind::RedisTls);
 // The memory broker lives and dies with its process: it has no restart to survive.
 conformance_restartable!(redis_private, Kind::Redis, RedisServer::start().await);
 conformance_restartable!(nats_private, Kind::Nats, NatsRig::start().await);

@@ -30,7 +30,8 @@ pub struct HubArgs {
     #[arg(long, env = "TETHER_HUB_NAME")]
     name: Option<String>,
     /// Broker shared by the nodes that act as one: `memory` (this process only),
-    /// `redis://host:port/db` or `nats://[user:password@]host:port[?stream=NAME]` (NATS 2.9+
+    /// `redis://host:port/db`, `rediss://host:port/db[?ca=CA.pem]` (TLS, verified against
+    /// that CA or the system roots) or `nats://[user:password@]host:port[?stream=NAME]` (NATS 2.9+
     /// with JetStream). [default: memory]
     #[arg(long, env = "TETHER_HUB_BROKER")]
     broker: Option<String>,

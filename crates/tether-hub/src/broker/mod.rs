@@ -297,7 +297,7 @@ pub enum BrokerEvent {
 /// failed round trip can fail a whole batch of publishes.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
-    #[error("unsupported broker URL {0:?}: expected \"memory\", \"redis://host:port/db\" or \"nats://host:port\"")]
+    #[error("unsupported broker URL {0:?}: expected \"memory\", \"redis://host:port/db\", \"rediss://host:port/db?ca=FILE\" or \"nats://host:port\"")]
     UnsupportedUrl(String),
     /// The URL names a known broker but cannot be used (the reason never repeats a
     /// password).
@@ -433,7 +433,7 @@ pub fn broker_with(url: &str, options: BrokerOptions) -> Result<Arc<dyn Broker>,
             memory::MemoryBroker::new(options.history).with_feed_limit(options.feed),
         ));
     }
-    if url.starts_with("redis://") {
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
         return Ok(Arc::new(redis::RedisBroker::new(url, options)?));
     }
     if url.starts_with("nats://") {

@@ -13,6 +13,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tether_hub::{BrokerOptions, HistoryPolicy, HubConfig, HubHandle};
 pub mod nats;
+pub mod redis_cluster;
+pub mod redis_tls;
 
 pub use tether_testkit::{any_port, eventually, ws_connect, Ws};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

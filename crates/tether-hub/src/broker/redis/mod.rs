@@ -36,6 +36,7 @@ use crate::protocol::{ChannelName, Offset, Publication};
 
 mod feed;
 mod publisher;
+mod target;
 
 /// Redis's errors in the broker-neutral terms of the contract: a connection that failed
 /// or broke is `Unavailable`, an error the server answered is `Refused`.
@@ -212,10 +213,7 @@ pub struct RedisBroker {
 
 impl RedisBroker {
     pub fn new(url: &str, options: BrokerOptions) -> Result<Self, BrokerError> {
-        let client = ::redis::Client::open(url).map_err(|e| BrokerError::BadUrl {
-            broker: "redis",
-            reason: e.to_string(),
-        })?;
+        let client = target::client(url)?;
         Ok(Self {
             connector: Connector {
                 client: client.clone(),
