@@ -12,7 +12,7 @@
 
 pub mod client;
 pub mod dialer;
-pub mod echo;
+pub use tether_testkit::echo;
 pub mod error;
 pub mod fanout;
 pub mod handshake;

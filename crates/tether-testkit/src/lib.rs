@@ -5,15 +5,16 @@
 
 #![forbid(unsafe_code)]
 
+pub mod echo;
 pub mod fuzz;
 pub mod stream;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+pub use echo::{EchoServer, BACKEND_HEADER};
 use futures_util::{SinkExt, StreamExt};
 pub use stream::FrameStreamer;
-pub use tether_bench::echo::{EchoServer, BACKEND_HEADER};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::Response;

@@ -1,7 +1,8 @@
 //! An echo backend that can say who it is.
 //!
-//! Used by `tether bench echo`, by the comparison script (three of them behind each proxy) and
-//! by the proxy's tests, so every balancing assertion is made against the same real server.
+//! Used by the proxy's tests, by `tether bench echo` and by the comparison script (three of
+//! them behind each proxy), so every balancing assertion and every benchmark is made against
+//! the same real server. It lives in the testkit, which the bench depends on, not the reverse.
 //!
 //! * A WebSocket upgrade gets `101` with `X-Tether-Backend: NAME`; every data frame is echoed.
 //!   A text frame `whoami` is answered with the name instead of being echoed, so a client can ask
