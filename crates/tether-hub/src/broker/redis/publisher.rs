@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use ::redis::aio::ConnectionManager;
-use ::redis::{ErrorKind, Script, ServerErrorKind};
+use ::redis::Script;
 use futures_util::future::{self, BoxFuture, FutureExt};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
@@ -94,18 +94,18 @@ impl Task {
         }
     }
 
-    /// Runs the publish script once per request in one pipeline, loading the script first
-    /// when Redis does not know it (a fresh or restarted server). Nothing in a batch ran
-    /// when the script was missing, so sending the batch again repeats nothing.
+    /// Runs the publish script once per request in one pipeline.
+    ///
+    /// The pipeline starts with `SCRIPT LOAD`, so the script is known to Redis before the
+    /// first `EVALSHA` of the batch (a connection's commands run in order), even on a fresh
+    /// or restarted server. Loading it only after a `NOSCRIPT` error and sending the batch
+    /// again is not safe: another node's `SCRIPT LOAD` can land in the middle of this batch,
+    /// so its later publishes ran the first time and would run twice, under two offsets
+    /// (the conformance suite's racing publishers on a fresh Redis caught that). Loading a
+    /// cached script costs Redis one SHA1 of the script per batch, not per publish.
     async fn send(&self, batch: &[Request]) -> Result<Vec<Offset>, BrokerError> {
         let mut conn = self.connector.get().await?;
-        let offsets = match self.pipeline(&mut conn, batch).await {
-            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                self.script.prepare_invoke().load_async(&mut conn).await?;
-                self.pipeline(&mut conn, batch).await?
-            }
-            other => other?,
-        };
+        let offsets = self.pipeline(&mut conn, batch).await?;
         if offsets.len() != batch.len() {
             return Err(BrokerError::BadReply(format!(
                 "{} offsets for {} publishes",
@@ -122,6 +122,7 @@ impl Task {
         batch: &[Request],
     ) -> Result<Vec<String>, ::redis::RedisError> {
         let mut pipe = ::redis::pipe();
+        pipe.cmd("SCRIPT").arg("LOAD").arg(PUBLISH_SCRIPT).ignore();
         for request in batch {
             let policy = self.policies.for_channel(&request.channel);
             let mut invocation = self.script.prepare_invoke();
