@@ -24,9 +24,13 @@ use tether_bench::BenchError;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
+/// A directory of this test's own: tests run in parallel and two can start within one clock
+/// tick, so a counter tells them apart (one removing a shared directory failed the other).
 fn scratch() -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!(
-        "tether-bench-tls-{}-{}",
+        "tether-bench-tls-{}-{n}-{}",
         std::process::id(),
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
