@@ -54,11 +54,6 @@ impl HistoryPolicies {
         self
     }
 
-    /// The hub-wide default.
-    pub fn default_policy(&self) -> HistoryPolicy {
-        self.default
-    }
-
     /// The policy of `channel`'s namespace.
     pub fn for_channel(&self, channel: &ChannelName) -> HistoryPolicy {
         self.by_prefix
